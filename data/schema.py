@@ -1,0 +1,70 @@
+"""The label schema (``../shared/LABELS.md`` v1.1) as code: one place for names and checks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+SCHEMA_VERSION = "1.1"
+
+ANGER_LABELS: tuple[str, ...] = ("calm", "displeased", "angry", "furious")
+COMPLAINT_TYPES: tuple[str, ...] = (
+    "billing",
+    "product_quality",
+    "delivery",
+    "staff_attitude",
+    "refund_return",
+    "service_quality",
+    "account_technical",
+    "policy_promotion",
+    "other",
+    "none",
+)
+SCRIPTS: tuple[str, ...] = ("hant", "hans")
+SPLITS: tuple[str, ...] = ("train", "dev", "test")
+
+#: Fields every annotation record carries.
+RECORD_FIELDS: tuple[str, ...] = (
+    "id",
+    "source",
+    "anger_level",
+    "complaint_type",
+    "types",
+    "threat",
+    "script",
+)
+
+
+class LabelError(ValueError):
+    """A record breaks the schema; the message names the field and the value."""
+
+
+def validate_record(rec: Mapping[str, Any], *, where: str = "record") -> None:
+    """Raise ``LabelError`` naming the first bad field of an annotation record."""
+    for field in RECORD_FIELDS:
+        if field not in rec:
+            raise LabelError(f"{where}: missing field {field!r}")
+    level = rec["anger_level"]
+    if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 3:
+        raise LabelError(f"{where}: anger_level must be an integer 0-3, got {level!r}")
+    ctype = rec["complaint_type"]
+    if ctype not in COMPLAINT_TYPES:
+        raise LabelError(f"{where}: complaint_type {ctype!r} is not one of {list(COMPLAINT_TYPES)}")
+    types = rec["types"]
+    if not isinstance(types, list) or not types or types[0] != ctype:
+        raise LabelError(f"{where}: types must be a list starting with complaint_type {ctype!r}, got {types!r}")
+    for t in types:
+        if t not in COMPLAINT_TYPES:
+            raise LabelError(f"{where}: types has unknown type {t!r}")
+    if len(set(types)) != len(types):
+        raise LabelError(f"{where}: types has duplicates {types!r}")
+    if "none" in types and len(types) > 1:
+        raise LabelError(f"{where}: 'none' cannot be combined with other types: {types!r}")
+    if not isinstance(rec["threat"], bool):
+        raise LabelError(f"{where}: threat must be true or false, got {rec['threat']!r}")
+    if rec["threat"] and level != 3:
+        raise LabelError(f"{where}: threat implies anger_level 3, got {level}")
+    if rec["script"] not in SCRIPTS:
+        raise LabelError(f"{where}: script must be one of {list(SCRIPTS)}, got {rec['script']!r}")
+    if "split" in rec and rec["split"] not in SPLITS:
+        raise LabelError(f"{where}: split must be one of {list(SPLITS)}, got {rec['split']!r}")

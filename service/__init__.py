@@ -1,0 +1,1 @@
+"""CalmFirst service: routing policy, playbook, HTTP API, batch scoring and CLI."""

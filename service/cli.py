@@ -1,0 +1,137 @@
+"""The ``calmfirst`` console script: a thin layer over plain functions.
+
+Subcommands from other packages (``train``, ``evaluate``) register through the
+``calmfirst.commands`` entry-point group, so the service never imports training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+logger = logging.getLogger("calmfirst")
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from service.analyzer import Analyzer
+    from service.batch import InputFormatError, open_output, score_file
+    from service.settings import Settings
+
+    settings = Settings(batch_size=args.batch_size) if args.batch_size else Settings()
+    try:
+        out, fmt = open_output(args.output)
+    except InputFormatError as e:
+        print(f"calmfirst score: {e}", file=sys.stderr)
+        return 2
+    analyzer = Analyzer.from_settings(settings, model_path=args.model)
+    try:
+        report = score_file(
+            analyzer,
+            args.input,
+            out,
+            out_format=fmt,
+            text_field=args.text_field,
+            id_field=args.id_field,
+            lang=args.lang,
+            progress=False if args.no_progress else None,
+        )
+    except InputFormatError as e:
+        print(f"calmfirst score: {e}", file=sys.stderr)
+        return 2
+    finally:
+        out.flush()
+        if args.output not in (None, "-"):
+            out.close()
+    print(f"calmfirst score: {report.scored} scored, {len(report.bad)} skipped", file=sys.stderr)
+    return 0 if report.scored > 0 else 1
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides = {"host": args.host, "port": args.port}
+    if args.model:
+        overrides["model_path"] = args.model
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def _cmd_prepare_backbone(args: argparse.Namespace) -> int:
+    from model.backbone import prepare_default_backbone
+
+    path = prepare_default_backbone(force=args.force)
+    print(path)
+    return 0
+
+
+def _cmd_data_stats(args: argparse.Namespace) -> int:
+    from data.stats import format_stats, stats
+
+    print(format_stats(stats(Path(args.annotations))))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="calmfirst", description="Anger, complaint type and next step for Chinese customer messages.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="score messages from a .jsonl/.csv/.txt file or - (stdin)")
+    p.add_argument("input")
+    p.add_argument("-o", "--output", help=".jsonl (default: stdout) or .csv")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--id-field", default="id")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    p.add_argument("--lang", choices=["zh-Hant", "zh-Hans", "en"], default=None, help="next-step language")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("serve", help="run the HTTP API")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--model", default=None)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("prepare-backbone", help="convert the bundled multilingual-e5-small once (cached)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=_cmd_prepare_backbone)
+
+    p = sub.add_parser("data-stats", help="counts of the project's annotations")
+    p.add_argument("--annotations", default=str(Path(__file__).resolve().parent.parent / "data" / "annotations"))
+    p.set_defaults(func=_cmd_data_stats)
+
+    for ep in entry_points(group="calmfirst.commands"):
+        try:
+            register = ep.load()
+        except ImportError as e:  # pragma: no cover - a broken plugin must not break scoring
+            logger.warning("subcommand %s unavailable: %s", ep.name, e)
+            continue
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Service settings; every field can be set as ``CALMFIRST_<NAME>`` in the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The model shipped in the repository, used when no other is configured.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "default"
+DEFAULT_PLAYBOOK = Path(__file__).resolve().parent / "playbook.yaml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CALMFIRST_", extra="ignore")
+
+    model_path: Path = DEFAULT_MODEL_DIR
+    playbook_path: Path = DEFAULT_PLAYBOOK
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    # routing policy
+    calm_first_level: int = Field(2, ge=1, le=3, description="anger level at or above which to calm first")
+    calm_first_prob: float | None = Field(
+        None, ge=0.0, le=1.0, description="if set, calm_first when P(anger >= calm_first_level) reaches it"
+    )
+    threat_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    escalate_on_furious: bool = False
+    default_script: str = "hans"
+
+    # limits
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_batch_items: int = Field(256, ge=1)
+    max_text_chars: int = Field(5000, ge=1)
+
+    # inference
+    batch_size: int = Field(32, ge=1)
+    torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+
+    # access
+    api_key: str | None = None
+
+    @field_validator("default_script")
+    @classmethod
+    def _script(cls, v: str) -> str:
+        if v not in {"hant", "hans"}:
+            raise ValueError("default_script must be 'hant' or 'hans'")
+        return v

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from model.classifier import CONFIG_NAME, WEIGHTS_NAME, CalmFirstConfig, CalmFirstModel, Prediction, ordinal_probs
+from tests.conftest import build_tiny_model
+
+
+def test_classifier_save_load_round_trip_config_exact(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = build_tiny_model(seed=3)
+    model.save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / CONFIG_NAME).read_text())
+    loaded = CalmFirstModel.from_pretrained(tmp_path / "m")
+    assert loaded.config.to_dict() == saved
+    assert saved == model.config.to_dict()
+    assert set(saved["library_versions"]) >= {"torch", "transformers", "peft", "calmfirst"}
+    assert saved["complaint_types"][-1] == "none" and len(saved["complaint_types"]) == 10
+    assert (tmp_path / "m" / WEIGHTS_NAME).exists() and (tmp_path / "m" / "README.md").exists()
+    texts = ["為什麼7號還要算錢?", "请问营业时间"]
+    a = model.predict(texts)
+    b = loaded.predict(texts)
+    for x, y in zip(a, b, strict=True):
+        assert x.anger_probs == pytest.approx(y.anger_probs, abs=1e-5)
+        assert x.type_scores == pytest.approx(y.type_scores, abs=1e-5)
+
+
+def test_classifier_merged_adapters_give_same_scores(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    plain = CalmFirstModel.from_pretrained(tiny_model_dir)
+    merged = CalmFirstModel.from_pretrained(tiny_model_dir, merge_adapters=True)
+    t = "你們客服態度太差了!"
+    assert plain.predict(t).anger_probs == pytest.approx(merged.predict(t).anger_probs, abs=1e-4)
+    with pytest.raises(RuntimeError, match="merged"):
+        merged.save_pretrained(tiny_model_dir.parent / "nope")
+
+
+def test_classifier_predict_accepts_string_or_list(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    one = tiny_model.predict("請問")
+    many = tiny_model.predict(["請問", "太離譜了", "退款"], batch_size=2)
+    assert isinstance(one, Prediction)
+    assert len(many) == 3 and all(isinstance(p, Prediction) for p in many)
+    assert many[0].anger_probs == pytest.approx(one.anger_probs, abs=1e-5)  # batching/ordering keeps identity
+    assert tiny_model.predict([]) == []
+    with pytest.raises(TypeError, match="text 1"):
+        tiny_model.predict(["ok", 3])
+
+
+def test_classifier_prediction_fields_are_valid(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    for p in tiny_model.predict(["請問", "垃圾公司!!", "包裹壞了"]):
+        assert sum(p.anger_probs) == pytest.approx(1.0, abs=1e-4)
+        assert 0.0 <= p.anger_score <= 1.0
+        assert p.anger_level == max(range(4), key=lambda i: p.anger_probs[i])
+        assert set(p.type_scores) == set(CalmFirstConfig().complaint_types)
+        assert p.types[0] == p.complaint_type
+        assert p.calm_first_prob == pytest.approx(sum(p.anger_probs[2:]), abs=1e-5)
+
+
+def test_classifier_ordinal_probs_valid_and_score_monotone() -> None:
+    # thresholds ordered -> cumulative logits decreasing in k
+    scores = torch.linspace(-6, 6, 25).unsqueeze(1)
+    thresholds = torch.tensor([-1.0, 0.5, 2.0])
+    probs = ordinal_probs(scores - thresholds)
+    assert torch.all(probs >= 0)
+    assert torch.allclose(probs.sum(1), torch.ones(25), atol=1e-6)
+    expected = (probs * torch.arange(4)).sum(1)
+    assert torch.all(expected[1:] > expected[:-1])  # anger.score rises with the latent score
+
+
+def test_classifier_from_pretrained_rejects_non_model_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(FileNotFoundError, match="not a CalmFirst model"):
+        CalmFirstModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [{"pooling": "max"}, {"temperature": 0.0}, {"anger_labels": ["a", "b"]}])
+def test_classifier_config_validation(bad) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError):
+        CalmFirstConfig(**bad)

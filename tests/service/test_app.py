@@ -1,0 +1,136 @@
+"""The HTTP API, served by a real uvicorn server on loopback with the tiny model."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from data.schema import COMPLAINT_TYPES
+from service.app import create_app
+from service.settings import Settings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(settings: Settings, analyzer) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+    port = _free_port()
+    app = create_app(settings, analyzer=analyzer)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "server did not start"
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield client
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_analyzer) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+    yield from _serve(Settings(max_body_bytes=4096, max_batch_items=5, max_text_chars=300), tiny_analyzer)
+
+
+def test_app_health_and_ready(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["model"]["name"] == "tiny"
+
+
+def test_app_analyze_contract_fields(client: httpx.Client) -> None:
+    r = client.post("/v1/analyze", json={"text": "為什麼7號還要算錢?你們到底怎麼算的!"})
+    assert r.status_code == 200
+    res = r.json()
+    assert set(res) >= {"id", "anger", "complaint", "threat", "route", "script", "model"}
+    assert res["anger"]["level"] in range(4)
+    assert res["anger"]["label"] == ["calm", "displeased", "angry", "furious"][res["anger"]["level"]]
+    assert sum(res["anger"]["probs"]) == pytest.approx(1.0, abs=1e-4)
+    assert set(res["complaint"]["scores"]) == set(COMPLAINT_TYPES)
+    assert res["complaint"]["types"][0] == res["complaint"]["type"]
+    assert res["route"]["flag"] in {"calm_first", "ready_for_solutions"}
+    assert res["route"]["flag"] == ("calm_first" if res["anger"]["level"] >= 2 else "ready_for_solutions")
+    assert res["script"] == "hant" and res["route"]["next_step"]["lang"] == "zh-Hant"
+    assert res["route"]["next_step"]["text"]
+
+
+def test_app_lang_override_and_simplified(client: httpx.Client) -> None:
+    r = client.post("/v1/analyze", json={"text": "退款什么时候到账", "lang": "en"})
+    assert r.json()["route"]["next_step"]["lang"] == "en"
+    r = client.post("/v1/analyze", json={"text": "退款什么时候到账"})
+    assert r.json()["script"] == "hans" and r.json()["route"]["next_step"]["lang"] == "zh-Hans"
+
+
+def test_app_batch_keeps_order_and_ids(client: httpx.Client) -> None:
+    items = [{"id": "a", "text": "請問"}, {"text": "太離譜了!!"}, {"id": 7, "text": "包裹還沒到"}]
+    r = client.post("/v1/analyze/batch", json={"items": items})
+    assert r.status_code == 200
+    assert [x["id"] for x in r.json()["results"]] == ["a", 1, 7]
+    single = client.post("/v1/analyze", json={"text": "包裹還沒到"}).json()
+    assert r.json()["results"][2]["anger"]["probs"] == pytest.approx(single["anger"]["probs"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/analyze", {}, "text"),
+        ("/v1/analyze", {"text": ""}, "text"),
+        ("/v1/analyze", {"text": 5}, "text"),
+        ("/v1/analyze", {"text": "hi", "lang": "fr"}, "lang"),
+        ("/v1/analyze", {"text": "x" * 301}, "text"),
+        ("/v1/analyze", {"text": "hi", "extra": 1}, "extra"),
+        ("/v1/analyze/batch", {"items": []}, "items"),
+        ("/v1/analyze/batch", {"items": [{"text": "ok"}, {"id": "b"}]}, "items.1.text"),
+        ("/v1/analyze/batch", {"items": [{"text": "a"}] * 6}, "items"),
+    ],
+)
+def test_app_bad_input_422_names_field(client: httpx.Client, path: str, body: dict, field: str) -> None:
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert field in r.json()["detail"]
+
+
+def test_app_malformed_json_is_422_not_500(client: httpx.Client) -> None:
+    r = client.post("/v1/analyze", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_app_body_limit_413(client: httpx.Client) -> None:
+    r = client.post("/v1/analyze", json={"text": "很" * 3000})
+    assert r.status_code == 413
+    assert "body" in r.json()["detail"]
+
+
+def test_app_labels_show_policy_and_playbook(client: httpx.Client) -> None:
+    r = client.get("/v1/labels").json()
+    assert r["complaint_types"] == list(COMPLAINT_TYPES)
+    assert r["policy"]["calm_first_level"] == 2
+    assert "offer_options" in r["playbook"]["steps"]
+
+
+def test_app_api_key_when_configured(tiny_analyzer) -> None:  # type: ignore[no-untyped-def]
+    for c in _serve(Settings(api_key="s3cret"), tiny_analyzer):
+        assert c.post("/v1/analyze", json={"text": "hi"}).status_code == 401
+        assert c.post("/v1/analyze", json={"text": "hi"}, headers={"x-api-key": "s3cret"}).status_code == 200
+        assert c.get("/healthz").status_code == 200
+
+
+def test_app_model_loads_in_lifespan(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings(model_path=tiny_model_dir))
+    assert app.state.analyzer is None  # nothing loaded at import/creation time
+    with TestClient(app) as c:
+        assert c.get("/readyz").status_code == 200
+        assert c.post("/v1/analyze", json={"text": "請問"}).status_code == 200

@@ -1,0 +1,106 @@
+"""``calmfirst score`` on good and broken files, through the real console entry point."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from service.cli import main
+
+
+@pytest.fixture()
+def env_model(tiny_model_dir, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("CALMFIRST_MODEL_PATH", str(tiny_model_dir))
+    return tiny_model_dir
+
+
+def test_cli_score_jsonl_with_bad_lines(tmp_path, env_model, capsys) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        "\n".join(
+            [
+                json.dumps({"id": "a", "text": "請問我的訂單什麼時候出貨?"}, ensure_ascii=False),
+                "{broken json",
+                json.dumps({"id": "b", "content": "no text field"}),
+                json.dumps({"id": "c", "text": "太離譜了!!"}, ensure_ascii=False),
+                "",
+                json.dumps({"text": "沒有id"}, ensure_ascii=False),
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out.jsonl"
+    rc = main(["score", str(src), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "line 2:" in err and "line 3:" in err and "3 scored, 2 skipped" in err
+    rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == ["a", "c", 5]  # order kept; missing id -> 0-based line number
+    assert rows[0]["script"] == "hant"
+
+
+def test_cli_score_csv_in_csv_out(tmp_path, env_model) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "in.csv"
+    with open(src, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["msg_id", "content"])
+        w.writerows([["1", "退款什么时候到账"], ["2", ""], ["3", "你们客服态度太差"]])
+    out = tmp_path / "out.csv"
+    rc = main(["score", str(src), "-o", str(out), "--text-field", "content", "--id-field", "msg_id"])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert [r["id"] for r in rows] == ["1", "3"]
+    assert rows[0]["flag"] in {"calm_first", "ready_for_solutions"}
+
+
+def test_cli_score_csv_missing_column_is_clear(tmp_path, env_model, capsys) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "in.csv"
+    src.write_text("a,b\n1,2\n", encoding="utf-8")
+    assert main(["score", str(src)]) == 2
+    assert "no column 'text'" in capsys.readouterr().err
+
+
+def test_cli_score_nothing_scored_exits_nonzero(tmp_path, env_model) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "in.jsonl"
+    src.write_text("{bad\n[1,2]\n", encoding="utf-8")
+    assert main(["score", str(src), "-o", str(tmp_path / "o.jsonl")]) == 1
+
+
+def test_cli_score_txt_stdin_console_script(tmp_path, env_model) -> None:  # type: ignore[no-untyped-def]
+    exe = [sys.executable, "-m", "service.cli", "score", "-", "--no-progress"]
+    proc = subprocess.run(
+        exe, input="請問營業時間\n\n為什麼還要算錢!\n", capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "CALMFIRST_MODEL_PATH": str(env_model)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert [r["id"] for r in rows] == [0, 2]
+
+
+def test_cli_score_progress_bar_on_long_files(tmp_path, env_model) -> None:  # type: ignore[no-untyped-def]
+    from service.analyzer import Analyzer
+    from service.batch import score_file
+
+    src = tmp_path / "many.txt"
+    src.write_text("\n".join(["請問"] * 1200) + "\n", encoding="utf-8")
+    from model.classifier import CalmFirstModel
+
+    analyzer = Analyzer(CalmFirstModel.from_pretrained(env_model, merge_adapters=True), batch_size=256)
+    out, err = io.StringIO(), io.StringIO()
+    report = score_file(analyzer, str(src), out, err=err, chunk_size=600)
+    assert report.scored == 1200
+    assert "1200/1200" in err.getvalue()
+    assert len(out.getvalue().splitlines()) == 1200
+
+
+def test_cli_unknown_output_format(tmp_path, env_model, capsys) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "a.txt"
+    src.write_text("hi\n")
+    assert main(["score", str(src), "-o", str(tmp_path / "x.parquet")]) == 2
+    assert "output must be" in capsys.readouterr().err

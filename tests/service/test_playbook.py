@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from data.schema import COMPLAINT_TYPES
+from service.playbook import CORE_STEPS, LANGS, Playbook, PlaybookError
+from service.settings import DEFAULT_PLAYBOOK
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load(DEFAULT_PLAYBOOK.read_text(encoding="utf-8"))
+
+
+def test_playbook_shipped_file_is_valid_and_complete(raw) -> None:  # type: ignore[no-untyped-def]
+    pb = Playbook.from_dict(raw)
+    assert set(CORE_STEPS) <= set(pb.steps)
+    for code in CORE_STEPS:
+        for lang in LANGS:
+            for ctype in COMPLAINT_TYPES:
+                assert pb.step(code, complaint_type=ctype, lang=lang).text.strip()
+
+
+def test_playbook_type_specific_text_and_fallback() -> None:
+    pb = Playbook.load(DEFAULT_PLAYBOOK)
+    billing = pb.step("listen_acknowledge", complaint_type="billing", lang="zh-Hant")
+    default = pb.step("listen_acknowledge", complaint_type="other", lang="zh-Hant")
+    assert billing.text != default.text and "帳單" in billing.text
+    assert default.text == pb.steps["listen_acknowledge"]["default"]["zh-Hant"]
+    assert pb.route("escalate", complaint_type="billing", lang="en").code == "escalate_supervisor"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key"),
+    [
+        (lambda r: r["steps"]["thank"]["default"].pop("en"), "steps.thank.default.en"),
+        (lambda r: r["routes"].__setitem__("calm_first", "hug"), "routes.calm_first"),
+        (lambda r: r["steps"]["apologize"].__setitem__("shipping", {"en": "x"}), "steps.apologize.shipping"),
+        (lambda r: r["routes"].pop("escalate"), "routes.escalate"),
+        (lambda r: r.__setitem__("languages", ["fr"]), "languages"),
+        (lambda r: r["order"].append("dance"), "order[8]"),
+    ],
+)
+def test_playbook_invalid_names_the_key(raw, mutate, key) -> None:  # type: ignore[no-untyped-def]
+    bad = copy.deepcopy(raw)
+    mutate(bad)
+    with pytest.raises(PlaybookError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        Playbook.from_dict(bad)
+
+
+def test_playbook_bad_yaml_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    p = tmp_path / "pb.yaml"
+    p.write_text("steps: [unclosed", encoding="utf-8")
+    with pytest.raises(PlaybookError, match="not valid YAML"):
+        Playbook.load(p)

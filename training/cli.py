@@ -1,0 +1,73 @@
+"""``calmfirst train`` and ``calmfirst evaluate``, registered through an entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.config import ConfigError, load_config
+    from training.data import DataError
+    from training.run import run_training
+
+    overrides = list(args.overrides)
+    if args.output:
+        overrides.append(f"output_dir={json.dumps(args.output)}")
+    try:
+        cfg = load_config(args.config, overrides)
+        result = run_training(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"calmfirst train: {e}", file=sys.stderr)
+        return 2
+    summary = {
+        "best": str(result.best_dir),
+        "last": str(result.last_dir),
+        "best_epoch": result.best_epoch,
+        "seconds": round(result.seconds, 1),
+        "test": {k: v for k, v in (result.test or {}).items() if isinstance(v, int | float)},
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.data import DataError
+    from training.run import run_evaluation
+
+    columns: dict[str, Any] = json.loads(args.columns) if args.columns else {}
+    try:
+        metrics = run_evaluation(
+            args.model,
+            args.data,
+            split=args.split,
+            fit_temperature_on=args.fit_temperature_on,
+            report_dir=args.report_dir,
+            columns=columns,
+        )
+    except (DataError, ValueError, FileNotFoundError) as e:
+        print(f"calmfirst evaluate: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics, indent=2, ensure_ascii=False))
+    return 0
+
+
+def register_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="fine-tune a model from a YAML/TOML config")
+    p.add_argument("config", help="config file (see training/configs/default.yaml)")
+    p.add_argument("--output", default=None, help="output folder (model-best, model-last, metrics.json)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. epochs=2 model.lora.r=8")
+    p.set_defaults(func=_cmd_train)
+
+
+def register_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a model on labelled data (JSON to stdout)")
+    p.add_argument("--model", required=True)
+    p.add_argument("data", help="'annotations' or a .csv/.jsonl file with labels")
+    p.add_argument("--split", default="test", help="train/dev/test or 'all' (default: test)")
+    p.add_argument("--fit-temperature-on", default=None, help="split to fit temperature scaling on, e.g. dev")
+    p.add_argument("--report-dir", default=None, help="write report.md, report.png and metrics.json here")
+    p.add_argument("--columns", default=None, help='JSON column mapping, e.g. {"text": "content"}')
+    p.set_defaults(func=_cmd_evaluate)

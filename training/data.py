@@ -1,0 +1,205 @@
+"""Training examples from the project's annotations or a researcher's own data.
+
+Labels are validated up front: a bad row stops the run with a message naming
+the file, the row and the bad value, before any compute is spent.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data.loader import load_annotations
+from data.schema import ANGER_LABELS, COMPLAINT_TYPES
+from data.script import detect_script
+from data.sources import hash_split
+from training.config import DataConfig, DataSource
+
+logger = logging.getLogger(__name__)
+
+FIELDS = ("id", "text", "anger_level", "complaint_type", "types", "threat", "script", "split")
+
+
+class DataError(ValueError):
+    """Training data is invalid; the message names the source, row and value."""
+
+
+@dataclass
+class Example:
+    text: str
+    anger_level: int | None
+    complaint_type: str | None
+    types: list[str]
+    threat: bool | None
+    script: str
+    split: str
+    source: str = ""
+    id: str = ""
+    weak: bool = False
+    weight: float = 1.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def as_gold(self) -> dict[str, Any]:
+        return {
+            "anger_level": self.anger_level,
+            "complaint_type": self.complaint_type,
+            "threat": self.threat,
+            "script": self.script,
+        }
+
+
+def _parse_level(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise DataError(f"{where}: anger_level must be 0-3 or a label, got {value!r}")
+    if isinstance(value, int | float) and float(value).is_integer() and 0 <= int(value) <= 3:
+        return int(value)
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v.isdigit() and 0 <= int(v) <= 3:
+            return int(v)
+        if v in ANGER_LABELS:
+            return ANGER_LABELS.index(v)
+    raise DataError(f"{where}: anger_level must be 0-3 or one of {list(ANGER_LABELS)}, got {value!r}")
+
+
+def _parse_type(value: Any, where: str) -> str:
+    if isinstance(value, str) and value.strip() in COMPLAINT_TYPES:
+        return value.strip()
+    raise DataError(f"{where}: complaint_type must be one of {list(COMPLAINT_TYPES)}, got {value!r}")
+
+
+def _parse_bool(value: Any, where: str, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in {"true", "false", "1", "0", "yes", "no"}:
+        return value.strip().lower() in {"true", "1", "yes"}
+    raise DataError(f"{where}: {name} must be true/false, got {value!r}")
+
+
+def _parse_types(value: Any, primary: str, where: str) -> list[str]:
+    if value is None or value == "":
+        return [primary]
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip().startswith("[") else [v for v in value.replace(",", "|").split("|") if v]
+    if not isinstance(value, list):
+        raise DataError(f"{where}: types must be a list of complaint types, got {value!r}")
+    out = [primary]
+    for v in value:
+        t = _parse_type(v, where)
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def row_to_example(row: dict[str, Any], src: DataSource, where: str, default_split: str) -> Example:
+    cols = {f: src.columns.get(f, f) for f in FIELDS}
+
+    def get(f: str) -> Any:
+        return row.get(cols[f])
+
+    text = get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: column {cols['text']!r} missing or empty")
+    level = _parse_level(get("anger_level"), where) if "anger_level" in src.tasks else None
+    ctype = _parse_type(get("complaint_type"), where) if "complaint_type" in src.tasks else None
+    types = _parse_types(get("types"), ctype, where) if ctype is not None else []
+    threat = _parse_bool(get("threat"), where, "threat") if "threat" in src.tasks else None
+    script = get("script") or detect_script(text)
+    if script not in {"hant", "hans"}:
+        raise DataError(f"{where}: script must be hant or hans, got {script!r}")
+    if src.split == "column":
+        split = get("split")
+        if split not in {"train", "dev", "test"}:
+            raise DataError(f"{where}: split must be train, dev or test, got {split!r}")
+    elif src.split == "auto":
+        split = get("split") if get("split") in {"train", "dev", "test"} else default_split
+    else:
+        split = src.split
+    return Example(
+        text=text,
+        anger_level=level,
+        complaint_type=ctype,
+        types=types,
+        threat=threat,
+        script=script,
+        split=split,
+        source=str(row.get("source") or src.path),
+        id=str(get("id") if get("id") is not None else ""),
+        weak=src.weak,
+        weight=src.weight,
+    )
+
+
+def _read_rows(src: DataSource) -> list[dict[str, Any]]:
+    path = src.path
+    fmt = src.format
+    if fmt == "hf" or path.startswith("hf:"):
+        return _read_hf(path.removeprefix("hf:"))
+    p = Path(path)
+    if fmt == "auto":
+        fmt = "csv" if p.suffix.lower() == ".csv" else "jsonl"
+    if not p.exists():
+        raise DataError(f"{path}: no such file")
+    rows: list[dict[str, Any]] = []
+    with open(p, encoding="utf-8-sig", newline="") as f:
+        if fmt == "csv":
+            rows.extend(dict(r) for r in csv.DictReader(f))
+        else:
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+    return rows
+
+
+def _read_hf(name: str) -> list[dict[str, Any]]:
+    import datasets
+
+    if Path(name).exists():
+        ds = datasets.load_from_disk(name)
+    else:
+        ds = datasets.load_dataset(name)
+    if isinstance(ds, datasets.DatasetDict):
+        rows = []
+        for split, part in ds.items():
+            for r in part:
+                r = dict(r)
+                r.setdefault("split", {"validation": "dev"}.get(split, split))
+                rows.append(r)
+        return rows
+    return [dict(r) for r in ds]
+
+
+def load_source(src: DataSource, *, shared_dir: str | None = None) -> list[Example]:
+    if src.path == "annotations":
+        records = load_annotations(shared_dir=Path(shared_dir) if shared_dir else None, on_missing="skip")
+        rows: list[dict[str, Any]] = records
+        name = "annotations"
+    elif isinstance(src.path, str):
+        rows = _read_rows(src)
+        name = src.path
+    out = []
+    for i, row in enumerate(rows[: src.limit] if src.limit else rows):
+        where = f"{name} row {i + 1}" + (f" (id {row.get('id')})" if row.get("id") is not None else "")
+        default_split = hash_split(f"{name}:{row.get('id', i)}")
+        out.append(row_to_example(row, src, where, default_split))
+    return out
+
+
+def load_examples(cfg: DataConfig) -> list[Example]:
+    examples: list[Example] = []
+    for src in cfg.sources:
+        part = load_source(src, shared_dir=cfg.shared_dir)
+        logger.info("loaded %d examples from %s%s", len(part), src.path, " (weak)" if src.weak else "")
+        examples.extend(part)
+    if not examples:
+        raise DataError("no training examples were loaded")
+    return examples

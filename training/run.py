@@ -1,0 +1,136 @@
+"""Plain functions behind ``calmfirst train`` and ``calmfirst evaluate``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from data.schema import ANGER_LABELS
+from model.classifier import CalmFirstConfig, CalmFirstModel
+from training.config import DataSource, TrainingArguments
+from training.data import Example, load_examples, load_source
+from training.trainer import CalmFirstTrainer, TrainResult, evaluate_model, fit_temperature, summarize_examples
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(args: TrainingArguments) -> CalmFirstModel:
+    if args.model.init_from:
+        logger.info("continuing from %s", args.model.init_from)
+        return CalmFirstModel.from_pretrained(args.model.init_from)
+    cfg = CalmFirstConfig(
+        lora=args.model.lora,
+        max_length=args.model.max_length,
+        head_dropout=args.model.head_dropout,
+        name=args.model.name,
+        version=args.model.version,
+    )
+    return CalmFirstModel.from_backbone(args.model.backbone, config=cfg, seed=args.seed)
+
+
+def split_examples(args: TrainingArguments, examples: list[Example]) -> tuple[list[Example], list[Example], list[Example]]:
+    train = [e for e in examples if e.split in args.data.train_splits]
+    dev = [e for e in examples if e.split == args.data.eval_split and not e.weak]
+    test = [e for e in examples if e.split == args.data.test_split and not e.weak]
+    return train, dev, test
+
+
+def run_training(args: TrainingArguments, *, model: CalmFirstModel | None = None) -> TrainResult:
+    examples = load_examples(args.data)
+    train, dev, test = split_examples(args, examples)
+    summary = summarize_examples(examples)
+    summary["weak_sources"] = [s.path for s in args.data.sources if s.weak]
+    model = model or build_model(args)
+    trainer = CalmFirstTrainer(model, args, train, dev, test, data_summary=summary)
+    return trainer.train()
+
+
+def load_eval_examples(data: str, *, split: str | None, columns: dict[str, str] | None = None) -> list[Example]:
+    src = DataSource(path=data, columns=columns or {})
+    examples = load_source(src)
+    if split and split != "all":
+        examples = [e for e in examples if e.split == split]
+    if not examples:
+        raise ValueError(f"no examples in {data!r}" + (f" for split {split!r}" if split else ""))
+    return examples
+
+
+def run_evaluation(
+    model_path: str,
+    data: str,
+    *,
+    split: str | None = "test",
+    fit_temperature_on: str | None = None,
+    report_dir: str | None = None,
+    columns: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    model = CalmFirstModel.from_pretrained(model_path)
+    if fit_temperature_on:
+        dev = load_eval_examples(data, split=fit_temperature_on, columns=columns)
+        model.config.temperature = fit_temperature(model, dev)
+    examples = load_eval_examples(data, split=split, columns=columns)
+    metrics = evaluate_model(model, examples)
+    metrics["model"] = {"path": model_path, "name": model.config.name, "version": model.config.version}
+    metrics["data"] = {"path": data, "split": split, "n": len(examples)}
+    metrics["temperature"] = model.config.temperature
+    if report_dir:
+        write_report(metrics, Path(report_dir))
+    return metrics
+
+
+def write_report(metrics: dict[str, Any], out: Path) -> None:
+    """Markdown report with confusion matrices, plus a PNG of calibration and per-class F1."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+    lines = [f"# Evaluation: {metrics['model']['name']} {metrics['model']['version']}", ""]
+    lines.append(f"Data: `{metrics['data']['path']}` split `{metrics['data']['split']}` ({metrics['n']} records)")
+    lines += ["", "| metric | overall | hant | hans |", "|---|---|---|---|"]
+    per = metrics.get("per_script", {})
+    for key in ("calm_first_f1", "anger_qwk", "anger_accuracy", "anger_mae", "type_macro_f1", "type_accuracy",
+                "threat_f1", "calm_first_ece"):
+        cells = [f"{metrics[key]:.3f}"] + [
+            f"{per[s][key]:.3f}" if s in per else "-" for s in ("hant", "hans")
+        ]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "## Anger confusion (rows gold, columns predicted)", ""]
+    lines.append("| gold \\ pred | " + " | ".join(ANGER_LABELS) + " |")
+    lines.append("|---" * (len(ANGER_LABELS) + 1) + "|")
+    for name, row in zip(ANGER_LABELS, metrics["anger_confusion"], strict=True):
+        lines.append(f"| {name} | " + " | ".join(str(x) for x in row) + " |")
+    labels = metrics["type_labels"]
+    lines += ["", "## Complaint-type confusion (rows gold, columns predicted)", ""]
+    lines.append("| gold \\ pred | " + " | ".join(labels) + " |")
+    lines.append("|---" * (len(labels) + 1) + "|")
+    for name, row in zip(labels, metrics["type_confusion"], strict=True):
+        lines.append(f"| {name} | " + " | ".join(str(x) for x in row) + " |")
+    lines += ["", "## Per-type F1", "", "| type | F1 | support |", "|---|---|---|"]
+    for t in labels:
+        lines.append(f"| {t} | {metrics['type_f1'][t]:.3f} | {metrics['type_support'][t]} |")
+    lines += ["", "![calibration and per-class F1](report.png)", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    _plot(metrics, out / "report.png")
+
+
+def _plot(metrics: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    rel = [b for b in metrics["calm_first_reliability"] if b["n"] > 0]
+    ax1.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
+    ax1.plot([b["confidence"] for b in rel], [b["frequency"] for b in rel], "o-", label="model")
+    ax1.set_xlabel("predicted P(calm_first)")
+    ax1.set_ylabel("observed frequency")
+    ax1.set_title(f"calm_first calibration (ECE {metrics['calm_first_ece']:.3f})")
+    ax1.legend()
+    labels = metrics["type_labels"]
+    ax2.barh(labels, [metrics["type_f1"][t] for t in labels])
+    ax2.set_xlim(0, 1)
+    ax2.set_title(f"complaint-type F1 (macro {metrics['type_macro_f1']:.3f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
