@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import sys
@@ -248,7 +247,12 @@ def score_file(
 
 def open_output(path: str | None) -> tuple[IO[str], str]:
     if path is None or path == "-":
-        return io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", line_buffering=False, write_through=True), "jsonl"
+        # Reconfigure rather than wrap: a wrapper around sys.stdout.buffer closes it when collected.
+        stream = sys.stdout
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(encoding="utf-8")
+        return stream, "jsonl"
     suffix = Path(path).suffix.lower()
     if suffix not in {".jsonl", ".csv"}:
         raise InputFormatError(f"{path}: output must be .jsonl or .csv")

