@@ -12,6 +12,13 @@ from pathlib import Path
 HANT = "hant"
 HANS = "hans"
 
+# OpenCC lists these as Simplified, but Hong Kong Cantonese writes them in Traditional text
+# (唔該晒, 等一吓): they must not vote for Simplified.
+_CANTONESE_NEUTRAL = frozenset("晒吓")
+# Written-Cantonese particles: Hong Kong customers type them with Traditional characters, so on a
+# tie (a short message with no script-specific character) they decide for Traditional.
+_CANTONESE_PARTICLES = frozenset("嘅咗喺哋嚟啲冇唔咩嘢畀")
+
 
 @functools.cache
 def _script_sets() -> tuple[frozenset[str], frozenset[str]]:
@@ -31,7 +38,7 @@ def _script_sets() -> tuple[frozenset[str], frozenset[str]]:
 
     trad = keys_that_change("TSCharacters.txt")
     simp = keys_that_change("STCharacters.txt")
-    return frozenset(trad - simp), frozenset(simp - trad)
+    return frozenset(trad - simp), frozenset(simp - trad - _CANTONESE_NEUTRAL)
 
 
 def script_counts(text: str) -> tuple[int, int]:
@@ -47,6 +54,8 @@ def detect_script(text: str, *, default: str = HANS) -> str:
         return HANT
     if s > t:
         return HANS
+    if any(c in _CANTONESE_PARTICLES for c in text):
+        return HANT
     return default
 
 

@@ -97,3 +97,21 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"../shared/data not present at {SHARED}")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT + tokenizer saved as a normal ``save_pretrained`` folder: the path a user's own backbone takes."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tok = build_tiny_tokenizer()
+    cfg = BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+    )
+    path = tmp_path_factory.mktemp("tiny-backbone") / "bert"
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -236,7 +236,7 @@ class CalmFirstTrainer:
                 scheduler.step()
                 optimizer.zero_grad()
                 step += 1
-                running += float(loss)
+                running += float(loss.detach())
                 if is_main and step % args.log_every == 0:
                     logger.info(
                         "epoch %d step %d/%d loss %.4f (%.0fs)", epoch, step, total_steps, running / args.log_every,
@@ -370,7 +370,7 @@ def fit_temperature(model: CalmFirstModel, examples: Sequence[Example], *, batch
         return loss
 
     opt.step(closure)
-    t = float(log_t.exp().clamp(0.05, 20.0))
+    t = float(log_t.detach().exp().clamp(0.05, 20.0))
     logger.info("fitted anger temperature %.3f on %d examples", t, len(labelled))
     return t
 

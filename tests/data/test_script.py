@@ -12,6 +12,8 @@ from data.script import convert, detect_script
         ("为什么7号还要算钱?你们到底怎么算的!", "hans"),
         ("你哋csl又亂收我漫遊費", "hant"),
         ("退款什么时候到账", "hans"),
+        ("收到退款喇,唔該晒。", "hant"),  # 晒 is Cantonese, not a Simplified marker
+        ("我等咗好耐", "hant"),
     ],
 )
 def test_script_detect(text: str, script: str) -> None:

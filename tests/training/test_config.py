@@ -1,0 +1,52 @@
+"""Config loading and validation: every error names the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.config import ConfigError, TrainingArguments, load_config
+
+
+def test_config_default_yaml_loads() -> None:
+    cfg = load_config("training/configs/default.yaml")
+    assert cfg.epochs >= 1
+    assert cfg.data.sources[0].path == "annotations"
+    assert cfg.model.lora is not None and cfg.model.lora.r == 16
+
+
+def test_config_toml_and_dotted_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    p = tmp_path / "c.toml"
+    p.write_text('epochs = 2\n[model]\nmax_length = 64\n[[data.sources]]\npath = "x.jsonl"\ncolumns = {text = "content"}\n')
+    cfg = load_config(p, ["model.lora.r=4", "learning_rate=1e-4", "augment.opencc_configs=[\"s2hk\"]"])
+    assert cfg.epochs == 2 and cfg.model.max_length == 64
+    assert cfg.model.lora is not None and cfg.model.lora.r == 4
+    assert cfg.learning_rate == pytest.approx(1e-4)
+    assert cfg.augment.opencc_configs == ["s2hk"]
+    assert cfg.data.sources[0].columns == {"text": "content"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        (["epochs=0"], "epochs"),
+        (["learning_rate=3"], "learning_rate"),
+        (["model.max_length=4"], "model.max_length"),
+        (["loss.class_weighting=cubic"], "loss.class_weighting"),
+        (["augment.opencc_prob=1.5"], "augment.opencc_prob"),
+        (["augment.opencc_configs=[\"t2s\"]"], "augment.opencc_configs"),
+        (["epoch=3"], "epoch"),
+        (["model.lr=3"], "model.lr"),
+        (["data.sources=[{\"path\": \"a.csv\", \"format\": \"xls\"}]"], "format"),
+        (["warmup_ratio=1"], "warmup_ratio"),
+        (["nokeyvalue"], "nokeyvalue"),
+    ],
+)
+def test_config_invalid_values_name_the_setting(overrides: list[str], names: str) -> None:
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
+        load_config("training/configs/default.yaml", overrides)
+
+
+def test_config_to_dict_round_trips() -> None:
+    cfg = load_config("training/configs/default.yaml", ["epochs=3"])
+    again = TrainingArguments(**cfg.to_dict())
+    assert again.to_dict() == cfg.to_dict()

@@ -1,0 +1,144 @@
+"""End to end: a tiny model trained on a few dozen rows, evaluated, then trained further from the saved model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model.classifier import CalmFirstModel
+from service.cli import main
+from tests.conftest import fixture_messages
+from training.config import load_config
+from training.data import DataError
+from training.run import run_evaluation, run_training
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 20 fixture messages written twice (ids differ) so the run sees a few dozen rows."""
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    rows = fixture_messages()
+    with path.open("w", encoding="utf-8") as f:
+        for copy in range(2):
+            for r in rows:
+                f.write(json.dumps({**r, "id": f"{r['id']}-{copy}"}, ensure_ascii=False) + "\n")
+    return path
+
+
+def _config(train_file: Path, backbone: Path, out: Path, *extra: str):  # type: ignore[no-untyped-def]
+    return load_config(
+        None,
+        [
+            f'data.sources=[{{"path": "{train_file}", "split": "column"}}]',
+            f"model.backbone={backbone}",
+            "model.lora.r=4",
+            "model.max_length=48",
+            "epochs=2",
+            "batch_size=8",
+            "learning_rate=0.005",
+            "head_learning_rate=0.01",
+            f"output_dir={out}",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(train_file: Path, tiny_backbone_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    run_training(_config(train_file, tiny_backbone_dir, out))
+    return out
+
+
+def test_train_writes_best_last_metrics_and_card(trained: Path) -> None:
+    for name in ("model-best", "model-last"):
+        d = trained / name
+        assert (d / "calmfirst_config.json").is_file()
+        assert (d / "calmfirst_heads.safetensors").is_file()
+        assert "## Training data" in (d / "README.md").read_text(encoding="utf-8")
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["test"]["n"] == sum(1 for r in fixture_messages() if r["split"] == "test") * 2
+    assert len(metrics["history"]) == 2
+    assert "per_script" in metrics["test"]
+    cfg = json.loads((trained / "model-best" / "calmfirst_config.json").read_text())
+    assert cfg["training"]["hyperparameters"]["epochs"] == 2
+
+
+def test_train_is_reproducible_with_a_seed(train_file: Path, tiny_backbone_dir: Path, tmp_path: Path, trained: Path) -> None:
+    run_training(_config(train_file, tiny_backbone_dir, tmp_path / "again"))
+    texts = [m["text"] for m in fixture_messages()]
+    a = CalmFirstModel.from_pretrained(trained / "model-last").predict_logits(texts)
+    b = CalmFirstModel.from_pretrained(tmp_path / "again" / "model-last").predict_logits(texts)
+    for key in a:
+        assert (a[key] - b[key]).abs().max().item() < 1e-5, key
+
+
+def test_train_continue_from_saved_model(train_file: Path, tiny_backbone_dir: Path, trained: Path, tmp_path: Path) -> None:
+    before = CalmFirstModel.from_pretrained(trained / "model-last")
+    cfg = _config(train_file, tiny_backbone_dir, tmp_path / "cont", f"model.init_from={trained / 'model-last'}", "epochs=1")
+    run_training(cfg)
+    after = CalmFirstModel.from_pretrained(tmp_path / "cont" / "model-last")
+    assert after.config.complaint_types == before.config.complaint_types
+    assert after.config.backbone == before.config.backbone
+    texts = [m["text"] for m in fixture_messages()]
+    la, lb = before.predict_logits(texts), after.predict_logits(texts)
+    assert (la["anger_logits"] - lb["anger_logits"]).abs().max().item() > 1e-4  # it really trained further
+
+
+def test_train_bad_label_names_row_and_value(tiny_backbone_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    with bad.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["content", "anger", "kind", "threat"])
+        w.writerow(["等太久了", "1", "delivery", "false"])
+        w.writerow(["太扯了吧", "5", "billing", "false"])
+    cfg = load_config(
+        None,
+        [
+            f'data.sources=[{{"path": "{bad}", "columns": {{"text": "content", "anger_level": "anger", "complaint_type": "kind"}}}}]',
+            f"model.backbone={tiny_backbone_dir}",
+            f"output_dir={tmp_path / 'o'}",
+        ],
+    )
+    with pytest.raises(DataError, match=r"row 2.*anger_level.*'5'"):
+        run_training(cfg)
+
+
+def test_train_evaluate_cli_reports(trained: Path, train_file: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    rc = main(["evaluate", "--model", str(trained / "model-best"), str(train_file), "--split", "test",
+               "--fit-temperature-on", "dev", "--report-dir", str(tmp_path / "rep")])
+    assert rc == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["data"]["n"] == 4 * 2 or metrics["data"]["n"] > 0
+    for key in ("anger_qwk", "calm_first_f1", "type_macro_f1", "threat_f1", "calm_first_ece", "per_script"):
+        assert key in metrics
+    report = (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
+    assert "Complaint-type confusion" in report
+    assert (tmp_path / "rep" / "report.png").stat().st_size > 1000
+
+
+def test_train_evaluate_function_matches_cli(trained: Path, train_file: Path) -> None:
+    m = run_evaluation(str(trained / "model-best"), str(train_file), split="all")
+    assert m["n"] == 40
+
+
+@pytest.mark.slow
+def test_train_two_processes_gloo(train_file: Path, tiny_backbone_dir: Path, tmp_path: Path) -> None:
+    """The same command under torchrun with 2 CPU processes (gloo), no code changes."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+        "-m", "service.cli", "train", "training/configs/default.yaml", "--output", str(tmp_path / "ddp"),
+        f'data.sources=[{{"path": "{train_file}", "split": "column"}}]', f"model.backbone={tiny_backbone_dir}",
+        "model.lora.r=4", "model.max_length=48", "epochs=1", "batch_size=8",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp" / "model-best" / "calmfirst_config.json").is_file()
+    assert "2 process(es)" in proc.stderr or (tmp_path / "ddp" / "metrics.json").is_file()
