@@ -1,0 +1,97 @@
+"""Annotation files: schema validation, text joined from the shared data, train/dev/test datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from data.loader import annotation_files, load_annotations, load_splits, read_label_file
+from data.schema import LabelError
+from data.stats import shortfalls, stats
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+ANNOTATIONS = Path(__file__).resolve().parents[2] / "data" / "annotations"
+
+
+def test_loader_joins_text_from_fixture_shared_data() -> None:
+    records = load_annotations(FIXTURES / "annotations", shared_dir=FIXTURES / "shared" / "data")
+    by_id = {r["id"]: r for r in records}
+    assert by_id["900001-t0"]["text"] == "宽带又断了,怎么回事"
+    assert by_id["900001-t2"]["text"] == "说好今天修的呢?"
+    assert by_id["waimai:1"]["text"] == "好吃,下次还点"
+    assert by_id["shopping:0"]["text"] == "屏幕有坏点,客服不理人"
+    assert by_id["written-x-1"]["text"].startswith("客服電話")
+    assert all(r["split"] in {"train", "dev", "test"} for r in records)
+
+
+def test_loader_yields_train_dev_test_datasets() -> None:
+    from datasets import Dataset, DatasetDict
+
+    dd = load_splits(FIXTURES / "annotations", shared_dir=FIXTURES / "shared" / "data")
+    assert isinstance(dd, DatasetDict)
+    assert set(dd) == {"train", "dev", "test"}
+    assert all(isinstance(d, Dataset) for d in dd.values())
+    assert sum(len(d) for d in dd.values()) == 6
+    assert {"text", "anger_level", "complaint_type", "types", "threat", "script"} <= set(dd["train"].column_names)
+
+
+def test_loader_missing_shared_text_raises_or_skips(tmp_path: Path) -> None:
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "stc3.jsonl").write_text(
+        json.dumps({"id": "999-t0", "source": "stc3", "anger_level": 0, "complaint_type": "none", "types": ["none"],
+                    "threat": False, "script": "hans"}) + "\n", encoding="utf-8")
+    with pytest.raises(LabelError, match="no text"):
+        load_annotations(ann, shared_dir=FIXTURES / "shared" / "data")
+    assert load_annotations(ann, shared_dir=FIXTURES / "shared" / "data", on_missing="skip") == []
+    # shared folder absent altogether: a clear error, or nothing when skipping
+    with pytest.raises(FileNotFoundError, match="shared data not found"):
+        load_annotations(ann, shared_dir=tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"anger_level": 4}, "anger_level"),
+        ({"complaint_type": "weather"}, "complaint_type"),
+        ({"types": ["delivery", "billing"]}, "types"),
+        ({"threat": True, "anger_level": 1}, "threat"),
+        ({"script": "latin"}, "script"),
+    ],
+)
+def test_loader_invalid_record_names_file_line_and_field(tmp_path: Path, patch: dict, message: str) -> None:
+    good = {"id": "w1", "source": "calmfirst_written", "text": "謝謝", "anger_level": 0, "complaint_type": "none",
+            "types": ["none"], "threat": False, "script": "hant"}
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "w2", **patch}) + "\n", encoding="utf-8")
+    with pytest.raises(LabelError, match=rf"x\.jsonl:2.*{message}"):
+        read_label_file(path)
+
+
+def test_loader_project_annotations_all_validate_and_store_no_shared_text() -> None:
+    files = annotation_files(ANNOTATIONS)
+    assert files, "no annotation files"
+    ids: set[tuple[str, str]] = set()
+    for path in files:
+        for rec in read_label_file(path):
+            key = (rec["source"], rec["id"])
+            assert key not in ids, f"duplicate {key} in {path.name}"
+            ids.add(key)
+            if rec["source"] != "calmfirst_written":
+                assert "text" not in rec, f"{path.name}: {rec['id']} stores a licensed source's text"
+
+
+def test_loader_project_annotations_meet_the_minimums() -> None:
+    problems = shortfalls(stats(ANNOTATIONS))
+    assert problems == [], problems
+
+
+@pytest.mark.shared
+def test_loader_project_annotations_join_real_shared_data(shared_data: Path) -> None:
+    records = load_annotations(ANNOTATIONS, shared_dir=shared_data)
+    total = sum(len(read_label_file(p)) for p in annotation_files(ANNOTATIONS))
+    assert len(records) == total
+    splits = {r["split"] for r in records}
+    assert splits == {"train", "dev", "test"}
