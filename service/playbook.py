@@ -46,6 +46,98 @@ class NextStep:
         return {"code": self.code, "text": self.text, "lang": self.lang}
 
 
+CONVERSATION_STATES = ("escalate", "calm_first", "recovered", "ready_for_solutions", "no_complaint")
+MISTAKE_CODES = ("argued", "blamed_customer", "last_word", "solution_while_furious", "interrogated")
+
+
+@dataclass(frozen=True)
+class ConversationRules:
+    """How a whole chat picks its next step; see the ``conversation`` section of playbook.yaml."""
+
+    sequences: dict[str, list[str]]
+    optional: frozenset[str]
+    repair: str
+    repair_after: frozenset[str]
+    solution_steps: frozenset[str]
+    solution_block_level: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sequences": self.sequences,
+            "optional": sorted(self.optional),
+            "repair": self.repair,
+            "repair_after": sorted(self.repair_after),
+            "solution_steps": sorted(self.solution_steps),
+            "solution_block_level": self.solution_block_level,
+        }
+
+
+DEFAULT_CONVERSATION: dict[str, Any] = {
+    "sequences": {
+        "escalate": ["listen_acknowledge", "apologize", "escalate_supervisor", "promise_callback"],
+        "calm_first": ["listen_acknowledge", "thank", "apologize", "commit_action", "promise_callback"],
+        "recovered": ["apologize", "offer_options", "promise_callback", "confirm_satisfaction"],
+        "ready_for_solutions": ["listen_acknowledge", "thank", "apologize", "ask_details", "offer_options",
+                                "promise_callback", "confirm_satisfaction"],
+        "no_complaint": ["answer_question", "confirm_satisfaction"],
+    },
+    "optional": ["listen_acknowledge", "ask_details", "thank"],
+    "repair": "apologize",
+    "repair_after": ["argued", "blamed_customer", "last_word", "solution_while_furious"],
+    "solution_steps": ["offer_options"],
+    "solution_block_level": 3,
+}
+
+
+def _parse_conversation(raw: Any, steps: dict[str, Any], fail: Any) -> ConversationRules:
+    if raw is None:
+        raw = DEFAULT_CONVERSATION
+    if not isinstance(raw, dict):
+        raise fail("conversation", "expected a mapping")
+    unknown = set(raw) - set(DEFAULT_CONVERSATION)
+    if unknown:
+        raise fail(f"conversation.{sorted(unknown)[0]}", f"unknown key; known: {sorted(DEFAULT_CONVERSATION)}")
+    merged = {**DEFAULT_CONVERSATION, **raw}
+    seqs = merged["sequences"]
+    if not isinstance(seqs, dict):
+        raise fail("conversation.sequences", "expected a mapping of state -> list of step codes")
+    for state in CONVERSATION_STATES:
+        if state not in seqs:
+            raise fail(f"conversation.sequences.{state}", "missing")
+    for state, codes in seqs.items():
+        if state not in CONVERSATION_STATES:
+            raise fail(f"conversation.sequences.{state}", f"unknown state; known: {list(CONVERSATION_STATES)}")
+        if not isinstance(codes, list) or not codes:
+            raise fail(f"conversation.sequences.{state}", "expected a non-empty list of step codes")
+        for i, code in enumerate(codes):
+            if code not in steps:
+                raise fail(f"conversation.sequences.{state}[{i}]", f"step {code!r} is not defined under 'steps'")
+    for key in ("optional", "solution_steps"):
+        if not isinstance(merged[key], list):
+            raise fail(f"conversation.{key}", "expected a list of step codes")
+        for i, code in enumerate(merged[key]):
+            if code not in steps:
+                raise fail(f"conversation.{key}[{i}]", f"step {code!r} is not defined under 'steps'")
+    if merged["repair"] not in steps:
+        raise fail("conversation.repair", f"step {merged['repair']!r} is not defined under 'steps'")
+    if not isinstance(merged["repair_after"], list):
+        raise fail("conversation.repair_after", "expected a list of mistake codes")
+    for i, code in enumerate(merged["repair_after"]):
+        if not isinstance(code, str) or not code:
+            raise fail(f"conversation.repair_after[{i}]", "expected a mistake code")
+    level = merged["solution_block_level"]
+    if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 3:
+        raise fail("conversation.solution_block_level", f"expected an anger level 0-3, got {level!r}")
+    return ConversationRules(
+        sequences={k: list(v) for k, v in seqs.items()},
+        optional=frozenset(merged["optional"]),
+        repair=merged["repair"],
+        repair_after=frozenset(merged["repair_after"]),
+        solution_steps=frozenset(merged["solution_steps"]),
+        solution_block_level=level,
+    )
+
+
 @dataclass
 class Playbook:
     version: int
@@ -55,6 +147,7 @@ class Playbook:
     thresholds: dict[str, Any]
     steps: dict[str, dict[str, dict[str, str]]]
     source: str = "<memory>"
+    conversation: ConversationRules | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> Playbook:
@@ -74,6 +167,10 @@ class Playbook:
 
         if not isinstance(raw, dict):
             raise fail("(top)", "expected a mapping")
+        known_top = {"version", "languages", "routes", "order", "thresholds", "steps", "conversation"}
+        for key in raw:
+            if key not in known_top:
+                raise fail(str(key), f"unknown key; known: {sorted(known_top)}")
         for key in ("version", "languages", "routes", "steps"):
             if key not in raw:
                 raise fail(key, "missing")
@@ -130,6 +227,7 @@ class Playbook:
             thresholds=dict(thresholds),
             steps=steps,
             source=source,
+            conversation=_parse_conversation(raw.get("conversation"), steps, fail),
         )
 
     def step(self, code: str, *, complaint_type: str, lang: str) -> NextStep:
@@ -155,4 +253,5 @@ class Playbook:
             "order": self.order,
             "thresholds": self.thresholds,
             "steps": self.steps,
+            "conversation": self.conversation.to_dict() if self.conversation else None,
         }

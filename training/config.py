@@ -137,6 +137,7 @@ class TrainingArguments:
     seed: int = 42
     fit_temperature: bool = True
     max_steps: int | None = None
+    group_by_length: bool = True
     num_threads: int | None = None
     log_every: int = 50
     output_dir: str = "runs/default"

@@ -27,11 +27,11 @@ def _compact(lab: dict) -> dict:
     return {"anger_level": lab["a"], "complaint_type": lab["t"], "types": lab["ts"], "threat": lab["th"]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--work", type=Path, default=Path("work/agreement"))
     ap.add_argument("--annotations", type=Path, default=ROOT / "annotations")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     out_path = args.annotations / "agreement_sample.jsonl"
     previous = {}
     if out_path.exists():

@@ -76,6 +76,11 @@ def main() -> None:
         for s in skipped:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
     print(f"skipped: {len(skipped)}")
+    if (Path("work/agreement") / "adjudicated.jsonl").exists():
+        # re-merging rewrites the source files from the raw batches: re-apply adjudicated labels
+        from data.tools import adjudicate
+
+        adjudicate.main([])
 
 
 if __name__ == "__main__":
