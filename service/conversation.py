@@ -95,12 +95,12 @@ class ConversationAnalyzer:
         for conv_id, turns in conversations:
             n_c = sum(t.role == "customer" for t in turns)
             n_a = len(turns) - n_c
-            out.append(self._build(conv_id, turns, results[ri : ri + n_c], agent[ai : ai + n_a], lang=lang))
+            out.append(self.build(conv_id, turns, results[ri : ri + n_c], agent[ai : ai + n_a], lang=lang))
             ri += n_c
             ai += n_a
         return out
 
-    def _build(
+    def build(
         self,
         conv_id: Any,
         turns: Sequence[Turn],
@@ -123,7 +123,6 @@ class ConversationAnalyzer:
                 r["id"] = index
                 ri += 1
                 last_customer_level = r["anger"]["level"]
-                last_agent_mistakes = []
                 out_turns.append({"index": index, "role": "customer", "ts": t.ts, "result": r})
             else:
                 a = agent[ai]

@@ -20,7 +20,7 @@ MASKS = {
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 # 13-19 digits, optionally grouped by spaces or dashes
-_CARD = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?![\d])")
+_CARD = re.compile(r"(?<![\d+])(?:\d[ -]?){12,18}\d(?![\d])")
 _IDS = [
     re.compile(r"(?<![\dA-Za-z])[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"),  # mainland
     re.compile(r"(?<![A-Za-z\d])[A-Z][1289]\d{8}(?![\d])"),  # Taiwan national ID / ARC
@@ -85,14 +85,25 @@ _installed = False
 
 
 def install_log_redaction() -> None:
-    """Attach the filter to every handler of the root logger and uvicorn's loggers (idempotent)."""
+    """Mask personal data in every log record of the process (idempotent).
+
+    A record factory is used rather than handler filters: it covers every logger and every
+    handler, including ones attached later (uvicorn's, a test's caplog, a user's file handler).
+    """
     global _installed
-    flt = RedactingFilter()
-    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "service", "model"):
-        lg = logging.getLogger(name)
-        if not any(isinstance(f, RedactingFilter) for f in lg.filters):
-            lg.addFilter(flt)
-        for h in lg.handlers:
-            if not any(isinstance(f, RedactingFilter) for f in h.filters):
-                h.addFilter(flt)
+    if _installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)  # type: ignore[arg-type]
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken log call must not break the request
+            message = str(record.msg)
+        record.msg = redact(message)
+        record.args = None
+        return record
+
+    logging.setLogRecordFactory(factory)
     _installed = True

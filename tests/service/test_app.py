@@ -134,3 +134,81 @@ def test_app_model_loads_in_lifespan(tiny_model_dir) -> None:  # type: ignore[no
     with TestClient(app) as c:
         assert c.get("/readyz").status_code == 200
         assert c.post("/v1/analyze", json={"text": "請問"}).status_code == 200
+
+
+def test_app_conversation_state_fields(client: httpx.Client) -> None:
+    body = {
+        "id": "chat-1",
+        "turns": [
+            {"role": "customer", "text": "為什麼7號還要算錢?你們到底怎麼算的!"},
+            {"role": "agent", "text": "非常抱歉造成您的困擾，我馬上幫您查詢。"},
+            {"role": "customer", "text": "好，麻煩快一點"},
+        ],
+    }
+    r = client.post("/v1/conversations/analyze", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["id"] == "chat-1"
+    assert [t["role"] for t in out["turns"]] == ["customer", "agent", "customer"]
+    assert set(out["turns"][0]["result"]) >= {"anger", "complaint", "threat", "route", "script"}
+    assert isinstance(out["turns"][1]["steps"], list) and isinstance(out["turns"][1]["mistakes"], list)
+    state = out["state"]
+    for key in ("flag", "escalate", "anger_series", "anger_trend", "peak_anger", "steps_taken", "mistakes", "next_step"):
+        assert key in state
+    assert len(state["anger_series"]) == 2
+    assert state["anger_trend"] in {"rising", "falling", "steady"}
+    assert state["next_step"]["lang"] == "zh-Hant"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"turns": []}, "turns"),
+        ({"turns": [{"role": "agent", "text": "您好"}]}, "turns"),
+        ({"turns": [{"role": "boss", "text": "hi"}]}, "turns.0.role"),
+        ({"turns": [{"role": "customer", "text": "  "}]}, "turns.0.text"),
+        ({"turns": [{"role": "customer"}]}, "turns.0.text"),
+    ],
+)
+def test_app_conversation_bad_input_names_field(client: httpx.Client, body: dict, field: str) -> None:
+    r = client.post("/v1/conversations/analyze", json=body)
+    assert r.status_code == 422
+    assert field in r.json()["detail"]
+
+
+def test_app_explain_returns_spans_inside_text(client: httpx.Client) -> None:
+    text = "你們這什麼垃圾服務,退款拖了一個月!"
+    r = client.post("/v1/analyze", json={"text": text, "explain": True})
+    assert r.status_code == 200
+    exp = r.json()["explanation"]
+    assert exp["method"] == "occlusion" and exp["target"] == "anger.score"
+    assert len(exp["char_weights"]) == len(text.replace(" ", ""))
+    for span in exp["spans"]:
+        assert text[span["start"] : span["end"]] == span["text"]
+        assert span["weight"] > 0
+
+
+def test_app_redact_masks_returned_text(client: httpx.Client) -> None:
+    r = client.post("/v1/analyze", json={"text": "我電話0912345678,帳單多扣錢", "redact": True})
+    assert r.status_code == 200
+    assert r.json()["text"] == "我電話[PHONE],帳單多扣錢"
+    r = client.post("/v1/analyze", json={"text": "我電話0912345678,帳單多扣錢"})
+    assert "text" not in r.json()  # the service does not echo message text unless asked
+
+
+def test_app_console_page_served(client: httpx.Client) -> None:
+    r = client.get("/")
+    assert r.status_code == 200
+    assert "text/html" in r.headers["content-type"]
+    assert "/v1/analyze" in r.text
+
+
+def test_app_logs_carry_no_personal_data(tiny_analyzer, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    settings = Settings(max_text_chars=10)
+    with caplog.at_level(logging.DEBUG):
+        for c in _serve(settings, tiny_analyzer):
+            c.post("/v1/analyze", json={"text": "我的電話是0912345678身分證A123456789請回電"})
+            logging.getLogger("service.app").warning("echo %s", "0912345678 A123456789")
+    assert "0912345678" not in caplog.text and "A123456789" not in caplog.text

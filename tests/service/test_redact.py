@@ -1,0 +1,44 @@
+"""Personal data is masked in returned text and never reaches a log."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from service.redact import RedactingFilter, redact
+
+
+@pytest.mark.parametrize(
+    ("text", "secret", "mask"),
+    [
+        ("我的手機是0912-345-678請回電", "0912-345-678", "[PHONE]"),
+        ("手机13812345678", "13812345678", "[PHONE]"),
+        ("打+86 138 1234 5678找我", "138 1234 5678", "[PHONE]"),
+        ("香港電話 9123 4567", "9123 4567", "[PHONE]"),
+        ("市話(02)2345-6789", "2345-6789", "[PHONE]"),
+        ("身分證A123456789", "A123456789", "[ID]"),
+        ("身份证号110101199003071234", "110101199003071234", "[ID]"),
+        ("HKID A123456(7)", "A123456", "[ID]"),
+        ("email me: wang.xiao@example.com.tw", "wang.xiao@example.com.tw", "[EMAIL]"),
+        ("卡號 4111 1111 1111 1111 被盜刷", "4111 1111 1111 1111", "[CARD]"),
+    ],
+)
+def test_redact_masks_personal_data(text: str, secret: str, mask: str) -> None:
+    out = redact(text)
+    assert secret not in out
+    assert mask in out
+
+
+@pytest.mark.parametrize("text", ["訂單編號 12345678 還沒出貨", "订单号 2023112312345678", "7號還要算錢", "退了 350 元"])
+def test_redact_keeps_order_numbers_and_amounts(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_redact_log_filter_masks_formatted_message(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.redact")
+    logger.addFilter(RedactingFilter())
+    with caplog.at_level(logging.INFO, logger="test.redact"):
+        logger.info("customer said %s", "電話0912345678 卡4111111111111111")
+    assert "0912345678" not in caplog.text and "4111111111111111" not in caplog.text
+    assert "[PHONE]" in caplog.text and "[CARD]" in caplog.text
