@@ -32,7 +32,7 @@ def _script_sets() -> tuple[frozenset[str], frozenset[str]]:
             if not line.strip():
                 continue
             key, _, values = line.partition("\t")
-            if any(v != key for v in values.split()):
+            if key not in values.split():  # 了 -> 了|瞭 is valid in both scripts: not a marker
                 out.add(key)
         return out
 
