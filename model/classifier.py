@@ -262,10 +262,12 @@ class CalmFirstModel(nn.Module):
         was_training = self.training
         self.eval()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        device = next(self.parameters()).device
         chunks: list[dict[str, torch.Tensor]] = []
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            chunks.append(self(**self.tokenize([texts[i] for i in idx])))
+            enc = {k: v.to(device) for k, v in self.tokenize([texts[i] for i in idx]).items()}
+            chunks.append({k: v.cpu() for k, v in self(**enc).items()})
         if was_training:
             self.train()
         if not chunks:
