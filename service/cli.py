@@ -51,6 +51,45 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0 if report.scored > 0 else 1
 
 
+def _cmd_qa(args: argparse.Namespace) -> int:
+    from service.agent_steps import AgentStepDetector
+    from service.analyzer import Analyzer
+    from service.batch import InputFormatError
+    from service.qa import check_input, run_qa
+    from service.settings import Settings
+
+    try:
+        check_input(args.input)  # fail before the model loads
+    except InputFormatError as e:
+        print(f"calmfirst qa: {e}", file=sys.stderr)
+        return 2
+    settings = Settings(batch_size=args.batch_size) if args.batch_size else Settings()
+    analyzer = Analyzer.from_settings(settings, model_path=args.model)
+    detector = AgentStepDetector.from_data()
+    try:
+        report = run_qa(
+            args.input,
+            args.output,
+            analyzer=analyzer,
+            detector=detector,
+            batch_conversations=args.chunk,
+            progress=False if args.no_progress else None,
+            keep_text=args.keep_text,
+            lang=args.lang,
+        )
+    except InputFormatError as e:
+        print(f"calmfirst qa: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"calmfirst qa: {report.scored} conversations scored ({report.turns_scored} turns), "
+        f"{report.resumed} already done, {len(report.bad)} problems skipped; "
+        f"{report.conversations_total} conversations in {args.output}",
+        file=sys.stderr,
+    )
+    # a fully resumed run scored nothing new but its output folder is complete: that is a success
+    return 0 if report.conversations_total > 0 else 1
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -95,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", choices=["zh-Hant", "zh-Hans", "en"], default=None, help="next-step language")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("qa", help="QA over transcripts: per-turn, per-conversation and per-agent scores + HTML report")
+    p.add_argument("input", help=".jsonl (one conversation a line) or .csv (one turn a row)")
+    p.add_argument("-o", "--output", required=True, help="output folder (re-running resumes where it stopped)")
+    p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    p.add_argument("--batch-size", type=int, default=None, help="model batch size (as for score)")
+    p.add_argument("--chunk", type=int, default=64, help="conversations per model call (bounds memory)")
+    p.add_argument("--keep-text", action="store_true", help="store redacted message text in turns.* (default: none)")
+    p.add_argument("--lang", choices=["zh-Hant", "zh-Hans", "en"], default=None, help="next-step language")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_qa)
 
     p = sub.add_parser("serve", help="run the HTTP API")
     p.add_argument("--host", default=None)

@@ -1,0 +1,500 @@
+"""``calmfirst qa``: transcripts in batch, on the tiny model and the real agent-step detector.
+
+The tiny model's scores are random but deterministic, so these tests pin down reading, writing,
+resuming, aggregation and the report; the handling-score formula is tested on hand-built states.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.agent_steps import AgentStepDetector
+from service.batch import InputFormatError
+from service.cli import main
+from service.conversation import ConversationAnalyzer
+from service.qa import (
+    TURN_COLUMNS,
+    anger_outcome,
+    handling_score,
+    read_conversations,
+    run_qa,
+    summarize,
+)
+from service.qa_report import render_report
+
+PHONE = "0912345678"
+CONVERSATIONS = [
+    {
+        "id": "t1",
+        "agent_id": "amy",
+        "turns": [
+            {"role": "customer", "text": f"你們到底什麼時候退款？打電話{PHONE}都沒人接！", "ts": "2024-05-01T10:00:00"},
+            {"role": "agent", "text": "非常抱歉讓您久等了，謝謝您告訴我們，我馬上幫您查。"},
+            {"role": "customer", "text": "好，麻煩快一點。"},
+            {"role": "agent", "text": "已經幫您處理好了，請問還有其他需要嗎？"},
+        ],
+    },
+    {
+        "id": "s1",
+        "agent_id": "bob",
+        "turns": [
+            {"role": "customer", "text": "快递三天还没到，太离谱了"},
+            {"role": "agent", "text": "这不是我们的问题，是你自己地址写错了"},
+            {"role": "customer", "text": "你什么态度？我要投诉你！"},
+        ],
+    },
+    {
+        "agent_id": "amy",
+        "turns": [
+            {"role": "customer", "text": "請問營業時間是幾點到幾點？"},
+            {"role": "agent", "text": "我們每天早上九點到晚上九點營業，謝謝您的詢問。"},
+        ],
+    },
+    {
+        "id": "s2",
+        "turns": [
+            {"role": "agent", "text": "您好，请问有什么可以帮您？"},
+            {"role": "customer", "text": "帐单多扣了我两百块，怎么回事"},
+            {"role": "agent", "text": "很抱歉给您带来困扰，我帮您核对一下，今天内给您回复。"},
+        ],
+    },
+]
+
+
+def _write_jsonl(path: Path, convs: list[dict], extra_lines: dict[int, str] | None = None) -> Path:
+    lines = [json.dumps(c, ensure_ascii=False) for c in convs]
+    for at, line in sorted((extra_lines or {}).items()):
+        lines.insert(at, line)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def detector() -> AgentStepDetector:
+    return AgentStepDetector.from_data()
+
+
+@pytest.fixture()
+def qa(tiny_analyzer, detector):  # type: ignore[no-untyped-def]
+    def run(src: Path, out: Path, **kw):  # type: ignore[no-untyped-def]
+        return run_qa(src, out, analyzer=tiny_analyzer, detector=detector, **kw)
+
+    return run
+
+
+@pytest.fixture()
+def env_model(tiny_model_dir, detector, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("CALMFIRST_MODEL_PATH", str(tiny_model_dir))
+    # the CLI fits the detector at start; reuse the module's fitted one to keep the tests quick
+    monkeypatch.setattr(AgentStepDetector, "from_data", classmethod(lambda cls, *a, **k: detector))
+    return tiny_model_dir
+
+
+# ------------------------------------------------------------------ good files
+def test_qa_jsonl_writes_turns_conversations_agents_report(tmp_path, qa, capsys) -> None:  # type: ignore[no-untyped-def]
+    src = _write_jsonl(tmp_path / "in.jsonl", CONVERSATIONS)
+    out = tmp_path / "out"
+    report = qa(src, out)
+    assert report.scored == 4 and report.resumed == 0 and report.bad == []
+    assert {p.name for p in out.iterdir()} == {
+        "turns.jsonl", "turns.csv", "conversations.jsonl", "conversations.csv", "agents.csv", "agents.json",
+        "report.html",
+    }  # fmt: skip
+    turns = _jsonl(out / "turns.jsonl")
+    assert len(turns) == sum(len(c["turns"]) for c in CONVERSATIONS) == report.turns_scored
+    assert [t["conversation_id"] for t in turns[:4]] == ["t1"] * 4
+    assert [t["turn_index"] for t in turns[:4]] == [0, 1, 2, 3]
+    cust, agent = turns[0], turns[1]
+    assert cust["role"] == "customer" and cust["ts"] == "2024-05-01T10:00:00"
+    assert 0 <= cust["anger_level"] <= 3 and 0.0 <= cust["anger_score"] <= 1.0
+    assert {"complaint_type", "types", "threat", "flag"} <= set(cust)
+    assert agent["role"] == "agent" and isinstance(agent["steps"], list) and isinstance(agent["mistakes"], list)
+    assert "anger_level" not in agent
+    # default: no text stored anywhere
+    assert all("text" not in t for t in turns)
+    csv_turns = _csv_rows(out / "turns.csv")
+    assert list(csv_turns[0]) == TURN_COLUMNS and all(r["text"] == "" for r in csv_turns)
+    assert PHONE not in (out / "turns.csv").read_text(encoding="utf-8")
+
+    convs = _jsonl(out / "conversations.jsonl")
+    assert [c["conversation_id"] for c in convs] == ["t1", "s1", 2, "s2"]  # a missing id is the 0-based line
+    for c in convs:
+        assert 0 <= c["handling_score"] <= 100
+        assert c["peak_anger"] == max(c["anger_series"]) and c["final_anger"] == c["anger_series"][-1]
+        assert c["handling_score"] == handling_score(c, c["mistake_counts"])["score"]
+    assert convs[0]["customer_turns"] == 2 and convs[0]["agent_turns"] == 2
+    assert len(_csv_rows(out / "conversations.csv")) == 4
+
+    agents = json.loads((out / "agents.json").read_text(encoding="utf-8"))
+    by_id = {a["agent_id"]: a for a in agents["agents"]}
+    assert set(by_id) == {"amy", "bob", "(unassigned)"}
+    assert by_id["amy"]["conversations"] == 2
+    assert by_id["amy"]["mean_handling_score"] == round(
+        (convs[0]["handling_score"] + convs[2]["handling_score"]) / 2, 1
+    )
+    assert agents["summary"]["conversations"] == 4
+    agents_csv = _csv_rows(out / "agents.csv")
+    assert {r["agent_id"] for r in agents_csv} == set(by_id)
+    assert "mistake_argued" in agents_csv[0] and "escalations" in agents_csv[0]
+
+
+def test_qa_csv_groups_and_sorts_by_turn_index(tmp_path, qa) -> None:  # type: ignore[no-untyped-def]
+    src = _write_csv(
+        tmp_path / "in.csv",
+        ["conversation_id", "turn_index", "role", "text", "agent_id", "ts"],
+        [
+            ["c1", "2", "customer", "好，謝謝你", "amy", "3"],
+            ["c1", "0", "customer", "我的包裹寄丟了，怎麼辦？", "", "1"],
+            ["c1", "1", "agent", "非常抱歉，我馬上幫您查詢，今天內回覆您。", "amy", "2"],
+            ["c2", "0", "customer", "退款怎么还没到账", "bob", ""],
+            ["c2", "1", "agent", "抱歉让您久等，我帮您催一下", "bob", ""],
+        ],
+    )
+    out = tmp_path / "out"
+    report = qa(src, out)
+    assert report.scored == 2 and report.bad == []
+    turns = _jsonl(out / "turns.jsonl")
+    assert [(t["conversation_id"], t["turn_index"], t["role"]) for t in turns] == [
+        ("c1", 0, "customer"), ("c1", 1, "agent"), ("c1", 2, "customer"), ("c2", 0, "customer"), ("c2", 1, "agent"),
+    ]  # fmt: skip
+    assert [t["ts"] for t in turns[:3]] == ["1", "2", "3"]
+    convs = _jsonl(out / "conversations.jsonl")
+    assert [(c["conversation_id"], c["agent_id"], len(c["anger_series"])) for c in convs] == [
+        ("c1", "amy", 2),
+        ("c2", "bob", 1),
+    ]
+
+
+def test_qa_keep_text_stores_redacted_text_only(tmp_path, qa) -> None:  # type: ignore[no-untyped-def]
+    multiline = {"id": "m", "turns": [{"role": "customer", "text": '第一行\n第二行, "引號"'}]}
+    src = _write_jsonl(tmp_path / "in.jsonl", [CONVERSATIONS[0], multiline])
+    out = tmp_path / "out"
+    qa(src, out, keep_text=True)
+    assert _csv_rows(out / "turns.csv")[-1]["text"] == multiline["turns"][0]["text"]
+    # resuming prunes CSV rows by record, not by physical line: quoted newlines survive
+    log = (out / "conversations.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (out / "conversations.jsonl").write_text(log[0], encoding="utf-8")
+    assert qa(src, out, keep_text=True).scored == 1
+    assert [r["conversation_id"] for r in _csv_rows(out / "turns.csv")] == ["t1"] * 4 + ["m"]
+    turns = _jsonl(out / "turns.jsonl")
+    assert turns[0]["text"].endswith("打電話[PHONE]都沒人接！")
+    assert turns[1]["text"] == CONVERSATIONS[0]["turns"][1]["text"]
+    for name in ("turns.jsonl", "turns.csv", "conversations.jsonl", "report.html", "agents.json"):
+        assert PHONE not in (out / name).read_text(encoding="utf-8")
+    assert _csv_rows(out / "turns.csv")[0]["text"].endswith("[PHONE]都沒人接！")
+
+
+# ------------------------------------------------------------------ broken files
+def test_qa_jsonl_bad_lines_reported_and_rest_scored(tmp_path, qa, capsys) -> None:  # type: ignore[no-untyped-def]
+    bad = {
+        1: "{broken json",
+        2: json.dumps(
+            {"id": "missing-role", "turns": [{"text": "哈囉"}, {"role": "customer", "text": "請問運費多少"}]}
+        ),
+        3: json.dumps(
+            {"id": "unknown-role", "turns": [{"role": "bot", "text": "您好"}, {"role": "customer", "text": "在吗"}]}
+        ),
+        4: json.dumps({"id": "empty-text", "turns": [{"role": "customer", "text": "  "}]}),
+        5: json.dumps({"id": "no-turns", "turns": []}),
+        6: json.dumps({"id": "agent-only", "turns": [{"role": "agent", "text": "您好"}]}),
+        7: "[1, 2]",
+    }
+    src = _write_jsonl(tmp_path / "in.jsonl", CONVERSATIONS[:2], bad)
+    out = tmp_path / "out"
+    report = qa(src, out)
+    err = capsys.readouterr().err
+    assert f"{src}: line 2: not valid JSON" in err
+    assert "line 3: turn 0: role missing (skipped)" in err
+    assert "line 4: turn 0: unknown role 'bot' (expected customer or agent) (skipped)" in err
+    assert "line 5: turn 0: text missing or empty (skipped)" in err
+    assert "line 5: no customer turn to score (skipped)" in err
+    assert "line 6: field 'turns' missing or not a non-empty list (skipped)" in err
+    assert "line 7: no customer turn to score (skipped)" in err
+    assert "line 8: expected a JSON object (skipped)" in err
+    ids = [c["conversation_id"] for c in _jsonl(out / "conversations.jsonl")]
+    assert ids == ["t1", "missing-role", "unknown-role", "s1"]  # a bad turn skips the turn, not the conversation
+    convs = {c["conversation_id"]: c for c in _jsonl(out / "conversations.jsonl")}
+    assert convs["missing-role"]["turns_skipped"] == 1 and convs["missing-role"]["turns"] == 1
+    turn_ids = [(t["conversation_id"], t["turn_index"]) for t in _jsonl(out / "turns.jsonl")]
+    assert ("unknown-role", 1) in turn_ids and ("unknown-role", 0) not in turn_ids  # source index kept
+    assert report.scored == 4 and len(report.bad) == 8
+    assert "你們" not in err and "您好" not in err  # never echo message text
+
+
+def test_qa_jsonl_repeated_id_reported(tmp_path, qa, capsys) -> None:  # type: ignore[no-untyped-def]
+    src = _write_jsonl(tmp_path / "in.jsonl", [CONVERSATIONS[0], CONVERSATIONS[1], CONVERSATIONS[0]])
+    report = qa(src, tmp_path / "out")
+    assert report.scored == 2
+    assert "line 3: conversation id 't1' repeated (skipped)" in capsys.readouterr().err
+
+
+def test_qa_csv_bad_rows_reported_and_rest_scored(tmp_path, qa, capsys) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "in.csv"
+    src.write_text(
+        "conversation_id,turn_index,role,text,agent_id\n"
+        "c1,0,customer,我的訂單還沒到,amy\n"  # line 2
+        "c1,1,agent,抱歉，我馬上查\n"  # line 3: a missing cell
+        "c1,x,agent,抱歉,amy\n"  # line 4: turn_index not an integer
+        "c2,0,customer,退款呢,bob\n"  # line 5
+        "c2,1,robot,您好,bob\n"  # line 6: unknown role
+        "c2,2,agent,,bob\n"  # line 7: empty text
+        "c1,2,customer,還在嗎,amy\n"  # line 8: c1 again after c2
+        "c3,0,customer,帐单有问题,amy\n"  # line 9
+        "c3,0,customer,重复的序号,amy\n"  # line 10: turn_index repeated
+        ",1,agent,没有会话编号,amy\n",  # line 11
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    report = qa(src, out)
+    err = capsys.readouterr().err
+    for line, reason in [
+        (3, "fewer fields than the header"),
+        (4, "column 'turn_index' is not an integer"),
+        (6, "unknown role 'robot'"),
+        (7, "text missing or empty"),
+        (8, "conversation_id 'c1' reappears after other conversations (rows must be contiguous)"),
+        (10, "turn_index 0 repeated"),
+        (11, "column 'conversation_id' empty"),
+    ]:
+        assert f"line {line}: {reason}" in err, (line, err)
+    assert report.scored == 3 and len(report.bad) == 7
+    convs = {c["conversation_id"]: c for c in _jsonl(out / "conversations.jsonl")}
+    assert set(convs) == {"c1", "c2", "c3"}
+    assert convs["c1"]["turns"] == 1 and convs["c1"]["turns_skipped"] == 2
+    assert convs["c2"]["turns_skipped"] == 2
+
+
+def test_qa_csv_missing_column_is_input_error(tmp_path, qa) -> None:  # type: ignore[no-untyped-def]
+    src = _write_csv(tmp_path / "in.csv", ["conversation_id", "turn_index", "text"], [["c1", "0", "你好"]])
+    with pytest.raises(InputFormatError, match="no column 'role'"):
+        list(read_conversations(src))
+    with pytest.raises(InputFormatError):
+        qa(src, tmp_path / "out")
+
+
+def test_qa_failing_conversation_isolated_from_its_chunk(tmp_path, qa, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    real = ConversationAnalyzer.analyze_many
+
+    def flaky(self, conversations, *, lang=None):  # type: ignore[no-untyped-def]
+        if any(conv_id == "s1" for conv_id, _ in conversations):
+            raise RuntimeError("model exploded")
+        return real(self, conversations, lang=lang)
+
+    monkeypatch.setattr(ConversationAnalyzer, "analyze_many", flaky)
+    report = qa(_write_jsonl(tmp_path / "in.jsonl", CONVERSATIONS), tmp_path / "out")
+    assert report.scored == 3
+    assert "line 2: could not be scored (RuntimeError) (skipped)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ bounded work
+def test_qa_scores_in_bounded_chunks(tmp_path, qa, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    calls: list[tuple[int, int]] = []
+    real = ConversationAnalyzer.analyze_many
+
+    def spy(self, conversations, *, lang=None):  # type: ignore[no-untyped-def]
+        calls.append((len(conversations), sum(t.role == "customer" for _, ts in conversations for t in ts)))
+        return real(self, conversations, lang=lang)
+
+    monkeypatch.setattr(ConversationAnalyzer, "analyze_many", spy)
+    convs = [{**c, "id": f"{i}-{j}"} for i in range(5) for j, c in enumerate(CONVERSATIONS)]
+    src = _write_jsonl(tmp_path / "in.jsonl", convs)
+    report = qa(src, tmp_path / "out", batch_conversations=6, max_customer_turns=7)
+    assert report.scored == 20
+    assert sum(n for n, _ in calls) == 20
+    # a chunk closes as soon as either bound is reached; the last conversation may overshoot the turn bound
+    assert all(n <= 6 and c < 7 + 2 for n, c in calls)
+
+
+def test_qa_worst_conversations_bounded_heap(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "conversations.jsonl"
+    rows = []
+    for i in range(50):
+        score, peak = (i * 37) % 101, i % 4
+        rows.append({
+            "conversation_id": f"c{i}", "agent_id": f"a{i % 3}", "turns": 2, "customer_turns": 1, "agent_turns": 1,
+            "turns_skipped": 0, "anger_series": [peak], "peak_anger": peak, "final_anger": peak,
+            "anger_trend": "steady", "situation": "calm_first", "complaint_type": "billing", "types": ["billing"],
+            "threat": False, "escalate": i % 5 == 0, "flag": "calm_first", "steps_taken": [],
+            "steps_missed": ["apologize"], "mistakes": [], "mistake_counts": {"argued": 1} if i % 2 else {},
+            "handling_score": score,
+        })  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    agg = summarize(path, worst_n=5)
+    expected = sorted(rows, key=lambda r: (r["handling_score"], -r["peak_anger"], r["conversation_id"]))[:5]
+    assert [w["conversation_id"] for w in agg.worst] == [r["conversation_id"] for r in expected]
+    assert agg.conversations == 50 and agg.escalations == 10 and agg.mistakes["argued"] == 25
+    assert agg.agents["a0"].conversations == 17 and agg.agents["a0"].steps_missed["apologize"] == 17
+    assert sum(agg.score_bins) == 50
+
+
+# ------------------------------------------------------------------ resuming
+def test_qa_rerun_resumes_without_duplicates(tmp_path, qa) -> None:  # type: ignore[no-untyped-def]
+    src = _write_jsonl(tmp_path / "in.jsonl", CONVERSATIONS)
+    out = tmp_path / "out"
+    qa(src, out)
+    names = ("turns.jsonl", "turns.csv", "conversations.jsonl", "conversations.csv", "agents.json", "report.html")
+    before = {name: (out / name).read_bytes() for name in names}
+    again = qa(src, out)
+    assert again.scored == 0 and again.resumed == 4 and again.conversations_total == 4
+    for name, data in before.items():
+        assert (out / name).read_bytes() == data, name
+
+
+def test_qa_resume_after_interruption_matches_clean_run(tmp_path, qa) -> None:  # type: ignore[no-untyped-def]
+    convs = [{**c, "id": f"{i}-{j}"} for i in range(3) for j, c in enumerate(CONVERSATIONS)]
+    src = _write_jsonl(tmp_path / "in.jsonl", convs)
+    clean = tmp_path / "clean"
+    qa(src, clean, batch_conversations=4)
+    # interrupted: the commit log cut in the middle of its 6th line; turns of later conversations were written
+    cut = tmp_path / "cut"
+    shutil.copytree(clean, cut)
+    log = (cut / "conversations.jsonl").read_bytes()
+    lines = log.splitlines(keepends=True)
+    (cut / "conversations.jsonl").write_bytes(b"".join(lines[:5]) + lines[5][: len(lines[5]) // 2])
+    for name in ("agents.json", "agents.csv", "report.html"):
+        (cut / name).unlink()
+    resumed = qa(src, cut, batch_conversations=4)
+    assert resumed.resumed == 5 and resumed.scored == 7
+    got = _jsonl(cut / "conversations.jsonl")
+    assert [c["conversation_id"] for c in got] == [c["id"] for c in convs]  # no duplicates, input order
+    turn_keys = [(t["conversation_id"], t["turn_index"]) for t in _jsonl(cut / "turns.jsonl")]
+    assert len(turn_keys) == len(set(turn_keys)) == sum(len(c["turns"]) for c in convs)
+    assert len(_csv_rows(cut / "turns.csv")) == len(turn_keys)
+    assert [r["conversation_id"] for r in _csv_rows(cut / "conversations.csv")] == [c["id"] for c in convs]
+    assert json.loads((cut / "agents.json").read_text()) == json.loads((clean / "agents.json").read_text())
+    assert (cut / "report.html").read_bytes() == (clean / "report.html").read_bytes()
+
+
+# ------------------------------------------------------------------ report
+def test_qa_report_html_is_self_contained(tmp_path, qa) -> None:  # type: ignore[no-untyped-def]
+    src = _write_jsonl(tmp_path / "in.jsonl", CONVERSATIONS)
+    out = tmp_path / "out"
+    qa(src, out, keep_text=True)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.count('<img src="data:image/png;base64,') >= 4
+    lowered = page.lower()
+    assert "http://" not in lowered and "https://" not in lowered
+    assert "<script" not in lowered and "<link" not in lowered
+    assert "Worst conversations" in page and "Handling scores" in page
+    for conv in CONVERSATIONS:
+        for turn in conv["turns"]:
+            assert turn["text"] not in page  # ids and codes only, never message text
+    # the worst conversations table starts with the lowest handling score
+    convs = _jsonl(out / "conversations.jsonl")
+    worst = min(
+        convs, key=lambda c: (c["handling_score"], -c["peak_anger"], -c["final_anger"], str(c["conversation_id"]))
+    )
+    assert f"<td>#1</td><td>{worst['conversation_id']}</td>" in page
+
+
+def test_qa_report_escapes_ids(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "conversations.jsonl"
+    row = {
+        "conversation_id": "<b>x</b>", "agent_id": "<i>a</i>", "turns": 2, "customer_turns": 1, "agent_turns": 1,
+        "turns_skipped": 0, "anger_series": [3], "peak_anger": 3, "final_anger": 3, "anger_trend": "steady",
+        "situation": "calm_first", "complaint_type": "billing", "types": ["billing"], "threat": False,
+        "escalate": False, "flag": "calm_first", "steps_taken": [], "steps_missed": ["apologize"], "mistakes": [],
+        "mistake_counts": {}, "handling_score": 40,
+    }  # fmt: skip
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    page = render_report(summarize(path))
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page and "&lt;i&gt;a&lt;/i&gt;" in page
+
+
+# ------------------------------------------------------------------ handling score
+def _state(series, *, mistakes=(), missed=(), taken=(), escalate=False):  # type: ignore[no-untyped-def]
+    return {
+        "anger_series": list(series),
+        "mistakes": list(mistakes),
+        "steps_missed": list(missed),
+        "steps_taken": list(taken),
+        "escalate": escalate,
+    }
+
+
+@pytest.mark.parametrize(
+    ("series", "outcome"),
+    [([3], "steady"), ([3, 1], "calmed"), ([1, 3, 3], "rose"), ([3, 1, 3], "rose"), ([2, 2], "steady"),
+     ([0, 2, 1], "calmed"), ([1, 2], "rose")],
+)  # fmt: skip
+def test_qa_anger_outcome(series, outcome) -> None:  # type: ignore[no-untyped-def]
+    assert anger_outcome(series) == outcome
+
+
+def test_qa_handling_score_formula_on_hand_built_states() -> None:
+    # perfect handling that calmed the customer: 100 + 10, clipped to 100
+    assert handling_score(_state([3, 1], taken=["apologize"])) == {
+        "score": 100, "mistakes": 0, "steps_missed": 0, "escalation": 0, "anger_outcome": 10,
+    }  # fmt: skip
+    # argued twice (15 each), interrogated once (10), two missed steps (5 each), anger rose (-10)
+    hs = handling_score(_state([1, 3], missed=["apologize", "promise_callback"]), {"argued": 2, "interrogated": 1})
+    assert hs == {"score": 100 - 30 - 10 - 10 - 10, "mistakes": -40, "steps_missed": -10, "escalation": 0,
+                  "anger_outcome": -10}  # fmt: skip
+    # without per-turn counts, each listed mistake counts once
+    assert handling_score(_state([2], mistakes=["blamed_customer", "solution_while_furious"]))["score"] == 75
+    # escalation needed and never handed over: -20, and the missed escalate_supervisor is not charged twice
+    hs = handling_score(_state([3], missed=["escalate_supervisor", "promise_callback"], escalate=True))
+    assert hs["score"] == 100 - 20 - 5 and hs["escalation"] == -20
+    # handed over: no escalation penalty
+    assert handling_score(_state([3, 2], taken=["escalate_supervisor"], escalate=True))["score"] == 100
+    # a playbook's own mistake code costs the default 10; the score never goes below 0
+    assert handling_score(_state([1], mistakes=["ignored_customer"]))["score"] == 90
+    assert handling_score(_state([1, 3], missed=["apologize"]), {"argued": 5, "last_word": 3})["score"] == 0
+
+
+# ------------------------------------------------------------------ CLI
+def test_qa_cli_exit_codes(tmp_path, env_model, capsys) -> None:  # type: ignore[no-untyped-def]
+    good = _write_jsonl(tmp_path / "good.jsonl", CONVERSATIONS[:2])
+    out = tmp_path / "out"
+    assert main(["qa", str(good), "-o", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "2 conversations scored" in err and (out / "report.html").exists()
+    # re-run: nothing new, but the folder is complete
+    assert main(["qa", str(good), "-o", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "0 conversations scored" in err and "2 already done" in err
+    # nothing could be scored
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{oops\n" + json.dumps({"turns": [{"role": "agent", "text": "您好"}]}) + "\n", encoding="utf-8")
+    assert main(["qa", str(bad), "-o", str(tmp_path / "out_bad"), "--no-progress"]) == 1
+    # the whole input unreadable
+    assert main(["qa", str(tmp_path / "in.txt"), "-o", str(tmp_path / "x")]) == 2
+    nocol = _write_csv(tmp_path / "nocol.csv", ["conversation_id", "role", "text"], [["c", "customer", "你好"]])
+    assert main(["qa", str(nocol), "-o", str(tmp_path / "y"), "--no-progress"]) == 2
+    assert "no column 'turn_index'" in capsys.readouterr().err
+
+
+def test_qa_cli_progress_bar_and_no_text_in_logs(tmp_path, env_model, capsys, caplog) -> None:  # type: ignore[no-untyped-def]
+    convs = [{**CONVERSATIONS[j % 4], "id": f"c{j}"} for j in range(210)]
+    src = _write_jsonl(tmp_path / "in.jsonl", convs)
+    with caplog.at_level(logging.DEBUG):
+        assert main(["-v", "qa", str(src), "-o", str(tmp_path / "out"), "--chunk", "128"]) == 0
+    err = capsys.readouterr().err
+    assert "qa: 100%" in err and "210 conversations scored" in err
+    logged = err + caplog.text
+    for conv in CONVERSATIONS:
+        for turn in conv["turns"]:
+            assert turn["text"] not in logged
