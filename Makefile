@@ -14,7 +14,7 @@ MODEL ?= model/default
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install backbone run test test-slow lint format train ship evaluate bench data-stats qa-demo clean
+.PHONY: help install browser backbone run test test-slow lint format train ship evaluate bench data-stats qa-demo clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -28,6 +28,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install CalmFirst with its dev and fast extras
+
+browser: ## install Debian chromium + chromium-driver for the console tests
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "browser: $$(/usr/bin/chromedriver --version 2>/dev/null | head -1)"; \
+	else \
+		SUDO=""; if [ "$$(id -u)" != 0 ]; then SUDO="sudo -n"; fi; \
+		if $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+		then echo "browser: installed $$(/usr/bin/chromedriver --version 2>/dev/null | head -1)"; \
+		else echo "browser: could not install chromium + chromium-driver; the console tests will be skipped" >&2; fi; \
+	fi
 
 backbone: $(STAMP) ## convert the bundled multilingual-e5-small once (cached under ~/.cache/calmfirst)
 	$(BIN)/calmfirst prepare-backbone
