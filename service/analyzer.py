@@ -6,6 +6,7 @@ Shared by the HTTP API and the batch CLI so both answer identically.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import torch
 
 from data.script import detect_script
 from model.classifier import CalmFirstModel, Prediction
+from model.onnx import OnnxCalmFirstModel, load_model
+from service.microbatch import MicroBatcher
 from service.playbook import SCRIPT_LANG, Playbook
 from service.policy import Policy
 
@@ -23,12 +26,14 @@ logger = logging.getLogger(__name__)
 class Analyzer:
     def __init__(
         self,
-        model: CalmFirstModel,
+        model: CalmFirstModel | OnnxCalmFirstModel,
         *,
         policy: Policy | None = None,
         playbook: Playbook | None = None,
         batch_size: int = 32,
         default_script: str = "hans",
+        microbatch_wait_ms: float = 2.0,
+        microbatch_max_size: int = 16,
     ) -> None:
         from service.settings import DEFAULT_PLAYBOOK
 
@@ -37,20 +42,48 @@ class Analyzer:
         self.playbook = playbook or Playbook.load(DEFAULT_PLAYBOOK)
         self.batch_size = batch_size
         self.default_script = default_script
+        # single-text calls from concurrent threads (the HTTP API) share one forward pass
+        self.microbatcher: MicroBatcher[str, Prediction] | None = None
+        if microbatch_max_size > 1:
+            self.microbatcher = MicroBatcher(
+                self._predict_many, max_wait_ms=microbatch_wait_ms, max_size=microbatch_max_size
+            )
 
     @classmethod
     def from_settings(cls, settings: Any, *, model_path: str | Path | None = None) -> Analyzer:
-        torch.set_num_threads(settings.torch_threads)
+        threads = settings.threads() if hasattr(settings, "threads") else settings.torch_threads
+        torch.set_num_threads(threads)
         path = Path(model_path or settings.model_path)
-        model = CalmFirstModel.from_pretrained(path, merge_adapters=True)
-        logger.info("loaded model %s %s from %s", model.config.name, model.config.version, path)
+        started = time.perf_counter()
+        backend, quantize = getattr(settings, "backend", "auto"), getattr(settings, "quantize", True)
+        model = load_model(path, backend=backend, quantize=quantize, threads=threads)
+        logger.info(
+            "loaded model %s %s from %s in %.2f s (backend %s, %d threads)",
+            model.config.name,
+            model.config.version,
+            path,
+            time.perf_counter() - started,
+            getattr(model, "backend", "torch"),
+            threads,
+        )
         return cls(
             model,
             policy=Policy.from_settings(settings),
             playbook=Playbook.load(settings.playbook_path),
             batch_size=settings.batch_size,
             default_script=settings.default_script,
+            microbatch_wait_ms=getattr(settings, "microbatch_wait_ms", 2.0),
+            microbatch_max_size=getattr(settings, "microbatch_max_size", 16),
         )
+
+    def _predict_many(self, texts: list[str]) -> list[Prediction]:
+        return list(self.model.predict(texts, batch_size=self.batch_size))
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """Model scores; a lone text goes through the micro-batcher so concurrent requests share a forward."""
+        if len(texts) == 1 and self.microbatcher is not None:
+            return [self.microbatcher.submit(texts[0])]
+        return self._predict_many(list(texts))
 
     @property
     def model_info(self) -> dict[str, str]:
@@ -91,7 +124,7 @@ class Analyzer:
         redact: bool = False,
     ) -> list[dict[str, Any]]:
         ids = list(ids) if ids is not None else list(range(len(texts)))
-        preds = self.model.predict(list(texts), batch_size=self.batch_size)
+        preds = self.predict(list(texts))
         out = [self.result(p, t, id=i, lang=lang) for p, t, i in zip(preds, texts, ids, strict=True)]
         if explain:
             for r, t in zip(out, texts, strict=True):

@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,13 +206,17 @@ def score_file(
     out_format: str = "jsonl",
     text_field: str = "text",
     id_field: str = "id",
-    chunk_size: int = 512,
+    chunk_size: int = 2048,
     lang: str | None = None,
     progress: bool | None = None,
     err: IO[str] | None = None,
     stdin: IO[str] | None = None,
 ) -> ScoreReport:
-    """Score a file in bounded chunks; output order equals input order."""
+    """Score a file in bounded chunks; output order equals input order.
+
+    Each chunk is scored as one call, which sorts it by length and pads per batch: bigger chunks
+    waste less padding (on real messages 512 -> 92%, 2048 -> 97% of tokens are real).
+    """
     err = err or sys.stderr
     report = ScoreReport()
     writer = ResultWriter(out, out_format)
@@ -219,6 +224,7 @@ def score_file(
     show = progress if progress is not None else (total is not None and total >= 1000)
     bar = tqdm(total=total, unit="msg", file=err, disable=not show, dynamic_ncols=True)
     pending: list[Record] = []
+    started = time.perf_counter()
 
     def flush() -> None:
         if not pending:
@@ -242,6 +248,13 @@ def score_file(
         flush()
     finally:
         bar.close()
+    elapsed = time.perf_counter() - started
+    logger.info(
+        "scored %d messages in %.3f s (%.1f messages/s, model load excluded)",
+        report.scored,
+        elapsed,
+        report.scored / elapsed if elapsed > 0 else 0.0,
+    )
     return report
 
 

@@ -96,10 +96,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.settings import Settings
 
-    overrides = {"host": args.host, "port": args.port}
+    overrides = {"host": args.host, "port": args.port, "workers": args.workers}
     if args.model:
         overrides["model_path"] = args.model
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    if settings.workers > 1:
+        # uvicorn starts fresh processes that build the app from the environment; each loads the model
+        os.environ["CALMFIRST_MODEL_PATH"] = str(settings.model_path)
+        os.environ["CALMFIRST_WORKERS"] = str(settings.workers)
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level="info",
+        )
+        return 0
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
 
@@ -150,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--model", default=None)
+    p.add_argument("--workers", type=int, default=None, help="processes, one model each (threads split between them)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("prepare-backbone", help="convert the bundled multilingual-e5-small once (cached)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,23 @@ class Settings(BaseSettings):
     # inference
     batch_size: int = Field(32, ge=1)
     torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    backend: Literal["auto", "onnx", "torch"] = Field(
+        default="auto", description="auto: ONNX Runtime when installed (falls back to PyTorch), else PyTorch"
+    )
+    quantize: bool = Field(
+        default=True, description="int8 weights on the ONNX path (checked against PyTorch in make bench)"
+    )
+    intra_op_threads: int | None = Field(
+        default=None, ge=1, description="threads per forward pass; default: torch_threads (= cores) / workers"
+    )
+    microbatch_wait_ms: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=1000.0,
+        description="how long concurrent single-text requests may wait to share a forward",
+    )
+    microbatch_max_size: int = Field(default=16, ge=1, description="most texts in one micro-batch; 1 turns it off")
+    workers: int = Field(default=1, ge=1, description="server processes for `calmfirst serve` (each loads the model)")
 
     # access
     api_key: str | None = None
@@ -48,3 +66,7 @@ class Settings(BaseSettings):
         if v not in {"hant", "hans"}:
             raise ValueError("default_script must be 'hant' or 'hans'")
         return v
+
+    def threads(self) -> int:
+        """Intra-op threads for one process: cores are split between the serving workers."""
+        return self.intra_op_threads or max(1, self.torch_threads // self.workers)

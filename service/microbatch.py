@@ -1,0 +1,176 @@
+"""Micro-batching: single-text requests from many threads share one forward pass.
+
+Why: a BERT forward on 8 short texts costs far less than 8 forwards of one text
+(the weights are read once, the matrix kernels run at full width), but the HTTP
+API receives one text per request. Each request thread hands its item to one
+worker thread and blocks; the worker takes everything that is queued (up to
+``max_size``) and runs it as one batch.
+
+Waiting costs latency, so the worker waits up to ``max_wait_ms`` for company only
+when there is evidence of concurrent traffic: more items were already queued, or
+the previous batch had more than one item. A lone client (concurrency 1) never
+waits and never hands off: when nothing is running or queued, the caller's own
+thread runs the forward. Under load, batches fill naturally because requests pile
+up while a forward runs, and the next forward starts only when the previous one
+ends (two forwards would just fight over the same cores). ``adaptive=False``
+always queues and always waits (deterministic batching, used in tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Slot(Generic[T, R]):
+    item: T
+    done: threading.Event = field(default_factory=threading.Event)
+    result: R | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class BatchStats:
+    """Counters for tests and logs: how many forwards ran and how full they were."""
+
+    batches: int = 0
+    items: int = 0
+    largest: int = 0
+    sizes: list[int] = field(default_factory=list)
+
+    def record(self, size: int) -> None:
+        self.batches += 1
+        self.items += size
+        self.largest = max(self.largest, size)
+        if len(self.sizes) < 10_000:
+            self.sizes.append(size)
+
+
+class MicroBatcher(Generic[T, R]):
+    """Calls ``fn(items) -> results`` (same length, same order) for items submitted one at a time."""
+
+    def __init__(
+        self,
+        fn: Callable[[list[T]], Sequence[R]],
+        *,
+        max_wait_ms: float = 2.0,
+        max_size: int = 16,
+        adaptive: bool = True,
+        name: str = "calmfirst-microbatch",
+    ) -> None:
+        if max_size < 1:
+            raise ValueError(f"max_size must be at least 1, got {max_size}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must not be negative, got {max_wait_ms}")
+        self.fn = fn
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_size = max_size
+        self.adaptive = adaptive
+        self.name = name
+        self.stats = BatchStats()
+        self._cond = threading.Condition()
+        self._queue: list[_Slot[T, R]] = []
+        self._busy = False  # a forward is running (in the worker or inline in a caller)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._last_size = 1
+
+    def submit(self, item: T, *, timeout: float | None = None) -> R:
+        """Run ``item`` in the next batch and return its result (re-raises the batch's error)."""
+        slot: _Slot[T, R] = _Slot(item)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("micro-batcher is closed")
+            # Fast path: nothing running, nothing queued, no recent concurrency. Run in the caller's
+            # thread, so a lone client pays no hand-off; requests arriving meanwhile queue for the worker.
+            inline = self.adaptive and not self._busy and not self._queue and self._last_size <= 1
+            if inline:
+                self._busy = True
+            else:
+                self._queue.append(slot)
+                self._ensure_worker()
+                self._cond.notify_all()
+        if inline:
+            self._execute([slot])
+        elif not slot.done.wait(timeout):
+            raise TimeoutError(f"no result within {timeout} s")
+        if slot.error is not None:
+            raise slot.error
+        return slot.result  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop the worker after the queued items; later submits fail."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)
+            self._thread = None
+
+    # ------------------------------------------------------------------ worker
+    def _ensure_worker(self) -> None:
+        if self._thread is None:  # called with the lock held
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def _next_batch(self) -> list[_Slot[T, R]] | None:
+        """Wait for work, let a running forward finish, then gather company for up to ``max_wait``."""
+        with self._cond:
+            while not self._queue or self._busy:
+                if self._closed and not self._queue:
+                    return None
+                self._cond.wait(0.5 if self._closed else None)
+            concurrent = len(self._queue) > 1 or self._last_size > 1
+            if concurrent or not self.adaptive:
+                deadline = time.monotonic() + self.max_wait
+                while len(self._queue) < self.max_size and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            batch = self._queue[: self.max_size]
+            del self._queue[: self.max_size]
+            self._busy = True
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._execute(batch)
+
+    def _execute(self, batch: list[_Slot[T, R]]) -> None:
+        """Run one forward for ``batch``; every waiting caller hears about a failure."""
+        try:
+            results = list(self.fn([s.item for s in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
+            for slot, res in zip(batch, results, strict=True):
+                slot.result = res
+        except BaseException as e:
+            logger.exception("micro-batch of %d failed", len(batch))
+            for slot in batch:
+                slot.error = e
+        finally:
+            with self._cond:
+                self._busy = False
+                self._last_size = len(batch)
+                self.stats.record(len(batch))
+                self._cond.notify_all()
+            for slot in batch:
+                slot.done.set()
+
+    def describe(self) -> dict[str, Any]:
+        return {"max_wait_ms": self.max_wait * 1000.0, "max_size": self.max_size, "adaptive": self.adaptive}

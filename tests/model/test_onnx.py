@@ -1,0 +1,182 @@
+"""The ONNX Runtime path on the tiny model: agreement with PyTorch, the export cache, the fallbacks."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+import model.onnx as onnx_mod
+from model.classifier import CalmFirstModel
+from model.onnx import (
+    EXPORT_SUBDIR,
+    META_FILE,
+    OnnxCalmFirstModel,
+    export_key,
+    find_export,
+    load_model,
+)
+from tests.conftest import build_tiny_model
+
+TEXTS = [
+    "為什麼7號還要算錢?你們到底怎麼算的!",
+    "请问营业时间",
+    "退款",
+    "太离谱了，我要投诉你们的客服，电话打了三次都没人接，快递也没到",
+    "好",
+    "你們客服態度太差了!",
+    "包裹坏了怎么办",
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the tiny model: these tests write exports next to it."""
+    path = tmp_path_factory.mktemp("onnx") / "model"
+    shutil.copytree(tiny_model_dir, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def torch_model(model_dir: Path) -> CalmFirstModel:
+    return CalmFirstModel.from_pretrained(model_dir, merge_adapters=True)
+
+
+@pytest.fixture(scope="module")
+def int8_model(model_dir: Path) -> OnnxCalmFirstModel:
+    model = load_model(model_dir, backend="onnx", quantize=True, threads=1)
+    assert isinstance(model, OnnxCalmFirstModel)
+    return model
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert set(a) == set(b)
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_onnx_fp32_export_matches_torch(model_dir: Path, torch_model: CalmFirstModel) -> None:
+    fp32 = load_model(model_dir, backend="onnx", quantize=False, threads=1)
+    assert isinstance(fp32, OnnxCalmFirstModel) and not fp32.quantized
+    assert fp32.encode(TEXTS[:1])[0] == torch_model.tokenize(TEXTS[:1])["input_ids"][0].tolist()
+    assert _max_diff(torch_model.predict_logits(TEXTS, batch_size=3), fp32.predict_logits(TEXTS, batch_size=3)) < 1e-4
+
+
+def test_onnx_int8_agrees_with_torch_within_tolerance(int8_model: OnnxCalmFirstModel, torch_model) -> None:  # type: ignore[no-untyped-def]
+    assert int8_model.quantized and int8_model.export_meta["embedding"].startswith("int8")
+    assert _max_diff(torch_model.predict_logits(TEXTS), int8_model.predict_logits(TEXTS)) < 0.05
+    for a, b in zip(torch_model.predict(TEXTS), int8_model.predict(TEXTS), strict=True):
+        assert a.anger_probs == pytest.approx(b.anger_probs, abs=0.01)
+        assert a.type_scores == pytest.approx(b.type_scores, abs=0.01)
+        assert a.threat_score == pytest.approx(b.threat_score, abs=0.01)
+
+
+def test_onnx_predict_restores_input_order_across_length_buckets(int8_model: OnnxCalmFirstModel) -> None:
+    texts = TEXTS * 3
+    batched = int8_model.predict_logits(texts, batch_size=2)
+    for i, t in enumerate(texts[: len(TEXTS)]):
+        alone = int8_model.predict_logits([t])
+        # int8 activations are quantized per batch, so batch-mates move scores a little, never the order
+        assert float((batched["anger_logits"][i] - alone["anger_logits"][0]).abs().max()) < 0.02
+    one = int8_model.predict("退款")
+    assert one.complaint_type == int8_model.predict(["退款"])[0].complaint_type
+    assert int8_model.predict([]) == [] and int8_model.predict_logits([]) == {}
+    with pytest.raises(TypeError, match="text 1"):
+        int8_model.predict(["ok", 3])
+
+
+def test_onnx_cache_is_reused_without_rebuilding(model_dir: Path, int8_model, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def no_build(*a, **k):  # type: ignore[no-untyped-def]
+        raise AssertionError("the cached export should have been used")
+
+    monkeypatch.setattr(onnx_mod, "build_export", no_build)
+    again = load_model(model_dir, backend="onnx", threads=1)
+    assert isinstance(again, OnnxCalmFirstModel)
+    assert again.export_dir == int8_model.export_dir
+    assert again.export_dir.parent == model_dir / EXPORT_SUBDIR
+
+
+def test_onnx_cache_rebuilt_when_weights_change(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, path)
+    first = load_model(path, threads=1)
+    assert isinstance(first, OnnxCalmFirstModel)
+    key = export_key(path, quantize=True)
+    build_tiny_model(seed=7).save_pretrained(path)  # new weights in the same folder
+    assert export_key(path, quantize=True) != key
+    assert find_export(path, export_key(path, quantize=True)) is None
+    second = load_model(path, threads=1)
+    assert isinstance(second, OnnxCalmFirstModel) and second.export_dir != first.export_dir
+    assert not first.export_dir.exists()  # the stale export of this folder is removed
+    fresh = CalmFirstModel.from_pretrained(path, merge_adapters=True)
+    assert _max_diff(fresh.predict_logits(TEXTS), second.predict_logits(TEXTS)) < 0.05
+    assert json.loads((second.export_dir / META_FILE).read_text())["key"] == export_key(path, quantize=True)
+
+
+def test_onnx_readonly_model_folder_uses_user_cache(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, path)
+    monkeypatch.setenv("CALMFIRST_CACHE", str(tmp_path / "cache"))
+    real = onnx_mod._writable
+    monkeypatch.setattr(onnx_mod, "_writable", lambda p: p.parent != path and real(p))
+    model = load_model(path, threads=1)
+    assert isinstance(model, OnnxCalmFirstModel)
+    assert model.export_dir.parent == tmp_path / "cache" / "onnx"
+    assert not (path / EXPORT_SUBDIR).exists()
+
+
+def test_onnx_falls_back_to_torch_without_onnxruntime(model_dir: Path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
+    with caplog.at_level(logging.WARNING, logger="model.onnx"):
+        model = load_model(model_dir, backend="auto")
+    assert isinstance(model, CalmFirstModel)
+    assert "onnxruntime is not installed" in caplog.text
+
+
+def test_onnx_falls_back_to_torch_when_export_fails(tiny_model_dir: Path, tmp_path: Path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, path)
+
+    def broken(*a, **k):  # type: ignore[no-untyped-def]
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(onnx_mod, "build_export", broken)
+    with caplog.at_level(logging.WARNING, logger="model.onnx"):
+        model = load_model(path, backend="onnx")
+    assert isinstance(model, CalmFirstModel)
+    assert "exporter exploded" in caplog.text and "falling back to PyTorch" in caplog.text
+    assert not any(p.name.startswith(".tmp") for p in (path / EXPORT_SUBDIR).iterdir())
+
+
+def test_onnx_load_model_backend_choice(model_dir: Path) -> None:
+    assert isinstance(load_model(model_dir, backend="torch"), CalmFirstModel)
+    with pytest.raises(ValueError, match="backend"):
+        load_model(model_dir, backend="tensorrt")
+    with pytest.raises(FileNotFoundError, match="not a CalmFirst model"):
+        load_model(model_dir.parent)
+
+
+def test_onnx_analyzer_scores_a_file_in_input_order(int8_model: OnnxCalmFirstModel, tmp_path: Path) -> None:
+    from service.analyzer import Analyzer
+    from service.batch import score_file
+
+    analyzer = Analyzer(int8_model, batch_size=2, microbatch_max_size=1)
+    src = tmp_path / "in.jsonl"
+    rows = [{"id": f"m{i}", "text": t} for i, t in enumerate(TEXTS * 2)]
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = io.StringIO()
+    report = score_file(analyzer, str(src), out, chunk_size=5, progress=False)
+    results = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert report.scored == len(rows)
+    assert [r["id"] for r in results] == [r["id"] for r in rows]
+    assert results[0]["model"] == {"name": "tiny", "version": "0.0.1"}
+    alone = analyzer.analyze([TEXTS[3]])[0]
+    assert results[3]["anger"]["level"] == alone["anger"]["level"]

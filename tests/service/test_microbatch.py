@@ -1,0 +1,175 @@
+"""Micro-batching: concurrent single requests share one forward, results and order unchanged."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from service.analyzer import Analyzer
+from service.microbatch import MicroBatcher
+
+TEXTS = ["為什麼7號還要算錢?", "请问营业时间", "退款", "太离谱了，我要投诉", "好", "你們客服態度太差了!", "包裹坏了"]
+
+
+def _concurrently(n: int, call: Callable[[int], Any]) -> list[Any]:
+    """Run ``call(i)`` for i < n on n threads released together; results by i."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = call(i)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    if errors:
+        raise errors[0]
+    return results
+
+
+class CountingFn:
+    def __init__(self) -> None:
+        self.calls: list[list[Any]] = []
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        self.calls.append(list(items))
+        return [x * 10 for x in items]
+
+
+def test_microbatch_concurrent_requests_share_one_forward() -> None:
+    fn = CountingFn()
+    batcher = MicroBatcher(fn, max_wait_ms=500, max_size=8, adaptive=False)
+    try:
+        results = _concurrently(8, batcher.submit)
+    finally:
+        batcher.close()
+    assert results == [i * 10 for i in range(8)]  # every caller gets its own answer
+    assert len(fn.calls) == 1 and sorted(fn.calls[0]) == list(range(8))
+    assert batcher.stats.batches == 1 and batcher.stats.largest == 8
+
+
+def test_microbatch_batches_never_exceed_max_size() -> None:
+    fn = CountingFn()
+    batcher = MicroBatcher(fn, max_wait_ms=300, max_size=3, adaptive=False)
+    try:
+        results = _concurrently(7, batcher.submit)
+    finally:
+        batcher.close()
+    assert results == [i * 10 for i in range(7)]
+    assert all(len(c) <= 3 for c in fn.calls) and sum(len(c) for c in fn.calls) == 7
+    assert len(fn.calls) == 3
+
+
+def test_microbatch_lone_request_does_not_wait() -> None:
+    fn = CountingFn()
+    batcher = MicroBatcher(fn, max_wait_ms=2000, max_size=8, adaptive=True)
+    try:
+        started = time.perf_counter()
+        assert batcher.submit(4) == 40
+        assert batcher.submit(5) == 50
+        assert time.perf_counter() - started < 1.0  # the 2 s window is only for concurrent traffic
+    finally:
+        batcher.close()
+    assert fn.calls == [[4], [5]]
+
+
+def test_microbatch_requests_arriving_during_a_forward_share_the_next() -> None:
+    calls: list[list[int]] = []
+    first_running = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        first_running.set()
+        time.sleep(0.3)
+        return items
+
+    batcher = MicroBatcher(slow, max_wait_ms=50, max_size=16, adaptive=True)
+    try:
+        lone = threading.Thread(target=batcher.submit, args=(0,))
+        lone.start()  # idle batcher: runs inline in this caller's thread
+        assert first_running.wait(5)
+        results = _concurrently(6, lambda i: batcher.submit(i + 1))
+        lone.join(5)
+    finally:
+        batcher.close()
+    assert results == [1, 2, 3, 4, 5, 6]
+    assert calls[0] == [0] and len(calls) == 2 and sorted(calls[1]) == [1, 2, 3, 4, 5, 6]
+
+
+def test_microbatch_error_reaches_every_caller_and_recovers() -> None:
+    fail = threading.Event()
+    fail.set()
+
+    def fn(items: list[int]) -> list[int]:
+        if fail.is_set():
+            raise ValueError("model broke")
+        return items
+
+    batcher = MicroBatcher(fn, max_wait_ms=300, max_size=4, adaptive=False)
+    try:
+        outcomes = _concurrently(4, lambda i: _outcome(batcher, i))
+        assert outcomes == ["ValueError"] * 4
+        fail.clear()
+        assert batcher.submit(3) == 3
+    finally:
+        batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(1)
+
+
+def _outcome(batcher: MicroBatcher[int, int], i: int) -> str:
+    try:
+        batcher.submit(i)
+    except ValueError as e:
+        return type(e).__name__
+    return "ok"
+
+
+def test_microbatch_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="max_size"):
+        MicroBatcher(CountingFn(), max_size=0)
+    with pytest.raises(ValueError, match="max_wait_ms"):
+        MicroBatcher(CountingFn(), max_wait_ms=-1)
+
+
+def test_microbatch_analyzer_results_identical_to_unbatched_and_in_order(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    plain = Analyzer(tiny_model, microbatch_max_size=1)
+    assert plain.microbatcher is None
+    expected = [plain.analyze([t], ids=[i])[0] for i, t in enumerate(TEXTS)]
+
+    batched = Analyzer(tiny_model, microbatch_wait_ms=500, microbatch_max_size=len(TEXTS))
+    assert batched.microbatcher is not None
+    batched.microbatcher.adaptive = False  # wait the full window: all requests land in one forward
+    forwards: list[int] = []
+    inner = batched._predict_many
+
+    def counting(texts: list[str]) -> Any:
+        forwards.append(len(texts))
+        return inner(texts)
+
+    batched.microbatcher.fn = counting
+    try:
+        got = _concurrently(len(TEXTS), lambda i: batched.analyze([TEXTS[i]], ids=[i])[0])
+    finally:
+        batched.microbatcher.close()
+    assert forwards == [len(TEXTS)]
+    for g, e in zip(got, expected, strict=True):
+        assert g["id"] == e["id"]
+        assert g["anger"]["level"] == e["anger"]["level"] and g["complaint"]["types"] == e["complaint"]["types"]
+        assert g["anger"]["probs"] == pytest.approx(e["anger"]["probs"], abs=1e-5)
+        assert g["complaint"]["scores"] == pytest.approx(e["complaint"]["scores"], abs=1e-5)
+        assert g["route"] == e["route"]
+    # several texts in one call are a batch already: straight to the model, in order
+    many = batched.analyze(TEXTS, ids=list(range(len(TEXTS))))
+    assert [r["id"] for r in many] == list(range(len(TEXTS)))
