@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from data.script import convert
 
@@ -93,8 +94,13 @@ class AgentStepDetector:
             if y.sum() == 0 or y.sum() == len(y):
                 logger.warning("agent-step code %s has no positive or no negative example; never predicted", code)
                 continue
-            clf = LogisticRegression(C=8.0, class_weight="balanced", max_iter=2000, random_state=self.seed)
-            clf.fit(x, y)
+            # liblinear on one thread: a few hundred sparse rows fit in milliseconds; multi-threaded BLAS made
+            # start-up take tens of seconds on a busy 2-core machine.
+            clf = LogisticRegression(
+                C=8.0, class_weight="balanced", max_iter=2000, random_state=self.seed, solver="liblinear"
+            )
+            with threadpool_limits(1):
+                clf.fit(x, y)
             self._models[code] = clf
         return self
 
