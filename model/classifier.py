@@ -70,9 +70,7 @@ class LoraSettings:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.1
-    target_modules: list[str] = field(
-        default_factory=lambda: ["query", "key", "value", "dense"]
-    )
+    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
 
     def __post_init__(self) -> None:
         if self.r <= 0:
@@ -190,7 +188,8 @@ class CalmFirstModel(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         self.backbone = backbone
-        hidden = int(backbone.config.hidden_size)
+        backbone_config: Any = backbone.config
+        hidden = int(backbone_config.hidden_size)
         self.dropout = nn.Dropout(config.head_dropout)
         self.anger_head = OrdinalHead(hidden, len(config.anger_labels))
         self.type_head = nn.Linear(hidden, len(config.complaint_types))
@@ -340,16 +339,14 @@ class CalmFirstModel(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         self.config.library_versions = library_versions()
         if self.config.backbone_embedded:
-            base = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+            encoder: Any = self.backbone
+            base = encoder.get_base_model() if hasattr(encoder, "get_base_model") else encoder
             sub = path / BACKBONE_SUBDIR
             # peft wraps modules in place; save the pure base weights (adapters go to the heads file)
-            base_state = {
-                k.replace(".base_layer", ""): v
-                for k, v in base.state_dict().items()
-                if "lora_" not in k
-            }
+            base_state = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
             base.save_pretrained(sub, state_dict=base_state, safe_serialization=True)
-            self.tokenizer.save_pretrained(sub)
+            tok: Any = self.tokenizer
+            tok.save_pretrained(sub)
         save_file(self._finetuned_state(), str(path / WEIGHTS_NAME), metadata={"format": "pt"})
         (path / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False) + "\n")
         from model.card import render_model_card
@@ -396,7 +393,8 @@ class CalmFirstModel(nn.Module):
     def merge_adapters(self) -> None:
         """Fold LoRA into the base weights: same outputs, plain BERT speed."""
         if self.config.lora is not None and hasattr(self.backbone, "merge_and_unload"):
-            self.backbone = self.backbone.merge_and_unload()
+            wrapped: Any = self.backbone
+            self.backbone = wrapped.merge_and_unload()
             self._merged = True
 
     def trainable_parameters(self) -> list[nn.Parameter]:

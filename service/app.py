@@ -1,6 +1,5 @@
 """HTTP API (FastAPI). The model loads in ``lifespan``, never at import time."""
 
-
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -113,7 +112,9 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = analyzer or await run_in_threadpool(Analyzer.from_settings, settings)
+        loaded: Analyzer = (
+            analyzer if analyzer is not None else await run_in_threadpool(Analyzer.from_settings, settings)
+        )
         detector = await run_in_threadpool(AgentStepDetector.from_data)
         app.state.conversations = ConversationAnalyzer(loaded, detector)
         app.state.analyzer = loaded
@@ -168,9 +169,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
 
     def check_text(text: str, field: str) -> None:
         if len(text) > settings.max_text_chars:
-            raise HTTPException(
-                status_code=422, detail=f"{field}: longer than {settings.max_text_chars} characters"
-            )
+            raise HTTPException(status_code=422, detail=f"{field}: longer than {settings.max_text_chars} characters")
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -71,7 +71,9 @@ def _format_of(name: str) -> str:
     raise InputFormatError(f"{name}: unknown input format {suffix!r} (use .jsonl, .csv or .txt)")
 
 
-def _jsonl_records(lines: Iterable[str], *, text_field: str, id_field: str, start: int = 1) -> Iterator[Record | BadLine]:
+def _jsonl_records(
+    lines: Iterable[str], *, text_field: str, id_field: str, start: int = 1
+) -> Iterator[Record | BadLine]:
     for n, line in enumerate(lines, start=start):
         if not line.strip():
             continue
@@ -123,7 +125,9 @@ def _csv_records(f: IO[str], *, text_field: str, id_field: str, delimiter: str) 
         yield Record(reader.line_num, row.get(id_field) or row_no - 1, text)
 
 
-def read_records(source: str, *, text_field: str = "text", id_field: str = "id", stdin: IO[str] | None = None) -> Iterator[Record | BadLine]:
+def read_records(
+    source: str, *, text_field: str = "text", id_field: str = "id", stdin: IO[str] | None = None
+) -> Iterator[Record | BadLine]:
     """Yield records (or bad lines) from a path or ``-`` (stdin, JSONL or plain lines)."""
     if source == "-":
         stream = stdin or sys.stdin
@@ -145,7 +149,9 @@ def read_records(source: str, *, text_field: str = "text", id_field: str = "id",
         if fmt == "jsonl":
             yield from _jsonl_records(f, text_field=text_field, id_field=id_field)
         elif fmt in {"csv", "tsv"}:
-            yield from _csv_records(f, text_field=text_field, id_field=id_field, delimiter="," if fmt == "csv" else "\t")
+            yield from _csv_records(
+                f, text_field=text_field, id_field=id_field, delimiter="," if fmt == "csv" else "\t"
+            )
         else:
             yield from _txt_records(f)
 

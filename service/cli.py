@@ -133,7 +133,9 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="calmfirst", description="Anger, complaint type and next step for Chinese customer messages.")
+    parser = argparse.ArgumentParser(
+        prog="calmfirst", description="Anger, complaint type and next step for Chinese customer messages."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -142,8 +142,14 @@ class ConversationAnalyzer:
                         mistakes.append(m)
                 last_agent_mistakes = turn_mistakes
                 out_turns.append(
-                    {"index": index, "role": "agent", "ts": t.ts, "steps": a.steps, "mistakes": turn_mistakes,
-                     "scores": a.scores}
+                    {
+                        "index": index,
+                        "role": "agent",
+                        "ts": t.ts,
+                        "steps": a.steps,
+                        "mistakes": turn_mistakes,
+                        "scores": a.scores,
+                    }
                 )
         customer = [ot["result"] for ot in out_turns if ot["role"] == "customer"]
         if not customer:

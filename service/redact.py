@@ -22,7 +22,9 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 # 13-19 digits, optionally grouped by spaces or dashes
 _CARD = re.compile(r"(?<![\d+])(?:\d[ -]?){12,18}\d(?![\d])")
 _IDS = [
-    re.compile(r"(?<![\dA-Za-z])[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"),  # mainland
+    re.compile(
+        r"(?<![\dA-Za-z])[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"
+    ),  # mainland
     re.compile(r"(?<![A-Za-z\d])[A-Z][1289]\d{8}(?![\d])"),  # Taiwan national ID / ARC
     re.compile(r"(?<![A-Za-z\d])[A-Z]{1,2}\d{6}\s?[(（]?[\dA]?[)）]?(?![\d])"),  # Hong Kong HKID
 ]
@@ -72,7 +74,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken log call must not break the request
+        except Exception:
             message = str(record.msg)
         record.msg = self.redactor(message)
         record.args = None
@@ -99,7 +101,7 @@ def install_log_redaction() -> None:
         record = previous(*args, **kwargs)  # type: ignore[arg-type]
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken log call must not break the request
+        except Exception:
             message = str(record.msg)
         record.msg = redact(message)
         record.args = None

@@ -48,8 +48,13 @@ def build_tiny_tokenizer():  # type: ignore[no-untyped-def]
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=128,
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
     )
 
 
@@ -62,8 +67,13 @@ def build_tiny_model(seed: int = 0):  # type: ignore[no-untyped-def]
     torch.manual_seed(seed)
     tok = build_tiny_tokenizer()
     cfg = BertConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
     )
     bert = BertModel(cfg, add_pooling_layer=False)
     config = CalmFirstConfig(lora=LoraSettings(r=4, alpha=8, dropout=0.0), max_length=64, name="tiny", version="0.0.1")
@@ -108,8 +118,13 @@ def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     tok = build_tiny_tokenizer()
     cfg = BertConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
     )
     path = tmp_path_factory.mktemp("tiny-backbone") / "bert"
     BertModel(cfg, add_pooling_layer=False).save_pretrained(path)

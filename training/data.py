@@ -86,7 +86,9 @@ def _parse_types(value: Any, primary: str, where: str) -> list[str]:
     if value is None or value == "":
         return [primary]
     if isinstance(value, str):
-        value = json.loads(value) if value.strip().startswith("[") else [v for v in value.replace(",", "|").split("|") if v]
+        value = (
+            json.loads(value) if value.strip().startswith("[") else [v for v in value.replace(",", "|").split("|") if v]
+        )
     if not isinstance(value, list):
         raise DataError(f"{where}: types must be a list of complaint types, got {value!r}")
     out = [primary]
@@ -163,10 +165,7 @@ def _read_rows(src: DataSource) -> list[dict[str, Any]]:
 def _read_hf(name: str) -> list[dict[str, Any]]:
     import datasets
 
-    if Path(name).exists():
-        ds = datasets.load_from_disk(name)
-    else:
-        ds = datasets.load_dataset(name)
+    ds = datasets.load_from_disk(name) if Path(name).exists() else datasets.load_dataset(name)
     if isinstance(ds, datasets.DatasetDict):
         rows = []
         for split, part in ds.items():

@@ -53,7 +53,7 @@ def reliability(probs: Sequence[float], labels: Sequence[int], *, bins: int = 10
     return out
 
 
-def _binary(y_true: Sequence[bool], y_pred: Sequence[bool]) -> tuple[float, float, float]:
+def _binary(y_true: Any, y_pred: Any) -> tuple[float, float, float]:
     p, r, f, _ = precision_recall_fscore_support(
         np.asarray(y_true, dtype=bool), np.asarray(y_pred, dtype=bool), average="binary", zero_division=0
     )

@@ -30,7 +30,9 @@ def build_model(args: TrainingArguments) -> CalmFirstModel:
     return CalmFirstModel.from_backbone(args.model.backbone, config=cfg, seed=args.seed)
 
 
-def split_examples(args: TrainingArguments, examples: list[Example]) -> tuple[list[Example], list[Example], list[Example]]:
+def split_examples(
+    args: TrainingArguments, examples: list[Example]
+) -> tuple[list[Example], list[Example], list[Example]]:
     train = [e for e in examples if e.split in args.data.train_splits]
     dev = [e for e in examples if e.split == args.data.eval_split and not e.weak]
     test = [e for e in examples if e.split == args.data.test_split and not e.weak]
@@ -88,11 +90,17 @@ def write_report(metrics: dict[str, Any], out: Path) -> None:
     lines.append(f"Data: `{metrics['data']['path']}` split `{metrics['data']['split']}` ({metrics['n']} records)")
     lines += ["", "| metric | overall | hant | hans |", "|---|---|---|---|"]
     per = metrics.get("per_script", {})
-    for key in ("calm_first_f1", "anger_qwk", "anger_accuracy", "anger_mae", "type_macro_f1", "type_accuracy",
-                "threat_f1", "calm_first_ece"):
-        cells = [f"{metrics[key]:.3f}"] + [
-            f"{per[s][key]:.3f}" if s in per else "-" for s in ("hant", "hans")
-        ]
+    for key in (
+        "calm_first_f1",
+        "anger_qwk",
+        "anger_accuracy",
+        "anger_mae",
+        "type_macro_f1",
+        "type_accuracy",
+        "threat_f1",
+        "calm_first_ece",
+    ):
+        cells = [f"{metrics[key]:.3f}"] + [f"{per[s][key]:.3f}" if s in per else "-" for s in ("hant", "hans")]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", "## Anger confusion (rows gold, columns predicted)", ""]
     lines.append("| gold \\ pred | " + " | ".join(ANGER_LABELS) + " |")

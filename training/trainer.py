@@ -227,6 +227,7 @@ class CalmFirstTrainer:
         )
         gen = torch.Generator().manual_seed(args.seed)
         collate = Collator(model, args, train=True, seed=args.seed + accelerator.process_index)
+        loader: DataLoader[Any]
         if args.group_by_length:
             lengths = [len(e.text) for e in self.train_examples]
             loader = DataLoader(
@@ -279,7 +280,11 @@ class CalmFirstTrainer:
                 running += float(loss.detach())
                 if is_main and step % args.log_every == 0:
                     logger.info(
-                        "epoch %d step %d/%d loss %.4f (%.0fs)", epoch, step, total_steps, running / args.log_every,
+                        "epoch %d step %d/%d loss %.4f (%.0fs)",
+                        epoch,
+                        step,
+                        total_steps,
+                        running / args.log_every,
                         time.time() - t0,
                     )
                     running = 0.0
@@ -341,7 +346,9 @@ class CalmFirstTrainer:
         (Path(self.args.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
         return result
 
-    def _training_info(self, result: TrainResult | None, *, dev_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _training_info(
+        self, result: TrainResult | None, *, dev_metrics: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         info: dict[str, Any] = {
             "data": self.data_summary,
             "hyperparameters": {k: v for k, v in self.args.to_dict().items() if k != "data"}

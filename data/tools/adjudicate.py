@@ -42,8 +42,14 @@ def main(argv: list[str] | None = None) -> None:
             rec = json.loads(line)
             records[rec["id"]] = (path, rec)
     sample = [json.loads(x) for x in (args.work / "sample.jsonl").read_text(encoding="utf-8").splitlines()]
-    b = {json.loads(x)["id"]: json.loads(x) for x in (args.work / "labels_b.jsonl").read_text(encoding="utf-8").splitlines()}
-    adj = {json.loads(x)["id"]: json.loads(x) for x in (args.work / "adjudicated.jsonl").read_text(encoding="utf-8").splitlines()}
+    b = {
+        json.loads(x)["id"]: json.loads(x)
+        for x in (args.work / "labels_b.jsonl").read_text(encoding="utf-8").splitlines()
+    }
+    adj = {
+        json.loads(x)["id"]: json.loads(x)
+        for x in (args.work / "adjudicated.jsonl").read_text(encoding="utf-8").splitlines()
+    }
     rows = []
     changes: dict[str, dict] = {}
     for s in sample:
@@ -56,11 +62,18 @@ def main(argv: list[str] | None = None) -> None:
         if not agreed and sid not in adj:
             raise SystemExit(f"{sid}: annotators disagree but no adjudication")
         validate_record({**final, "id": sid, "source": rec["source"], "script": rec["script"]}, where=sid)
-        rows.append({
-            "id": sid, "source": rec["source"], "script": rec["script"],
-            "annotator_a": a_labels, "annotator_b": b_labels, "agreed": agreed,
-            "adjudicated": final, "reason": adj.get(sid, {}).get("reason"),
-        })
+        rows.append(
+            {
+                "id": sid,
+                "source": rec["source"],
+                "script": rec["script"],
+                "annotator_a": a_labels,
+                "annotator_b": b_labels,
+                "agreed": agreed,
+                "adjudicated": final,
+                "reason": adj.get(sid, {}).get("reason"),
+            }
+        )
         if final != _labels(rec):
             changes[sid] = final
     with out_path.open("w", encoding="utf-8") as f:
@@ -77,8 +90,10 @@ def main(argv: list[str] | None = None) -> None:
                 if r["id"] in changes:
                     r = {**r, **changes[r["id"]], "adjudicated": True}
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    print(f"agreement sample: {len(rows)} records, {sum(not r['agreed'] for r in rows)} disagreements; "
-          f"{len(changes)} annotation records changed by adjudication")
+    print(
+        f"agreement sample: {len(rows)} records, {sum(not r['agreed'] for r in rows)} disagreements; "
+        f"{len(changes)} annotation records changed by adjudication"
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def main() -> None:
                 continue
             seen.add(key)
             if "skip" in lab:
-                skipped.append({"id": lab["id"], "source": src["source"], "reason": lab["skip"], "annotator": annotator})
+                skipped.append(
+                    {"id": lab["id"], "source": src["source"], "reason": lab["skip"], "annotator": annotator}
+                )
                 continue
             rec = {
                 "id": lab["id"],

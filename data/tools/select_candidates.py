@@ -17,15 +17,91 @@ from pathlib import Path
 
 from data.sources import SourceText, read_source
 
-SERVICE_WORDS = (
-    "客服 快递 物流 退款 退货 订单 商家 店家 外卖 骑手 移动 联通 电信 银行 信用卡 话费 流量 宽带 "
-    "套餐 扣费 扣钱 收费 投诉 售后 维修 酒店 航空 航班 机票 携程 淘宝 京东 天猫 美团 饿了么 "
-    "顺丰 圆通 中通 申通 韵达 邮政 手机 系统 账号 app APP 客户 服务 营业厅 发票 会员 优惠"
-).split()
-STRONG_WORDS = (
-    "骗子 垃圾 坑人 黑心 投诉 工信部 12315 消协 曝光 媒体 起诉 法院 律师 报警 差评 TM 尼玛 "
-    "妈的 滚 恶心 无耻 流氓 气死 什么玩意 解约 销户 退网 ！！ ？？"
-).split()
+SERVICE_WORDS = [
+    "客服",
+    "快递",
+    "物流",
+    "退款",
+    "退货",
+    "订单",
+    "商家",
+    "店家",
+    "外卖",
+    "骑手",
+    "移动",
+    "联通",
+    "电信",
+    "银行",
+    "信用卡",
+    "话费",
+    "流量",
+    "宽带",
+    "套餐",
+    "扣费",
+    "扣钱",
+    "收费",
+    "投诉",
+    "售后",
+    "维修",
+    "酒店",
+    "航空",
+    "航班",
+    "机票",
+    "携程",
+    "淘宝",
+    "京东",
+    "天猫",
+    "美团",
+    "饿了么",
+    "顺丰",
+    "圆通",
+    "中通",
+    "申通",
+    "韵达",
+    "邮政",
+    "手机",
+    "系统",
+    "账号",
+    "app",
+    "APP",
+    "客户",
+    "服务",
+    "营业厅",
+    "发票",
+    "会员",
+    "优惠",
+]
+STRONG_WORDS = [
+    "骗子",
+    "垃圾",
+    "坑人",
+    "黑心",
+    "投诉",
+    "工信部",
+    "12315",
+    "消协",
+    "曝光",
+    "媒体",
+    "起诉",
+    "法院",
+    "律师",
+    "报警",
+    "差评",
+    "TM",
+    "尼玛",
+    "妈的",
+    "滚",
+    "恶心",
+    "无耻",
+    "流氓",
+    "气死",
+    "什么玩意",
+    "解约",
+    "销户",
+    "退网",
+    "！！",
+    "？？",
+]
 
 
 def _score(text: str, words: tuple[str, ...] | list[str]) -> int:
@@ -76,9 +152,7 @@ def select(seed: int = 13) -> list[SourceText]:
     out += _pick([r for r in htl if r.meta["polarity"] == "1"], 50, rng, enrich=0.0)
 
     osm = [
-        r
-        for r in read_source("osmdataset2022")
-        if r.meta["label"] in {"1", "2"} and _score(r.text, SERVICE_WORDS) > 0
+        r for r in read_source("osmdataset2022") if r.meta["label"] in {"1", "2"} and _score(r.text, SERVICE_WORDS) > 0
     ]
     out += _pick(osm, 100, rng)
 

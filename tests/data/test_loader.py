@@ -41,8 +41,20 @@ def test_loader_missing_shared_text_raises_or_skips(tmp_path: Path) -> None:
     ann = tmp_path / "ann"
     ann.mkdir()
     (ann / "stc3.jsonl").write_text(
-        json.dumps({"id": "999-t0", "source": "stc3", "anger_level": 0, "complaint_type": "none", "types": ["none"],
-                    "threat": False, "script": "hans"}) + "\n", encoding="utf-8")
+        json.dumps(
+            {
+                "id": "999-t0",
+                "source": "stc3",
+                "anger_level": 0,
+                "complaint_type": "none",
+                "types": ["none"],
+                "threat": False,
+                "script": "hans",
+            }
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     with pytest.raises(LabelError, match="no text"):
         load_annotations(ann, shared_dir=FIXTURES / "shared" / "data")
     assert load_annotations(ann, shared_dir=FIXTURES / "shared" / "data", on_missing="skip") == []
@@ -62,8 +74,16 @@ def test_loader_missing_shared_text_raises_or_skips(tmp_path: Path) -> None:
     ],
 )
 def test_loader_invalid_record_names_file_line_and_field(tmp_path: Path, patch: dict, message: str) -> None:
-    good = {"id": "w1", "source": "calmfirst_written", "text": "謝謝", "anger_level": 0, "complaint_type": "none",
-            "types": ["none"], "threat": False, "script": "hant"}
+    good = {
+        "id": "w1",
+        "source": "calmfirst_written",
+        "text": "謝謝",
+        "anger_level": 0,
+        "complaint_type": "none",
+        "types": ["none"],
+        "threat": False,
+        "script": "hant",
+    }
     path = tmp_path / "x.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "w2", **patch}) + "\n", encoding="utf-8")
     with pytest.raises(LabelError, match=rf"x\.jsonl:2.*{message}"):

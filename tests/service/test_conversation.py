@@ -39,7 +39,8 @@ def _state(conv: ConversationAnalyzer, roles: str, results: list[dict], agents: 
 
 
 @pytest.mark.parametrize(
-    ("series", "trend"), [([2], "steady"), ([1, 3], "rising"), ([3, 1], "falling"), ([2, 2], "steady"), ([0, 3, 1], "falling")]
+    ("series", "trend"),
+    [([2], "steady"), ([1, 3], "rising"), ([3, 1], "falling"), ([2, 2], "steady"), ([0, 3, 1], "falling")],
 )
 def test_conversation_anger_trend(series: list[int], trend: str) -> None:
     assert anger_trend(series) == trend
@@ -69,7 +70,9 @@ def test_conversation_after_acknowledge_and_thanks_comes_apology(conv: Conversat
 
 def test_conversation_calmed_down_switches_to_solutions(conv: ConversationAnalyzer) -> None:
     s = _state(
-        conv, "cacac", [_result(3), _result(2), _result(1)],
+        conv,
+        "cacac",
+        [_result(3), _result(2), _result(1)],
         [_agent(["listen_acknowledge", "apologize"]), _agent(["thank", "commit_action"])],
     )
     assert s["anger_series"] == [3, 2, 1] and s["anger_trend"] == "falling" and s["peak_anger"] == 3
@@ -78,11 +81,14 @@ def test_conversation_calmed_down_switches_to_solutions(conv: ConversationAnalyz
 
 
 def test_conversation_after_options_follow_up(conv: ConversationAnalyzer) -> None:
-    s = _state(conv, "cacac", [_result(3), _result(1), _result(0)],
-               [_agent(["apologize"]), _agent(["offer_options"])])
+    s = _state(conv, "cacac", [_result(3), _result(1), _result(0)], [_agent(["apologize"]), _agent(["offer_options"])])
     assert s["next_step"]["code"] == "promise_callback"
-    s = _state(conv, "cacaca", [_result(3), _result(1), _result(0)],
-               [_agent(["apologize"]), _agent(["offer_options"]), _agent(["promise_callback"])])
+    s = _state(
+        conv,
+        "cacaca",
+        [_result(3), _result(1), _result(0)],
+        [_agent(["apologize"]), _agent(["offer_options"]), _agent(["promise_callback"])],
+    )
     assert s["next_step"]["code"] == "confirm_satisfaction"
 
 
@@ -92,8 +98,12 @@ def test_conversation_threat_goes_to_supervisor_then_on(conv: ConversationAnalyz
     assert s["next_step"]["code"] == "listen_acknowledge"
     s = _state(conv, "cac", [_result(3, threat=True), _result(3)], [_agent(["listen_acknowledge", "apologize"])])
     assert s["next_step"]["code"] == "escalate_supervisor"
-    s = _state(conv, "cac", [_result(3, threat=True), _result(3)],
-               [_agent(["listen_acknowledge", "apologize", "escalate_supervisor"])])
+    s = _state(
+        conv,
+        "cac",
+        [_result(3, threat=True), _result(3)],
+        [_agent(["listen_acknowledge", "apologize", "escalate_supervisor"])],
+    )
     assert s["escalate"] and s["situation"] == "calm_first"
     assert s["next_step"]["code"] == "commit_action"  # thanks are optional once the apology came
 
@@ -105,8 +115,7 @@ def test_conversation_offer_while_furious_is_a_mistake_and_repaired(conv: Conver
 
 
 def test_conversation_argument_needs_repair_even_after_apology(conv: ConversationAnalyzer) -> None:
-    s = _state(conv, "cacac", [_result(2), _result(1), _result(3)],
-               [_agent(["apologize"]), _agent([], ["argued"])])
+    s = _state(conv, "cacac", [_result(2), _result(1), _result(3)], [_agent(["apologize"]), _agent([], ["argued"])])
     assert s["anger_trend"] == "rising"
     assert s["mistakes"] == ["argued"]
     assert s["next_step"]["code"] == "apologize"
@@ -124,8 +133,12 @@ def test_conversation_displeased_customer_gets_solutions_path(conv: Conversation
     s = _state(conv, "c", [_result(1, "delivery")], [], lang="en")
     assert s["situation"] == "ready_for_solutions"
     assert s["next_step"]["code"] == "listen_acknowledge" and s["next_step"]["lang"] == "en"
-    s = _state(conv, "cac", [_result(1, "delivery"), _result(1, "delivery")],
-               [_agent(["listen_acknowledge", "thank", "apologize"])])
+    s = _state(
+        conv,
+        "cac",
+        [_result(1, "delivery"), _result(1, "delivery")],
+        [_agent(["listen_acknowledge", "thank", "apologize"])],
+    )
     assert s["next_step"]["code"] == "ask_details"
     assert s["complaint_type"] == "delivery" and "delivery" in s["types"]
 

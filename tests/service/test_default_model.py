@@ -46,7 +46,12 @@ def test_default_model_clear_cases(analyzer, text: str, flag: str, escalate: boo
 
 
 def test_default_model_anger_score_rises_with_anger(analyzer) -> None:  # type: ignore[no-untyped-def]
-    texts = ["謝謝你們的幫忙", "等了三天還沒收到，有點失望", "你們到底有沒有在做事?太誇張了吧!", "騙子公司!垃圾!我要告你們!"]
+    texts = [
+        "謝謝你們的幫忙",
+        "等了三天還沒收到，有點失望",
+        "你們到底有沒有在做事?太誇張了吧!",
+        "騙子公司!垃圾!我要告你們!",
+    ]
     scores = [r["anger"]["score"] for r in analyzer.analyze(texts)]
     assert scores == sorted(scores), scores
 

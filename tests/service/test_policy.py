@@ -9,8 +9,16 @@ from service.policy import CALM_FIRST, READY, Policy
 def pred(probs: list[float], *, ctype: str = "billing", threat: float = 0.0) -> Prediction:
     level = max(range(4), key=lambda i: probs[i])
     return Prediction(
-        anger_probs=probs, anger_level=level, anger_label="x", anger_score=0.0, calm_first_prob=sum(probs[2:]),
-        complaint_type=ctype, types=[ctype], type_scores={}, threat_score=threat, threat=threat >= 0.5,
+        anger_probs=probs,
+        anger_level=level,
+        anger_label="x",
+        anger_score=0.0,
+        calm_first_prob=sum(probs[2:]),
+        complaint_type=ctype,
+        types=[ctype],
+        type_scores={},
+        threat_score=threat,
+        threat=threat >= 0.5,
     )
 
 

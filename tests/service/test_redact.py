@@ -30,7 +30,9 @@ def test_redact_masks_personal_data(text: str, secret: str, mask: str) -> None:
     assert mask in out
 
 
-@pytest.mark.parametrize("text", ["訂單編號 12345678 還沒出貨", "订单号 2023112312345678", "7號還要算錢", "退了 350 元"])
+@pytest.mark.parametrize(
+    "text", ["訂單編號 12345678 還沒出貨", "订单号 2023112312345678", "7號還要算錢", "退了 350 元"]
+)
 def test_redact_keeps_order_numbers_and_amounts(text: str) -> None:
     assert redact(text) == text
 

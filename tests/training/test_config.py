@@ -16,8 +16,10 @@ def test_config_default_yaml_loads() -> None:
 
 def test_config_toml_and_dotted_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
     p = tmp_path / "c.toml"
-    p.write_text('epochs = 2\n[model]\nmax_length = 64\n[[data.sources]]\npath = "x.jsonl"\ncolumns = {text = "content"}\n')
-    cfg = load_config(p, ["model.lora.r=4", "learning_rate=1e-4", "augment.opencc_configs=[\"s2hk\"]"])
+    p.write_text(
+        'epochs = 2\n[model]\nmax_length = 64\n[[data.sources]]\npath = "x.jsonl"\ncolumns = {text = "content"}\n'
+    )
+    cfg = load_config(p, ["model.lora.r=4", "learning_rate=1e-4", 'augment.opencc_configs=["s2hk"]'])
     assert cfg.epochs == 2 and cfg.model.max_length == 64
     assert cfg.model.lora is not None and cfg.model.lora.r == 4
     assert cfg.learning_rate == pytest.approx(1e-4)
@@ -33,10 +35,10 @@ def test_config_toml_and_dotted_overrides(tmp_path) -> None:  # type: ignore[no-
         (["model.max_length=4"], "model.max_length"),
         (["loss.class_weighting=cubic"], "loss.class_weighting"),
         (["augment.opencc_prob=1.5"], "augment.opencc_prob"),
-        (["augment.opencc_configs=[\"t2s\"]"], "augment.opencc_configs"),
+        (['augment.opencc_configs=["t2s"]'], "augment.opencc_configs"),
         (["epoch=3"], "epoch"),
         (["model.lr=3"], "model.lr"),
-        (["data.sources=[{\"path\": \"a.csv\", \"format\": \"xls\"}]"], "format"),
+        (['data.sources=[{"path": "a.csv", "format": "xls"}]'], "format"),
         (["warmup_ratio=1"], "warmup_ratio"),
         (["nokeyvalue"], "nokeyvalue"),
     ],

@@ -71,7 +71,9 @@ def test_train_writes_best_last_metrics_and_card(trained: Path) -> None:
     assert cfg["training"]["hyperparameters"]["epochs"] == 2
 
 
-def test_train_is_reproducible_with_a_seed(train_file: Path, tiny_backbone_dir: Path, tmp_path: Path, trained: Path) -> None:
+def test_train_is_reproducible_with_a_seed(
+    train_file: Path, tiny_backbone_dir: Path, tmp_path: Path, trained: Path
+) -> None:
     run_training(_config(train_file, tiny_backbone_dir, tmp_path / "again"))
     texts = [m["text"] for m in fixture_messages()]
     a = CalmFirstModel.from_pretrained(trained / "model-last").predict_logits(texts)
@@ -80,9 +82,13 @@ def test_train_is_reproducible_with_a_seed(train_file: Path, tiny_backbone_dir: 
         assert (a[key] - b[key]).abs().max().item() < 1e-5, key
 
 
-def test_train_continue_from_saved_model(train_file: Path, tiny_backbone_dir: Path, trained: Path, tmp_path: Path) -> None:
+def test_train_continue_from_saved_model(
+    train_file: Path, tiny_backbone_dir: Path, trained: Path, tmp_path: Path
+) -> None:
     before = CalmFirstModel.from_pretrained(trained / "model-last")
-    cfg = _config(train_file, tiny_backbone_dir, tmp_path / "cont", f"model.init_from={trained / 'model-last'}", "epochs=1")
+    cfg = _config(
+        train_file, tiny_backbone_dir, tmp_path / "cont", f"model.init_from={trained / 'model-last'}", "epochs=1"
+    )
     run_training(cfg)
     after = CalmFirstModel.from_pretrained(tmp_path / "cont" / "model-last")
     assert after.config.complaint_types == before.config.complaint_types
@@ -112,8 +118,20 @@ def test_train_bad_label_names_row_and_value(tiny_backbone_dir: Path, tmp_path: 
 
 
 def test_train_evaluate_cli_reports(trained: Path, train_file: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    rc = main(["evaluate", "--model", str(trained / "model-best"), str(train_file), "--split", "test",
-               "--fit-temperature-on", "dev", "--report-dir", str(tmp_path / "rep")])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(trained / "model-best"),
+            str(train_file),
+            "--split",
+            "test",
+            "--fit-temperature-on",
+            "dev",
+            "--report-dir",
+            str(tmp_path / "rep"),
+        ]
+    )
     assert rc == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["data"]["n"] == 4 * 2 or metrics["data"]["n"] > 0
@@ -133,10 +151,23 @@ def test_train_evaluate_function_matches_cli(trained: Path, train_file: Path) ->
 def test_train_two_processes_gloo(train_file: Path, tiny_backbone_dir: Path, tmp_path: Path) -> None:
     """The same command under torchrun with 2 CPU processes (gloo), no code changes."""
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-        "-m", "service.cli", "train", "training/configs/default.yaml", "--output", str(tmp_path / "ddp"),
-        f'data.sources=[{{"path": "{train_file}", "split": "column"}}]', f"model.backbone={tiny_backbone_dir}",
-        "model.lora.r=4", "model.max_length=48", "epochs=1", "batch_size=8",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "service.cli",
+        "train",
+        "training/configs/default.yaml",
+        "--output",
+        str(tmp_path / "ddp"),
+        f'data.sources=[{{"path": "{train_file}", "split": "column"}}]',
+        f"model.backbone={tiny_backbone_dir}",
+        "model.lora.r=4",
+        "model.max_length=48",
+        "epochs=1",
+        "batch_size=8",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
