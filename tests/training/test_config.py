@@ -11,7 +11,7 @@ def test_config_default_yaml_loads() -> None:
     cfg = load_config("training/configs/default.yaml")
     assert cfg.epochs >= 1
     assert cfg.data.sources[0].path == "annotations"
-    assert cfg.model.lora is not None and cfg.model.lora.r == 16
+    assert cfg.model.lora is not None and cfg.model.lora.r == 32
 
 
 def test_config_toml_and_dotted_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
