@@ -86,6 +86,16 @@ class RedactingFilter(logging.Filter):
 _installed = False
 
 
+def _mask_arg(value: object) -> object:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    text = str(value)
+    masked = redact(text)
+    return value if masked == text else masked
+
+
 def install_log_redaction() -> None:
     """Mask personal data in every log record of the process (idempotent).
 
@@ -99,12 +109,14 @@ def install_log_redaction() -> None:
 
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
         record = previous(*args, **kwargs)  # type: ignore[arg-type]
-        try:
-            message = record.getMessage()
-        except Exception:
-            message = str(record.msg)
-        record.msg = redact(message)
-        record.args = None
+        # Mask the template and every argument but keep the args' shape: formatters such as
+        # uvicorn's access formatter unpack record.args themselves.
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_mask_arg(x) for x in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _mask_arg(v) for k, v in record.args.items()}
         return record
 
     logging.setLogRecordFactory(factory)

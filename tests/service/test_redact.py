@@ -44,3 +44,20 @@ def test_redact_log_filter_masks_formatted_message(caplog: pytest.LogCaptureFixt
         logger.info("customer said %s", "電話0912345678 卡4111111111111111")
     assert "0912345678" not in caplog.text and "4111111111111111" not in caplog.text
     assert "[PHONE]" in caplog.text and "[CARD]" in caplog.text
+
+
+def test_redact_record_factory_keeps_uvicorn_access_format(capsys: pytest.CaptureFixture[str]) -> None:
+    from uvicorn.logging import AccessFormatter
+
+    from service.redact import install_log_redaction
+
+    install_log_redaction()
+    logger = logging.getLogger("test.access")
+    handler = logging.StreamHandler()
+    handler.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False))
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.warning('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/v1/x?phone=0912345678", "1.1", 200)
+    err = capsys.readouterr().err
+    assert "GET /v1/x?phone=[PHONE] HTTP/1.1" in err and "200" in err
+    assert "0912345678" not in err and "Logging error" not in err
