@@ -86,6 +86,9 @@ _GROUP_PATTERNS = {
 #: fp32 export must match PyTorch this closely, or it is rejected (a broken export, not rounding).
 FP32_TOLERANCE = 1e-3
 BACKENDS = ("auto", "onnx", "torch")
+#: Length bucketing: a batch takes texts up to PAD_RATIO x its shortest text's tokens, plus PAD_SLACK.
+PAD_RATIO = 1.3
+PAD_SLACK = 4
 
 _VERIFY_TEXTS = (
     "你们的快递到现在还没到，已经等了一个星期了！",
@@ -578,15 +581,33 @@ class OnnxCalmFirstModel:
         prefix = self.config.text_prefix
         return [e.ids for e in self.tokenizer.encode_batch([prefix + t for t in texts])]
 
+    def batches(self, ids: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+        """Indices grouped for forward passes: sorted by token count, at most ``batch_size`` each.
+
+        A batch also ends where the next text is much longer than the batch's shortest
+        (``PAD_RATIO``): on a CPU, batching buys little (about 1.2x at 4-8 similar texts)
+        while padding short texts to a long one's length costs its full compute. This is
+        what keeps micro-batches of unrelated HTTP requests from being slower than singles.
+        """
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            if current and (len(current) >= batch_size or len(ids[i]) > len(ids[current[0]]) * PAD_RATIO + PAD_SLACK):
+                out.append(current)
+                current = []
+            current.append(i)
+        if current:
+            out.append(current)
+        return out
+
     def predict_logits(self, texts: Sequence[str], *, batch_size: int = 32) -> dict[str, torch.Tensor]:
-        """Head outputs for many texts: sorted by token count, padded per batch, returned in input order."""
+        """Head outputs for many texts: length-bucketed batches, returned in input order."""
         if not texts:
             return {}
         ids = self.encode(texts)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: dict[str, np.ndarray] = {}
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in self.batches(ids, batch_size):
             width = len(ids[idx[-1]])
             input_ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)

@@ -180,3 +180,11 @@ def test_onnx_analyzer_scores_a_file_in_input_order(int8_model: OnnxCalmFirstMod
     assert results[0]["model"] == {"name": "tiny", "version": "0.0.1"}
     alone = analyzer.analyze([TEXTS[3]])[0]
     assert results[3]["anger"]["level"] == alone["anger"]["level"]
+
+
+def test_onnx_batches_split_where_padding_would_waste(int8_model: OnnxCalmFirstModel) -> None:
+    ids = [[1] * n for n in (30, 5, 6, 31, 120, 7, 29, 118)]
+    batches = int8_model.batches(ids, batch_size=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(ids)))
+    assert [sorted(len(ids[i]) for i in b) for b in batches] == [[5, 6, 7], [29, 30, 31], [118, 120]]
+    assert all(len(b) <= 3 for b in int8_model.batches(ids * 3, batch_size=3))
