@@ -204,6 +204,20 @@ def in_process(model: Any, texts: Sequence[str], *, batch_size: int) -> dict[str
     return {"seconds": round(elapsed, 3), "messages_per_s": round(len(texts) / elapsed, 1), "batch_size": batch_size}
 
 
+def single_forward(model: Any, texts: Sequence[str], *, requests: int) -> dict[str, Any]:
+    """The c=1 load test's messages scored one at a time in process: the model's share of HTTP latency."""
+    sample = [texts[(i + 1000) % len(texts)] for i in range(requests)]
+    for t in sample[:20]:
+        model.predict([t])
+    ms = []
+    for t in sample:
+        t0 = time.perf_counter()
+        model.predict([t])
+        ms.append((time.perf_counter() - t0) * 1000.0)
+    ms.sort()
+    return {q: round(percentile(ms, v), 2) for q, v in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99))}
+
+
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -734,6 +748,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     lengths = base.pop("_lengths")
     opt = timed("optimised model in process", lambda: in_process(optimised, texts, batch_size=settings.batch_size))
+    forward = timed(
+        "optimised model, one message at a time (the c=1 texts)",
+        lambda: single_forward(optimised, texts, requests=args.c1_requests),
+    )
     optimised = None  # free it before the CLI and the server run
     import gc
 
@@ -778,16 +796,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     latency: dict[str, Any] = {}
     latency["default"] = timed("server, default settings", lambda: serve_and_measure(model_dir, texts, runs=runs))
     if not args.quick:
-        latency["no micro-batching"] = timed(
-            "server, micro-batching off",
+        latency["micro-batching on (16, 2 ms)"] = timed(
+            "server, micro-batching on",
             lambda: serve_and_measure(
-                model_dir, texts, runs=[(8, args.c8_requests)], env={"CALMFIRST_MICROBATCH_MAX_SIZE": "1"}
+                model_dir,
+                texts,
+                runs=[(8, args.c8_requests)],
+                env={"CALMFIRST_MICROBATCH_MAX_SIZE": "16", "CALMFIRST_MICROBATCH_WAIT_MS": "2"},
             ),
         )
         latency["2 workers x 1 thread"] = timed(
             "server, --workers 2", lambda: serve_and_measure(model_dir, texts, runs=runs, workers=2)
         )
     results["latency"] = latency
+    results["latency_model_only_c1"] = forward
     results["interference"] = dict(INTERFERENCE)
     noisy = [k for k, v in INTERFERENCE.items() if v > 0.10]
     if noisy:
@@ -821,6 +843,14 @@ def notes(r: dict[str, Any]) -> list[str]:
         "share its batch (micro-batches included); the quality rows above measure the effect on decisions.",
         "Peak RSS is VmHWM of the server process after its load tests (summed over processes for --workers).",
     ]
+    fwd, c1 = r.get("latency_model_only_c1"), r["latency"]["default"].get("c1")
+    if fwd and c1:
+        out.append(
+            f"Where single-message latency goes (c=1): the model alone (tokenize, forward, scores, in process) takes "
+            f"p50 {fwd['p50_ms']} ms / p99 {fwd['p99_ms']} ms on the same messages; HTTP end to end is p50 "
+            f"{c1['p50_ms']} / p99 {c1['p99_ms']} ms, so loopback HTTP, FastAPI, JSON, policy and the client "
+            f"add about {c1['p50_ms'] - fwd['p50_ms']:.1f} ms at the median."
+        )
     return out
 
 

@@ -1,11 +1,11 @@
-"""The label schema (``../shared/LABELS.md`` v1.1) as code: one place for names and checks."""
+"""The label schema (``../shared/LABELS.md`` v1.2) as code: one place for names and checks."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 ANGER_LABELS: tuple[str, ...] = ("calm", "displeased", "angry", "furious")
 COMPLAINT_TYPES: tuple[str, ...] = (
@@ -21,6 +21,9 @@ COMPLAINT_TYPES: tuple[str, ...] = (
     "none",
 )
 SCRIPTS: tuple[str, ...] = ("hant", "hans")
+REGIONS: tuple[str, ...] = ("tw", "hk", "cn")
+#: the project's own written messages (never mixed with real text in reports)
+WRITTEN_SOURCE = "calmfirst_written"
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 
 #: Fields every annotation record carries.
@@ -32,6 +35,8 @@ RECORD_FIELDS: tuple[str, ...] = (
     "types",
     "threat",
     "script",
+    "region",
+    "schema",
 )
 
 
@@ -62,9 +67,12 @@ def validate_record(rec: Mapping[str, Any], *, where: str = "record") -> None:
         raise LabelError(f"{where}: 'none' cannot be combined with other types: {types!r}")
     if not isinstance(rec["threat"], bool):
         raise LabelError(f"{where}: threat must be true or false, got {rec['threat']!r}")
-    if rec["threat"] and level != 3:
-        raise LabelError(f"{where}: threat implies anger_level 3, got {level}")
+    # v1.2: a threat no longer implies level 3; anger is judged from the words alone
     if rec["script"] not in SCRIPTS:
         raise LabelError(f"{where}: script must be one of {list(SCRIPTS)}, got {rec['script']!r}")
+    if rec["region"] not in REGIONS:
+        raise LabelError(f"{where}: region must be one of {list(REGIONS)}, got {rec['region']!r}")
+    if rec["schema"] != SCHEMA_VERSION:
+        raise LabelError(f"{where}: schema must be {SCHEMA_VERSION!r}, got {rec['schema']!r}")
     if "split" in rec and rec["split"] not in SPLITS:
         raise LabelError(f"{where}: split must be one of {list(SPLITS)}, got {rec['split']!r}")

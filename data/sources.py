@@ -156,6 +156,122 @@ def read_asap(root: Path) -> Iterator[SourceText]:
                     yield SourceText(f"{split}:{row['index']}", "asap", text, split, {"star": row["star"]})
 
 
+# --- Real Traditional-Chinese text from Taiwan and Hong Kong (labels v1.2) -------------------
+# ids are ``<prefix>:<0-based data row>`` unless the source has its own stable id. These sources
+# have no split of their own: the loader assigns one from the normalised text (data.splits), so
+# the same text can never sit in two splits.
+
+#: source -> region (``tw``, ``hk``); every other shared source is ``cn``
+REGIONS: dict[str, str] = {
+    "tw_hospital_reviews": "tw",
+    "tw_taipei_restaurant_reviews": "tw",
+    "tw_venue_reviews": "tw",
+    "tw_restaurant_chain_reviews": "tw",
+    "tw_icook_app_reviews": "tw",
+    "hk_bank_app_reviews": "hk",
+    "hk_openrice_senti": "hk",
+    "hk_cantonese_forum_emotion": "hk",
+}
+
+
+def region_of(source: str) -> str:
+    """``tw``, ``hk`` or ``cn`` for a shared source (the written set carries its own region)."""
+    return REGIONS.get(source, "cn")
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        yield from enumerate(csv.DictReader(f))
+
+
+def read_tw_hospital(root: Path) -> Iterator[SourceText]:
+    """Google Maps reviews of Taiwanese hospitals; ``hosp:<row>``. The hospital's public reply,
+    where there is one, is in ``meta['reply']`` (a real organisation-to-customer turn)."""
+    for row_no, row in _csv_rows(root / "tw_hospital_reviews" / "hospital_reviews.csv"):
+        text = _clean(row.get("review_text") or "")
+        if text:
+            rid = f"hosp:{row_no}"
+            meta = {"star": row["rating"], "reply": _clean(row.get("response_text") or "")}
+            yield SourceText(rid, "tw_hospital_reviews", text, hash_split(rid), meta)
+
+
+def read_tw_taipei_restaurant(root: Path) -> Iterator[SourceText]:
+    for row_no, row in _csv_rows(root / "tw_taipei_restaurant_reviews" / "taipei_restaurant_reviews.csv"):
+        text = _clean(row.get("comment_text") or "")
+        if text:
+            rid = f"tpe:{row_no}"
+            meta = {"star": row["rating"], "service_kw_hit": row.get("service_kw_hit", "")}
+            yield SourceText(rid, "tw_taipei_restaurant_reviews", text, hash_split(rid), meta)
+
+
+def read_tw_venue(root: Path) -> Iterator[SourceText]:
+    for row_no, row in _csv_rows(root / "tw_venue_reviews" / "venue_reviews.csv"):
+        text = _clean(row.get("text") or "")
+        if text:
+            rid = f"venue:{row_no}"
+            yield SourceText(rid, "tw_venue_reviews", text, hash_split(rid), {"star": row["rating"]})
+
+
+def read_tw_restaurant_chain(root: Path) -> Iterator[SourceText]:
+    """Reviews of a Taipei restaurant group; ``chain:<the review's own id>``; reply in meta."""
+    with open(root / "tw_restaurant_chain_reviews" / "reviews.json", encoding="utf-8") as f:
+        rows = json.load(f)
+    for row in rows:
+        text = _clean(row.get("content") or "")
+        if text:
+            rid = f"chain:{row['id']}"
+            meta = {"star": str(row.get("rating", "")), "reply": _clean(row.get("replyContent") or "")}
+            yield SourceText(rid, "tw_restaurant_chain_reviews", text, hash_split(rid), meta)
+
+
+def read_tw_icook(root: Path) -> Iterator[SourceText]:
+    for row_no, row in _csv_rows(root / "tw_icook_app_reviews" / "icook_reviews.csv"):
+        text = _clean(row.get("review_text") or "")
+        if text:
+            rid = f"icook:{row_no}"
+            yield SourceText(rid, "tw_icook_app_reviews", text, hash_split(rid), {"star": row["rating"]})
+
+
+def read_hk_bank(root: Path) -> Iterator[SourceText]:
+    """Hong Kong virtual-bank app reviews; ``hkbank:<review_id>``; the title leads the text."""
+    for _, row in _csv_rows(root / "hk_bank_app_reviews" / "hk_bank_reviews.csv"):
+        title, content = _clean(row.get("title") or ""), _clean(row.get("content") or "")
+        text = content if not title or title in content else f"{title}\n{content}"
+        if text:
+            rid = f"hkbank:{row['review_id']}"
+            yield SourceText(rid, "hk_bank_app_reviews", text, hash_split(rid), {"star": row["rating"]})
+
+
+def read_hk_openrice(root: Path) -> Iterator[SourceText]:
+    """OpenRice reviews in written Cantonese; ``openrice:<test|valid>:<row>``."""
+    for name in ("test", "valid"):
+        with open(root / "hk_openrice_senti" / f"{name}.tsv", encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for row_no, row in enumerate(reader):
+                text = _clean(row.get("text_a") or "")
+                if text:
+                    rid = f"openrice:{name}:{row_no}"
+                    yield SourceText(rid, "hk_openrice_senti", text, hash_split(rid), {"label": row["label"]})
+
+
+def read_hk_forum(root: Path) -> Iterator[SourceText]:
+    """Cantonese forum comments; ``hkforum:<index>``."""
+    with open(root / "hk_cantonese_forum_emotion" / "training_data.json", encoding="utf-8") as f:
+        rows = json.load(f)
+    for i, row in enumerate(rows):
+        text = _clean(row.get("text") or "")
+        if text:
+            rid = f"hkforum:{i}"
+            meta = {"sentiment": str(row.get("sentiment", "")), "anger": str(row.get("anger", ""))}
+            yield SourceText(rid, "hk_cantonese_forum_emotion", text, hash_split(rid), meta)
+
+
+def read_stc3_dialogues(root: Path) -> list[dict]:
+    """The STC-3 dialogues as stored (turns with sender and utterances, 19 annotators' quality)."""
+    with open(root / "stc3_helpdesk" / "train_data_cn.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
 #: source name -> reader
 READERS: dict[str, Callable[[Path], Iterator[SourceText]]] = {
     "stc3": read_stc3,
@@ -165,6 +281,14 @@ READERS: dict[str, Callable[[Path], Iterator[SourceText]]] = {
     "chnsenticorp_htl": read_hotel,
     "osmdataset2022": read_osm,
     "asap": read_asap,
+    "tw_hospital_reviews": read_tw_hospital,
+    "tw_taipei_restaurant_reviews": read_tw_taipei_restaurant,
+    "tw_venue_reviews": read_tw_venue,
+    "tw_restaurant_chain_reviews": read_tw_restaurant_chain,
+    "tw_icook_app_reviews": read_tw_icook,
+    "hk_bank_app_reviews": read_hk_bank,
+    "hk_openrice_senti": read_hk_openrice,
+    "hk_cantonese_forum_emotion": read_hk_forum,
 }
 
 

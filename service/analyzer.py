@@ -33,7 +33,7 @@ class Analyzer:
         batch_size: int = 32,
         default_script: str = "hans",
         microbatch_wait_ms: float = 2.0,
-        microbatch_max_size: int = 16,
+        microbatch_max_size: int = 1,
     ) -> None:
         from service.settings import DEFAULT_PLAYBOOK
 
@@ -42,7 +42,8 @@ class Analyzer:
         self.playbook = playbook or Playbook.load(DEFAULT_PLAYBOOK)
         self.batch_size = batch_size
         self.default_script = default_script
-        # single-text calls from concurrent threads (the HTTP API) share one forward pass
+        # single-text calls from concurrent threads (the HTTP API) can share one forward pass;
+        # off by default: on a 2-core CPU it measured slower than concurrent singles (bench/RESULTS.md)
         self.microbatcher: MicroBatcher[str, Prediction] | None = None
         if microbatch_max_size > 1:
             self.microbatcher = MicroBatcher(
@@ -73,7 +74,7 @@ class Analyzer:
             batch_size=settings.batch_size,
             default_script=settings.default_script,
             microbatch_wait_ms=getattr(settings, "microbatch_wait_ms", 2.0),
-            microbatch_max_size=getattr(settings, "microbatch_max_size", 16),
+            microbatch_max_size=getattr(settings, "microbatch_max_size", 1),
         )
 
     def _predict_many(self, texts: list[str]) -> list[Prediction]:

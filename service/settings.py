@@ -54,7 +54,12 @@ class Settings(BaseSettings):
         le=1000.0,
         description="how long concurrent single-text requests may wait to share a forward",
     )
-    microbatch_max_size: int = Field(default=16, ge=1, description="most texts in one micro-batch; 1 turns it off")
+    microbatch_max_size: int = Field(
+        default=1,
+        ge=1,
+        description="most texts in one micro-batch; 1 (default) turns it off: on a 2-core CPU batching "
+        "single requests measured slower than running them concurrently; try 8-16 with more cores",
+    )
     workers: int = Field(default=1, ge=1, description="server processes for `calmfirst serve` (each loads the model)")
 
     # access
