@@ -20,13 +20,14 @@ from data.sources import READERS, hash_split, read_source, shared_data_dir
 logger = logging.getLogger(__name__)
 
 ANNOTATIONS_DIR = Path(__file__).resolve().parent / "annotations"
-#: Files in the annotations folder that are not training labels.
-NON_LABEL_FILES = {"agreement_sample.jsonl"}
+AGENT_TURNS_FILE = Path(__file__).resolve().parent / "agent_steps" / "agent_turns.jsonl"
+#: Files in the annotations folder that are not training labels (agreement studies).
+NON_LABEL_PREFIX = "agreement"
 
 
 def annotation_files(directory: Path | None = None) -> list[Path]:
     directory = directory or ANNOTATIONS_DIR
-    return sorted(p for p in directory.glob("*.jsonl") if p.name not in NON_LABEL_FILES)
+    return sorted(p for p in directory.glob("*.jsonl") if not p.name.startswith(NON_LABEL_PREFIX))
 
 
 def read_label_file(path: Path) -> list[dict[str, Any]]:
@@ -94,11 +95,45 @@ def load_annotations(
         else:
             rec.setdefault("split", hash_split(f"{rec['source']}:{rec['id']}"))
         out.append(rec)
+    # splits are stored in the label files (data.splits); the fallbacks above serve files that predate that
     if missing:
         msg = f"{missing} annotation records had no text in {root}"
         if on_missing == "raise" and root.is_dir():
             raise LabelError(msg)
         logger.warning(msg)
+    return out
+
+
+def load_agent_turns(
+    path: Path | None = None, *, shared_dir: Path | None = None, on_missing: str = "raise"
+) -> list[dict[str, Any]]:
+    """Labelled agent turns with ``text`` (and ``context``, the customer's turn before, for real
+    turns). The project's written turns carry their text; real ones are joined from
+    ``../shared/data`` (STC-3 helpdesk replies, hospital and restaurant public replies)."""
+    from data.sources import read_agent_turns
+
+    path = path or AGENT_TURNS_FILE
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    need = {r["id"] for r in records if "text" not in r}
+    found: dict[str, Any] = {}
+    root = shared_dir or shared_data_dir()
+    if need:
+        if root.is_dir():
+            found = {row.id: row for row in read_agent_turns(root) if row.id in need}
+        elif on_missing == "raise":
+            raise FileNotFoundError(f"shared data not found at {root}; needed for {len(need)} real agent turns")
+    out = []
+    for r in records:
+        r = dict(r)
+        if "text" not in r:
+            row = found.get(r["id"])
+            if row is None:
+                if on_missing == "raise" and root.is_dir():
+                    raise LabelError(f"agent turn {r['id']!r} has no text in {root}")
+                continue
+            r["text"], r["context"] = row.text, row.meta.get("context", "")
+            r.setdefault("split", row.split)
+        out.append(r)
     return out
 
 

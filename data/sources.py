@@ -302,3 +302,24 @@ def read_source(source: str, root: Path | None = None) -> Iterator[SourceText]:
             f"shared data folder not found: {root} (set CALMFIRST_SHARED_DATA or place ../shared/data)"
         )
     yield from READERS[source](root)
+
+
+def read_agent_turns(root: Path) -> Iterator[SourceText]:
+    """Real organisation-to-customer turns, ids as in ``data/agent_steps``: STC-3 helpdesk
+    replies ``<dialogue>-t<turn>`` (split by dialogue, like the customer turns), and the public
+    replies of the Taiwan hospital and restaurant sources ``<review id>:reply``. ``meta['context']``
+    holds the customer's turn just before."""
+    for dia in read_stc3_dialogues(root):
+        split = hash_split(f"stc3:{dia['id']}")
+        last = ""
+        for i, turn in enumerate(dia["turns"]):
+            text = _clean(" ".join(u.strip() for u in turn["utterances"]))
+            if turn["sender"] == "customer":
+                last = text
+            elif text:
+                yield SourceText(f"{dia['id']}-t{i}", "stc3", text, split, {"context": last})
+    for source, reader in (("tw_hospital_reviews", read_tw_hospital), ("tw_restaurant_chain_reviews", read_tw_restaurant_chain)):
+        for row in reader(root):
+            if row.meta.get("reply"):
+                rid = f"{row.id}:reply"
+                yield SourceText(rid, source, row.meta["reply"], hash_split(rid), {"context": row.text})

@@ -34,6 +34,8 @@ STEP_CODES = (
 )
 MISTAKE_CODES = ("argued", "blamed_customer", "last_word", "interrogated", "solution_while_furious")
 META = ("source", "script", "region", "selection")
+#: batch-name prefixes of agent-turn batches (steps and mistakes rather than customer labels)
+AGENT_PREFIXES = ("agent", "agragent", "relabel")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -66,7 +68,7 @@ def validate_agent(rec: dict[str, Any], where: str) -> None:
 
 def check(batch: Path, labels: Path) -> list[dict[str, Any]]:
     meta = {r["id"]: r for r in read_jsonl(batch)}
-    agent = batch.name.startswith("agent")
+    agent = batch.name.startswith(AGENT_PREFIXES)
     seen: set[str] = set()
     out = []
     for n, lab in enumerate(read_jsonl(labels), start=1):
@@ -97,7 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check")
     c.add_argument("batch", type=Path)
     c.add_argument("labels", type=Path)
+    m = sub.add_parser("merge")
+    m.add_argument("names", nargs="*", help="batch names (default: every finished batch)")
+    sub.add_parser("splits", help="recompute and store every record's split")
     args = ap.parse_args(argv)
+    if args.cmd == "splits":
+        for name, c in write_splits().items():
+            print(name, c)
+        return 0
+    if args.cmd == "merge":
+        for name, (added, replaced) in merge(args.names or None).items():
+            print(f"{name}: {added} added, {replaced} replaced")
+        return 0
     try:
         recs = check(args.batch, args.labels)
     except LabelError as e:
@@ -105,6 +118,131 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"ok: {len(recs)} records valid")
     return 0
+
+
+
+# ---------------------------------------------------------------------------- merge
+ANNOTATIONS = ROOT / "data" / "annotations"
+BATCH_LABELS = ANNOTATIONS / "batches"
+BATCHES = ROOT / "work" / "batches"
+AGENT_FILE = ROOT / "data" / "agent_steps" / "agent_turns.jsonl"
+#: label files that are agreement material, not training labels
+AGREEMENT_PREFIXES = ("agr-", "agragent-")
+
+
+def _write_jsonl(path: Path, recs: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _upsert(path: Path, recs: list[dict[str, Any]], key: Any) -> tuple[int, int]:
+    old = read_jsonl(path) if path.exists() else []
+    index = {key(r): i for i, r in enumerate(old)}
+    added = replaced = 0
+    for r in recs:
+        k = key(r)
+        if k in index:
+            old[index[k]] = {**old[index[k]], **r}
+            replaced += 1
+        else:
+            index[k] = len(old)
+            old.append(r)
+            added += 1
+    _write_jsonl(path, old)
+    return added, replaced
+
+
+def merge(names: list[str] | None = None, *, remove: bool = False) -> dict[str, tuple[int, int]]:
+    """Check each finished batch and move its labels into the per-source label files.
+
+    Customer labels go to ``data/annotations/<source>.jsonl`` (re-judged v1.1 threat records
+    replace their old labels); agent-turn labels to ``data/agent_steps/agent_turns.jsonl``.
+    The batch label file is removed once merged (git history keeps it)."""
+    from data.tools.migrate_v12 import LABEL_KEYS
+
+    report: dict[str, tuple[int, int]] = {}
+    files = sorted(BATCH_LABELS.glob("*.jsonl"))
+    for lab in files:
+        if lab.name.startswith(AGREEMENT_PREFIXES) or (names and lab.stem not in names):
+            continue
+        batch = BATCHES / lab.name
+        try:
+            recs = check(batch, lab)
+        except LabelError as e:  # still being written, or needs fixing: leave it for later
+            print(f"not merged: {e}")
+            continue
+        if lab.name.startswith(AGENT_PREFIXES):
+            for r in recs:
+                r.pop("text", None)
+                r["schema"] = SCHEMA_VERSION
+            got = _upsert(AGENT_FILE, recs, key=lambda r: r["id"])
+        elif lab.name.startswith("rejudge"):
+            by_source: dict[str, list[dict[str, Any]]] = {}
+            for r in recs:
+                upd = {k: r[k] for k in ("id", "source", *LABEL_KEYS)}
+                upd.update(rejudged_v12=True, rejudged_by=r.get("annotator"))
+                by_source.setdefault(r["source"], []).append(upd)
+            got = (0, 0)
+            for source, rs in by_source.items():
+                a, b = _upsert(ANNOTATIONS / f"{source}.jsonl", rs, key=lambda r: r["id"])
+                got = (got[0] + a, got[1] + b)
+        else:
+            by_source = {}
+            for r in recs:
+                by_source.setdefault(r["source"], []).append(r)
+            got = (0, 0)
+            for source, rs in by_source.items():
+                a, b = _upsert(ANNOTATIONS / f"{source}.jsonl", rs, key=lambda r: r["id"])
+                got = (got[0] + a, got[1] + b)
+        report[lab.name] = got
+        if remove:
+            lab.unlink()
+    return report
+
+
+def write_splits() -> dict[str, dict[str, int]]:
+    """Recompute every record's split (``data.splits``) and store it in the label files."""
+    from collections import Counter
+
+    from data.loader import AGENT_TURNS_FILE, annotation_files, load_agent_turns
+    from data.sources import READERS, read_agent_turns, read_source
+    from data.splits import assign
+
+    files = annotation_files()
+    recs = {p: read_jsonl(p) for p in files}
+    source_split: dict[tuple[str, str], str] = {}
+    texts: dict[tuple[str, str], str] = {}
+    for source in {r["source"] for rs in recs.values() for r in rs if "text" not in r}:
+        if source in READERS:
+            for row in read_source(source):
+                source_split[(source, row.id)] = row.split
+                texts[(source, row.id)] = row.text
+    agents = load_agent_turns()
+    for row in read_agent_turns(shared_dir_or_default()):
+        source_split[(row.source, row.id)] = row.split
+    everything = [
+        {**r, "text": r.get("text") or texts.get((r["source"], r["id"]), "")} for rs in recs.values() for r in rs
+    ] + [{**a, "source": a.get("source", "calmfirst_written"), "region": a.get("region", "cn")} for a in agents]
+    split = assign([r for r in everything if r["text"]], source_split)
+    counts: dict[str, dict[str, int]] = {}
+    for p, rs in recs.items():
+        for r in rs:
+            r["split"] = split[(r["source"], r["id"])]
+        _write_jsonl(p, rs)
+        counts[p.name] = dict(Counter(r["split"] for r in rs))
+    arecs = read_jsonl(AGENT_TURNS_FILE)
+    for r in arecs:
+        r["split"] = split.get((r.get("source", "calmfirst_written"), r["id"]), r.get("split", "train"))
+    _write_jsonl(AGENT_TURNS_FILE, arecs)
+    counts[AGENT_TURNS_FILE.name] = dict(Counter(r["split"] for r in arecs))
+    return counts
+
+
+def shared_dir_or_default() -> Path:
+    from data.sources import shared_data_dir
+
+    return shared_data_dir()
 
 
 if __name__ == "__main__":
