@@ -48,22 +48,30 @@ class AgentTurn:
 
 
 def read_examples(path: Path = DEFAULT_DATA) -> list[dict[str, Any]]:
-    rows = []
+    """Labelled agent turns, codes checked line by line; real turns' text is joined from ../shared/data.
+
+    The project's written turns carry their text; real ones (STC-3 replies, public replies to
+    reviews) carry only an id, and ``data.loader.load_agent_turns`` joins their text. Without
+    ../shared/data those are left out, so the detector still fits on the written turns.
+    """
+    from data.loader import load_agent_turns
+
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         row = json.loads(line)
-        for key in ("text", "steps", "mistakes"):
+        for key in ("steps", "mistakes"):
             if key not in row:
                 raise ValueError(f"{path.name}:{n}: missing {key!r}")
         for code in row["steps"]:
             if code not in STEP_CODES:
                 raise ValueError(f"{path.name}:{n}: unknown step {code!r}")
         for code in row["mistakes"]:
-            if code not in TURN_MISTAKES:
+            # solution_while_furious is labelled on real turns (annotators saw the customer's turn) but
+            # is derived from the conversation at run time: accepted here, never learnt from the words
+            if code not in (*TURN_MISTAKES, "solution_while_furious"):
                 raise ValueError(f"{path.name}:{n}: unknown mistake {code!r}")
-        rows.append(row)
-    return rows
+    return load_agent_turns(path, on_missing="skip")
 
 
 def _to_simplified_view(text: str) -> str:
