@@ -308,8 +308,10 @@ def read_agent_turns(root: Path) -> Iterator[SourceText]:
     """Real organisation-to-customer turns, ids as in ``data/agent_steps``: STC-3 helpdesk
     replies ``<dialogue>-t<turn>`` (split by dialogue, like the customer turns), and the public
     replies of the Taiwan hospital and restaurant sources ``<review id>:reply``. ``meta['context']``
-    holds the customer's turn just before."""
-    for dia in read_stc3_dialogues(root):
+    holds the customer's turn just before. A source whose folder is absent yields nothing (the
+    loader then reports every id it could not find)."""
+    dialogues = read_stc3_dialogues(root) if (root / "stc3_helpdesk").is_dir() else []
+    for dia in dialogues:
         split = hash_split(f"stc3:{dia['id']}")
         last = ""
         for i, turn in enumerate(dia["turns"]):
@@ -318,7 +320,10 @@ def read_agent_turns(root: Path) -> Iterator[SourceText]:
                 last = text
             elif text:
                 yield SourceText(f"{dia['id']}-t{i}", "stc3", text, split, {"context": last})
-    for source, reader in (("tw_hospital_reviews", read_tw_hospital), ("tw_restaurant_chain_reviews", read_tw_restaurant_chain)):
+    readers = (("tw_hospital_reviews", read_tw_hospital), ("tw_restaurant_chain_reviews", read_tw_restaurant_chain))
+    for source, reader in readers:
+        if not (root / source).is_dir():
+            continue
         for row in reader(root):
             if row.meta.get("reply"):
                 rid = f"{row.id}:reply"

@@ -24,6 +24,27 @@ def test_loader_joins_text_from_fixture_shared_data() -> None:
     assert by_id["shopping:0"]["text"] == "屏幕有坏点,客服不理人"
     assert by_id["written-x-1"]["text"].startswith("客服電話")
     assert all(r["split"] in {"train", "dev", "test"} for r in records)
+    # the new Taiwan and Hong Kong sources join too
+    assert by_id["hosp:0"]["text"].startswith("掛號等了兩個小時")
+    assert by_id["openrice:test:0"]["text"].startswith("啲嘢食凍晒")
+
+
+def test_schema_v12_threat_no_longer_implies_level_3(tmp_path: Path) -> None:
+    rec = {
+        "id": "w1",
+        "source": "calmfirst_written",
+        "text": "貴公司若週五前仍未處理,本人將向消保處申訴。",
+        "anger_level": 1,
+        "complaint_type": "service_quality",
+        "types": ["service_quality"],
+        "threat": True,
+        "script": "hant",
+        "region": "tw",
+        "schema": "1.2",
+    }
+    path = tmp_path / "ok.jsonl"
+    path.write_text(json.dumps(rec, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_label_file(path)[0]["threat"] is True
 
 
 def test_loader_yields_train_dev_test_datasets() -> None:
@@ -33,7 +54,7 @@ def test_loader_yields_train_dev_test_datasets() -> None:
     assert isinstance(dd, DatasetDict)
     assert set(dd) == {"train", "dev", "test"}
     assert all(isinstance(d, Dataset) for d in dd.values())
-    assert sum(len(d) for d in dd.values()) == 6
+    assert sum(len(d) for d in dd.values()) == 8
     assert {"text", "anger_level", "complaint_type", "types", "threat", "script"} <= set(dd["train"].column_names)
 
 
@@ -50,6 +71,8 @@ def test_loader_missing_shared_text_raises_or_skips(tmp_path: Path) -> None:
                 "types": ["none"],
                 "threat": False,
                 "script": "hans",
+                "region": "cn",
+                "schema": "1.2",
             }
         )
         + "\n",
@@ -69,8 +92,10 @@ def test_loader_missing_shared_text_raises_or_skips(tmp_path: Path) -> None:
         ({"anger_level": 4}, "anger_level"),
         ({"complaint_type": "weather"}, "complaint_type"),
         ({"types": ["delivery", "billing"]}, "types"),
-        ({"threat": True, "anger_level": 1}, "threat"),
+        ({"threat": "yes"}, "threat"),
         ({"script": "latin"}, "script"),
+        ({"region": "jp"}, "region"),
+        ({"schema": "1.1"}, "schema"),
     ],
 )
 def test_loader_invalid_record_names_file_line_and_field(tmp_path: Path, patch: dict, message: str) -> None:
@@ -83,6 +108,8 @@ def test_loader_invalid_record_names_file_line_and_field(tmp_path: Path, patch: 
         "types": ["none"],
         "threat": False,
         "script": "hant",
+        "region": "tw",
+        "schema": "1.2",
     }
     path = tmp_path / "x.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "w2", **patch}) + "\n", encoding="utf-8")

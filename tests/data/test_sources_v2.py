@@ -1,0 +1,121 @@
+"""Readers of the Taiwan and Hong Kong sources, real agent turns, and the split rule (labels v2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from data.loader import load_agent_turns, read_label_file
+from data.sources import read_agent_turns, read_hk_openrice, read_tw_hospital, region_of
+from data.splits import assign, normalise, text_key
+from data.stats import markdown, stats
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+SHARED = FIXTURES / "shared" / "data"
+
+
+def test_hospital_reader_ids_rows_and_keeps_the_public_reply() -> None:
+    rows = list(read_tw_hospital(SHARED))
+    # row 1 has no review text: skipped, but the row numbering stays the file's own
+    assert [r.id for r in rows] == ["hosp:0", "hosp:2"]
+    assert rows[0].meta["reply"] == "抱歉讓您久候,已轉知門診單位改善。"
+    assert rows[0].meta["star"] == "1"
+    assert region_of("tw_hospital_reviews") == "tw" and region_of("hk_openrice_senti") == "hk"
+    assert region_of("stc3") == "cn"
+
+
+def test_openrice_reader_reads_both_files() -> None:
+    rows = list(read_hk_openrice(SHARED))
+    assert [r.id for r in rows] == ["openrice:test:0", "openrice:test:1", "openrice:valid:0"]
+    assert rows[0].meta["label"] == "cry"
+
+
+def test_real_agent_turns_come_with_the_customer_turn_before() -> None:
+    turns = {t.id: t for t in read_agent_turns(SHARED)}
+    assert turns["hosp:0:reply"].text.startswith("抱歉讓您久候")
+    assert turns["hosp:0:reply"].meta["context"].startswith("掛號等了")
+    stc3 = [t for t in turns.values() if t.source == "stc3"]
+    assert stc3 and all(t.meta["context"] for t in stc3)
+
+
+def test_agent_turn_loader_joins_real_text_and_keeps_written_text(tmp_path: Path) -> None:
+    path = tmp_path / "agent_turns.jsonl"
+    recs = [
+        {
+            "id": "hosp:0:reply",
+            "source": "tw_hospital_reviews",
+            "steps": ["apologize", "commit_action"],
+            "mistakes": [],
+        },
+        {"id": "at-1", "source": "calmfirst_written", "text": "好的", "steps": [], "mistakes": []},
+    ]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    out = {r["id"]: r for r in load_agent_turns(path, shared_dir=SHARED)}
+    assert out["hosp:0:reply"]["text"].startswith("抱歉") and out["hosp:0:reply"]["context"].startswith("掛號")
+    assert out["at-1"]["text"] == "好的"
+    assert load_agent_turns(path, shared_dir=tmp_path / "nowhere", on_missing="skip") == [out["at-1"]]
+    with pytest.raises(FileNotFoundError):
+        load_agent_turns(path, shared_dir=tmp_path / "nowhere")
+
+
+def test_normalise_ignores_whitespace_punctuation_and_width() -> None:
+    assert normalise("退錢!! 馬上 ") == normalise("退錢！！馬上") == "退錢馬上"
+    assert text_key("ＡＢＣ，好") == text_key("abc 好")
+
+
+def test_duplicates_share_one_split_and_own_splits_are_kept() -> None:
+    recs = [
+        {"source": "waimai_10k", "id": "waimai:1", "text": "太慢了!", "region": "cn"},
+        {"source": "calmfirst_written", "id": "w-9", "text": "太慢了", "region": "tw"},
+        {"source": "smp2020_ewect", "id": "usual_eval:1", "text": "气死了", "region": "cn"},
+    ]
+    # many different duplicates: whichever split the first copy gets, the other copy follows
+    split = assign(recs, {("smp2020_ewect", "usual_eval:1"): "test"})
+    assert split[("waimai_10k", "waimai:1")] == split[("calmfirst_written", "w-9")]
+    assert split[("smp2020_ewect", "usual_eval:1")] == "test"
+    many = [{"source": "x", "id": str(i), "text": f"文本{i}", "region": "hk"} for i in range(4000)]
+    got = assign(many, {})
+    share = sum(v == "test" for v in got.values()) / len(got)
+    assert 0.17 < share < 0.23  # Taiwan and Hong Kong put 20% in test
+
+
+def test_card_tables_count_real_and_written_apart(tmp_path: Path) -> None:
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    base = {"types": ["none"], "complaint_type": "none", "threat": False, "schema": "1.2"}
+    recs = [
+        {
+            **base,
+            "id": "hosp:0",
+            "source": "tw_hospital_reviews",
+            "anger_level": 0,
+            "script": "hant",
+            "region": "tw",
+            "split": "test",
+        },
+        {
+            **base,
+            "id": "w-1",
+            "source": "calmfirst_written",
+            "text": "好",
+            "anger_level": 0,
+            "script": "hant",
+            "region": "hk",
+            "split": "train",
+        },
+    ]
+    (ann / "x.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    agents = tmp_path / "agent.jsonl"
+    agents.write_text(
+        json.dumps({"id": "hosp:0:reply", "source": "tw_hospital_reviews", "steps": ["thank"], "mistakes": []}) + "\n"
+    )
+    s = stats(ann, agents)
+    assert (s["records"], s["real"], s["written"], s["real_hant"], s["test_real_hant"]) == (2, 1, 1, 1, 1)
+    md = markdown(s)
+    assert "| 0 calm | 1 | 1 | 2 |" in md
+    assert "| test | real | 1 | 0 | 1 | 0 |" in md
+    assert "| thank | 1 | 1 |" in md
+    assert "not met" in md  # two records are far from the labels-v2 minimums
+    assert read_label_file(ann / "x.jsonl")[0]["region"] == "tw"
