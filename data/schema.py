@@ -5,21 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from data.vocab import AngerLabel, ComplaintType, values
+
 SCHEMA_VERSION = "1.2"
 
-ANGER_LABELS: tuple[str, ...] = ("calm", "displeased", "angry", "furious")
-COMPLAINT_TYPES: tuple[str, ...] = (
-    "billing",
-    "product_quality",
-    "delivery",
-    "staff_attitude",
-    "refund_return",
-    "service_quality",
-    "account_technical",
-    "policy_promotion",
-    "other",
-    "none",
-)
+ANGER_LABELS: tuple[str, ...] = values(AngerLabel)
+COMPLAINT_TYPES: tuple[str, ...] = values(ComplaintType)
 SCRIPTS: tuple[str, ...] = ("hant", "hans")
 REGIONS: tuple[str, ...] = ("tw", "hk", "cn")
 #: the project's own written messages (never mixed with real text in reports)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from data.vocab import HEADLINE_METRICS, Script
+
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -47,18 +49,9 @@ def render_model_card(config: Any) -> str:
         lines += ["## Evaluation", "", f"Measured on: {training.get('eval_split', 'held-out split')}", ""]
         lines += ["| metric | overall | hant | hans |", "|---|---|---|---|"]
         per = metrics.get("per_script", {})
-        for key in (
-            "calm_first_f1",
-            "anger_qwk",
-            "anger_accuracy",
-            "anger_mae",
-            "type_macro_f1",
-            "type_accuracy",
-            "threat_f1",
-            "calm_first_ece",
-        ):
+        for key in HEADLINE_METRICS:
             if key in metrics:
-                row = [_fmt(metrics[key])] + [_fmt(per.get(s, {}).get(key, "-")) for s in ("hant", "hans")]
+                row = [_fmt(metrics[key])] + [_fmt(per.get(s, {}).get(key, "-")) for s in Script]
                 lines.append(f"| {key} | " + " | ".join(row) + " |")
         lines.append("")
     lines += [

@@ -20,23 +20,14 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from data.script import convert
+from data.vocab import TURN_MISTAKES as _TURN_MISTAKES
+from data.vocab import Mistake, Step, values
 
 logger = logging.getLogger(__name__)
 
-STEP_CODES: tuple[str, ...] = (
-    "listen_acknowledge",
-    "thank",
-    "apologize",
-    "commit_action",
-    "ask_details",
-    "offer_options",
-    "promise_callback",
-    "confirm_satisfaction",
-    "escalate_supervisor",
-    "answer_question",
-)
+STEP_CODES: tuple[str, ...] = values(Step)
 #: Mistakes visible in the agent's own words; ``solution_while_furious`` needs the customer's state.
-TURN_MISTAKES: tuple[str, ...] = ("argued", "blamed_customer", "last_word", "interrogated")
+TURN_MISTAKES: tuple[str, ...] = values(_TURN_MISTAKES)
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "agent_steps" / "agent_turns.jsonl"
 
 
@@ -69,7 +60,7 @@ def read_examples(path: Path = DEFAULT_DATA) -> list[dict[str, Any]]:
         for code in row["mistakes"]:
             # solution_while_furious is labelled on real turns (annotators saw the customer's turn) but
             # is derived from the conversation at run time: accepted here, never learnt from the words
-            if code not in (*TURN_MISTAKES, "solution_while_furious"):
+            if code not in (*TURN_MISTAKES, Mistake.SOLUTION_WHILE_FURIOUS):
                 raise ValueError(f"{path.name}:{n}: unknown mistake {code!r}")
     return load_agent_turns(path, on_missing="skip")
 

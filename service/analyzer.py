@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from data.script import detect_script
+from data.vocab import SCRIPT_LANG, Script
 from model.classifier import CalmFirstModel, Prediction
 from model.onnx import OnnxCalmFirstModel, load_model
 from service.microbatch import MicroBatcher
-from service.playbook import SCRIPT_LANG, Playbook
+from service.playbook import Playbook
 from service.policy import Policy
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class Analyzer:
 
     def result(self, pred: Prediction, text: str, *, id: Any, lang: str | None = None) -> dict[str, Any]:
         script = detect_script(text, default=self.default_script)
-        out_lang = lang or SCRIPT_LANG[script]
+        out_lang = lang or SCRIPT_LANG[Script(script)]
         threat = self.policy.threat(pred)
         situation = self.policy.situation(pred)
         step = self.playbook.route(situation, complaint_type=pred.complaint_type, lang=out_lang)

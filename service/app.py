@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from data.schema import ANGER_LABELS, COMPLAINT_TYPES, SCHEMA_VERSION
+from data.vocab import Flag, values
 from service.agent_steps import AgentStepDetector
 from service.analyzer import Analyzer, occlusion_explanation
 from service.conversation import ConversationAnalyzer, Turn
@@ -189,7 +190,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
             "anger_levels": [{"level": i, "label": name} for i, name in enumerate(ANGER_LABELS)],
             "complaint_types": list(COMPLAINT_TYPES),
             "threat": "boolean",
-            "flags": ["calm_first", "ready_for_solutions"],
+            "flags": list(values(Flag)),
             "policy": a.policy.to_dict(),
             "playbook": a.playbook.to_dict(),
             "model": a.model_info,

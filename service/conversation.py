@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from data.vocab import SCRIPT_LANG, ComplaintType, Flag, Mistake, Role, Script, Situation, Step, Trend
 from service.agent_steps import AgentStepDetector, AgentTurn
 from service.analyzer import Analyzer
-from service.playbook import SCRIPT_LANG, ConversationRules
+from service.playbook import ConversationRules
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("customer", "agent")
+ROLES: tuple[str, ...] = tuple(Role)
 
 
 @dataclass
@@ -52,8 +53,8 @@ class ConversationState:
 def anger_trend(series: Sequence[int]) -> str:
     """rising / falling / steady, from the last two customer turns."""
     if len(series) < 2 or series[-1] == series[-2]:
-        return "steady"
-    return "rising" if series[-1] > series[-2] else "falling"
+        return Trend.STEADY
+    return Trend.RISING if series[-1] > series[-2] else Trend.FALLING
 
 
 def choose_next(sequence: Sequence[str], taken: set[str], optional: frozenset[str]) -> str:
@@ -87,13 +88,13 @@ class ConversationAnalyzer:
         agent_texts: list[str] = []
         for _, turns in conversations:
             for t in turns:
-                (cust_texts if t.role == "customer" else agent_texts).append(t.text)
+                (cust_texts if t.role == Role.CUSTOMER else agent_texts).append(t.text)
         results = self.analyzer.analyze(cust_texts, lang=lang) if cust_texts else []
         agent = self.detector.detect(agent_texts) if agent_texts else []
         ri = ai = 0
         out = []
         for conv_id, turns in conversations:
-            n_c = sum(t.role == "customer" for t in turns)
+            n_c = sum(t.role == Role.CUSTOMER for t in turns)
             n_a = len(turns) - n_c
             out.append(self.build(conv_id, turns, results[ri : ri + n_c], agent[ai : ai + n_a], lang=lang))
             ri += n_c
@@ -118,12 +119,12 @@ class ConversationAnalyzer:
         last_agent_mistakes: list[str] = []
         ri = ai = 0
         for index, t in enumerate(turns):
-            if t.role == "customer":
+            if t.role == Role.CUSTOMER:
                 r = dict(results[ri])
                 r["id"] = index
                 ri += 1
                 last_customer_level = r["anger"]["level"]
-                out_turns.append({"index": index, "role": "customer", "ts": t.ts, "result": r})
+                out_turns.append({"index": index, "role": Role.CUSTOMER, "ts": t.ts, "result": r})
             else:
                 a = agent[ai]
                 ai += 1
@@ -133,7 +134,7 @@ class ConversationAnalyzer:
                     and last_customer_level >= rules.solution_block_level
                     and any(s in rules.solution_steps for s in a.steps)
                 ):
-                    turn_mistakes.append("solution_while_furious")
+                    turn_mistakes.append(Mistake.SOLUTION_WHILE_FURIOUS)
                 for s in a.steps:
                     if s not in taken:
                         taken.append(s)
@@ -144,14 +145,14 @@ class ConversationAnalyzer:
                 out_turns.append(
                     {
                         "index": index,
-                        "role": "agent",
+                        "role": Role.AGENT,
                         "ts": t.ts,
                         "steps": a.steps,
                         "mistakes": turn_mistakes,
                         "scores": a.scores,
                     }
                 )
-        customer = [ot["result"] for ot in out_turns if ot["role"] == "customer"]
+        customer = [ot["result"] for ot in out_turns if ot["role"] == Role.CUSTOMER]
         if not customer:
             raise ValueError("turns: a conversation needs at least one customer turn")
         series = [r["anger"]["level"] for r in customer]
@@ -160,31 +161,31 @@ class ConversationAnalyzer:
         escalate = any(r["route"]["escalate"] for r in customer)
         threat = any(r["threat"]["detected"] for r in customer)
         flag = last["route"]["flag"]
-        grievances = [r for r in customer if r["complaint"]["type"] != "none"]
-        ctype = grievances[-1]["complaint"]["type"] if grievances else "none"
+        grievances = [r for r in customer if r["complaint"]["type"] != ComplaintType.NONE]
+        ctype = grievances[-1]["complaint"]["type"] if grievances else ComplaintType.NONE
         types: list[str] = []
         for r in grievances:
             for ty in r["complaint"]["types"]:
-                if ty not in types and ty != "none":
+                if ty not in types and ty != ComplaintType.NONE:
                     types.append(ty)
         taken_set = set(taken)
         level = policy.calm_first_level
-        if escalate and "escalate_supervisor" not in taken_set:
-            situation = "escalate"
-        elif flag == "calm_first":
-            situation = "calm_first"
+        if escalate and Step.ESCALATE_SUPERVISOR not in taken_set:
+            situation = Situation.ESCALATE
+        elif flag == Flag.CALM_FIRST:
+            situation = Situation.CALM_FIRST
         elif peak >= level:
-            situation = "recovered"
+            situation = Situation.RECOVERED
         elif not grievances and peak == 0:
-            situation = "no_complaint"
+            situation = Situation.NO_COMPLAINT
         else:
-            situation = "ready_for_solutions"
+            situation = Situation.READY_FOR_SOLUTIONS
         sequence = rules.sequences[situation]
         if last_agent_mistakes and any(m in rules.repair_after for m in last_agent_mistakes) and series[-1] >= level:
             code = rules.repair
         else:
             code = choose_next(sequence, taken_set, rules.optional)
-        out_lang = lang or SCRIPT_LANG[last["script"]]
+        out_lang = lang or SCRIPT_LANG[Script(last["script"])]
         step = self.analyzer.playbook.step(code, complaint_type=ctype, lang=out_lang)
         missed = [c for c in sequence if c not in taken_set and c not in rules.optional]
         state = ConversationState(
@@ -196,7 +197,7 @@ class ConversationAnalyzer:
             final_anger=series[-1],
             situation=situation,
             complaint_type=ctype,
-            types=types or ["none"],
+            types=types or [ComplaintType.NONE],
             threat=threat,
             steps_taken=taken,
             mistakes=mistakes,

@@ -13,23 +13,13 @@ from typing import Any
 import yaml
 
 from data.schema import COMPLAINT_TYPES
+from data.vocab import CONVERSATION_STATES as _STATES
+from data.vocab import ROUTE_SITUATIONS, Lang, Step, values
 
-LANGS = ("zh-Hant", "zh-Hans", "en")
-SCRIPT_LANG = {"hant": "zh-Hant", "hans": "zh-Hans"}
-ROUTE_KEYS = ("escalate", "calm_first", "ready_for_solutions", "no_complaint")
+LANGS: tuple[str, ...] = values(Lang)
+ROUTE_KEYS: tuple[str, ...] = values(ROUTE_SITUATIONS)
 #: The practice's step codes (CONTRACT.md); a playbook may add its own.
-CORE_STEPS = (
-    "listen_acknowledge",
-    "thank",
-    "apologize",
-    "commit_action",
-    "ask_details",
-    "offer_options",
-    "promise_callback",
-    "confirm_satisfaction",
-    "escalate_supervisor",
-    "answer_question",
-)
+CORE_STEPS: tuple[str, ...] = values(Step)
 
 
 class PlaybookError(ValueError):
@@ -46,8 +36,7 @@ class NextStep:
         return {"code": self.code, "text": self.text, "lang": self.lang}
 
 
-CONVERSATION_STATES = ("escalate", "calm_first", "recovered", "ready_for_solutions", "no_complaint")
-MISTAKE_CODES = ("argued", "blamed_customer", "last_word", "solution_while_furious", "interrogated")
+CONVERSATION_STATES: tuple[str, ...] = values(_STATES)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from data.vocab import ComplaintType, Flag, Situation
 from model.classifier import Prediction
 
-CALM_FIRST = "calm_first"
-READY = "ready_for_solutions"
+CALM_FIRST = Flag.CALM_FIRST
+READY = Flag.READY_FOR_SOLUTIONS
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Policy:
     def p_calm_first(self, pred: Prediction) -> float:
         return float(sum(pred.anger_probs[self.calm_first_level :]))
 
-    def flag(self, pred: Prediction) -> str:
+    def flag(self, pred: Prediction) -> Flag:
         if self.calm_first_prob is not None:
             return CALM_FIRST if self.p_calm_first(pred) >= self.calm_first_prob else READY
         return CALM_FIRST if pred.anger_level >= self.calm_first_level else READY
@@ -51,16 +52,16 @@ class Policy:
     def escalate(self, pred: Prediction) -> bool:
         return self.threat(pred) or (self.escalate_on_furious and pred.anger_level >= 3)
 
-    def situation(self, pred: Prediction) -> str:
+    def situation(self, pred: Prediction) -> Situation:
         """The playbook route key for one message."""
         if self.escalate(pred):
-            return "escalate"
+            return Situation.ESCALATE
         flag = self.flag(pred)
         if flag == CALM_FIRST:
-            return "calm_first"
-        if pred.complaint_type == "none":
-            return "no_complaint"
-        return "ready_for_solutions"
+            return Situation.CALM_FIRST
+        if pred.complaint_type == ComplaintType.NONE:
+            return Situation.NO_COMPLAINT
+        return Situation.READY_FOR_SOLUTIONS
 
     def to_dict(self) -> dict[str, Any]:
         return {

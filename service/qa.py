@@ -70,6 +70,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from data.vocab import Mistake, Outcome, Role, Step
 from service.agent_steps import AgentStepDetector
 from service.analyzer import Analyzer
 from service.batch import BadLine, InputFormatError, count_lines
@@ -81,17 +82,18 @@ logger = logging.getLogger(__name__)
 # ------------------------------------------------------------------ handling score
 #: Points taken per agent turn that makes the mistake; codes a playbook adds cost DEFAULT_MISTAKE_PENALTY.
 MISTAKE_PENALTY: dict[str, int] = {
-    "argued": 15,
-    "blamed_customer": 15,
-    "last_word": 15,
-    "solution_while_furious": 10,
-    "interrogated": 10,
+    Mistake.ARGUED: 15,
+    Mistake.BLAMED_CUSTOMER: 15,
+    Mistake.LAST_WORD: 15,
+    Mistake.SOLUTION_WHILE_FURIOUS: 10,
+    Mistake.INTERROGATED: 10,
 }
 DEFAULT_MISTAKE_PENALTY = 10
 MISSED_STEP_PENALTY = 5
 UNHANDLED_ESCALATION_PENALTY = 20
 CALMED_BONUS = 10
 ROSE_PENALTY = 10
+OUTCOME_POINTS = {Outcome.CALMED: CALMED_BONUS, Outcome.ROSE: -ROSE_PENALTY, Outcome.STEADY: 0}
 
 OUTPUT_FILES = ("turns.jsonl", "turns.csv", "conversations.jsonl", "conversations.csv")
 CSV_REQUIRED = ("conversation_id", "turn_index", "role", "text")
@@ -110,16 +112,16 @@ CONVERSATION_COLUMNS = [
 ]  # fmt: skip
 
 
-def anger_outcome(series: Sequence[int]) -> str:
+def anger_outcome(series: Sequence[int]) -> Outcome:
     """``calmed`` (final below peak), ``rose`` (final is the peak, reached from lower) or ``steady``."""
     if len(series) < 2:
-        return "steady"
+        return Outcome.STEADY
     final, peak = series[-1], max(series)
     if final < peak:
-        return "calmed"
+        return Outcome.CALMED
     if min(series[:-1]) < final:
-        return "rose"
-    return "steady"
+        return Outcome.ROSE
+    return Outcome.STEADY
 
 
 def handling_score(state: Mapping[str, Any], mistake_counts: Mapping[str, int] | None = None) -> dict[str, int]:
@@ -130,13 +132,15 @@ def handling_score(state: Mapping[str, Any], mistake_counts: Mapping[str, int] |
     """
     counts = dict(mistake_counts) if mistake_counts is not None else dict.fromkeys(state.get("mistakes", []), 1)
     mistakes = -sum(MISTAKE_PENALTY.get(code, DEFAULT_MISTAKE_PENALTY) * n for code, n in counts.items())
-    missed = -MISSED_STEP_PENALTY * sum(1 for c in state.get("steps_missed", []) if c != "escalate_supervisor")
+    missed = -MISSED_STEP_PENALTY * sum(1 for c in state.get("steps_missed", []) if c != Step.ESCALATE_SUPERVISOR)
     escalation = (
         -UNHANDLED_ESCALATION_PENALTY
-        if state.get("escalate") and "escalate_supervisor" not in state.get("steps_taken", [])
+        if state.get("escalate") and Step.ESCALATE_SUPERVISOR not in state.get("steps_taken", [])
         else 0
     )
-    outcome = {"calmed": CALMED_BONUS, "rose": -ROSE_PENALTY, "steady": 0}[anger_outcome(state["anger_series"])]
+    outcome = {Outcome.CALMED: CALMED_BONUS, Outcome.ROSE: -ROSE_PENALTY, Outcome.STEADY: 0}[
+        anger_outcome(state["anger_series"])
+    ]
     total = 100 + mistakes + missed + escalation + outcome
     return {
         "score": max(0, min(100, total)),
@@ -335,7 +339,7 @@ def turn_rows(conv: SourceConversation, result: Mapping[str, Any], *, keep_text:
     rows = []
     for out, src_index, turn in zip(result["turns"], conv.indices, conv.turns, strict=True):
         row: dict[str, Any] = {"conversation_id": conv.id, "turn_index": src_index, "role": out["role"], "ts": turn.ts}
-        if out["role"] == "customer":
+        if out["role"] == Role.CUSTOMER:
             r = out["result"]
             row.update(
                 anger_level=r["anger"]["level"],
@@ -361,10 +365,10 @@ def conversation_summary(conv: SourceConversation, result: Mapping[str, Any]) ->
     state = result["state"]
     counts: Counter[str] = Counter()
     for t in result["turns"]:
-        if t["role"] == "agent":
+        if t["role"] == Role.AGENT:
             counts.update(t["mistakes"])
     hs = handling_score(state, counts)
-    n_customer = sum(t["role"] == "customer" for t in result["turns"])
+    n_customer = sum(t["role"] == Role.CUSTOMER for t in result["turns"])
     return {
         "conversation_id": conv.id,
         "agent_id": conv.agent_id,
@@ -675,7 +679,7 @@ def summarize(path: Path, *, worst_n: int = 10) -> QASummary:
             agg.trends[s["anger_trend"]] += 1
             agg.mistakes.update(s["mistake_counts"])
             agg.steps_missed.update(s["steps_missed"])
-            unhandled = bool(s["escalate"]) and "escalate_supervisor" not in s["steps_taken"]
+            unhandled = bool(s["escalate"]) and Step.ESCALATE_SUPERVISOR not in s["steps_taken"]
             agg.escalations += bool(s["escalate"])
             agg.escalations_unhandled += unhandled
             agg.threats += bool(s["threat"])
@@ -866,7 +870,7 @@ def run_qa(
                 if not pending:
                     advance(item.last_line)
                 continue
-            n_customer = sum(t.role == "customer" for t in item.turns)
+            n_customer = sum(t.role == Role.CUSTOMER for t in item.turns)
             if n_customer == 0:
                 problem(BadLine(item.line, "no customer turn to score"))
                 continue

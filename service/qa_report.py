@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from data.schema import ANGER_LABELS
 from service.qa import (
     CALMED_BONUS,
     DEFAULT_MISTAKE_PENALTY,
@@ -35,7 +36,6 @@ from service.qa import (
 
 logger = logging.getLogger(__name__)
 
-ANGER_LABELS = ("calm", "displeased", "angry", "furious")
 MAX_AGENT_ROWS = 200
 MAX_AGENTS_PLOTTED = 20
 

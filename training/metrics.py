@@ -15,6 +15,7 @@ from sklearn.metrics import (
 )
 
 from data.schema import COMPLAINT_TYPES
+from data.vocab import HEADLINE_METRICS, SELECTION_METRICS, Script, values
 
 
 def expected_calibration_error(probs: Sequence[float], labels: Sequence[int], *, bins: int = 10) -> float:
@@ -117,16 +118,8 @@ def compute_metrics(
     }
 
 
-HEADLINE = (
-    "calm_first_f1",
-    "anger_qwk",
-    "anger_accuracy",
-    "anger_mae",
-    "type_macro_f1",
-    "type_accuracy",
-    "threat_f1",
-    "calm_first_ece",
-)
+#: The headline metrics reported per script (defined once in data.vocab).
+HEADLINE: tuple[str, ...] = values(HEADLINE_METRICS)
 
 
 def compute_all(
@@ -135,7 +128,7 @@ def compute_all(
     """Overall metrics plus the same per script (``hant``/``hans``)."""
     out = compute_metrics(gold, pred, calm_first_level=calm_first_level)
     out["per_script"] = {}
-    for script in ("hant", "hans"):
+    for script in Script:
         idx = [i for i, g in enumerate(gold) if g.get("script") == script]
         if idx:
             m = compute_metrics([gold[i] for i in idx], [pred[i] for i in idx], calm_first_level=calm_first_level)
@@ -145,4 +138,4 @@ def compute_all(
 
 def selection_score(m: dict[str, Any]) -> float:
     """One number for picking the best epoch: the mean of the four headline task scores."""
-    return float(np.mean([m["calm_first_f1"], m["anger_qwk"], m["type_macro_f1"], m["threat_f1"]]))
+    return float(np.mean([m[k] for k in SELECTION_METRICS]))

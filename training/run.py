@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from data.schema import ANGER_LABELS
+from data.vocab import HEADLINE_METRICS, Script
 from model.classifier import CalmFirstConfig, CalmFirstModel
 from training.config import DataSource, TrainingArguments
 from training.data import Example, load_examples, load_source
@@ -90,17 +91,8 @@ def write_report(metrics: dict[str, Any], out: Path) -> None:
     lines.append(f"Data: `{metrics['data']['path']}` split `{metrics['data']['split']}` ({metrics['n']} records)")
     lines += ["", "| metric | overall | hant | hans |", "|---|---|---|---|"]
     per = metrics.get("per_script", {})
-    for key in (
-        "calm_first_f1",
-        "anger_qwk",
-        "anger_accuracy",
-        "anger_mae",
-        "type_macro_f1",
-        "type_accuracy",
-        "threat_f1",
-        "calm_first_ece",
-    ):
-        cells = [f"{metrics[key]:.3f}"] + [f"{per[s][key]:.3f}" if s in per else "-" for s in ("hant", "hans")]
+    for key in HEADLINE_METRICS:
+        cells = [f"{metrics[key]:.3f}"] + [f"{per[s][key]:.3f}" if s in per else "-" for s in Script]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", "## Anger confusion (rows gold, columns predicted)", ""]
     lines.append("| gold \\ pred | " + " | ".join(ANGER_LABELS) + " |")

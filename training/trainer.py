@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from data.schema import COMPLAINT_TYPES
+from data.schema import COMPLAINT_TYPES, SPLITS
 from data.script import convert
+from data.vocab import SELECTION_METRICS
 from model.classifier import CalmFirstModel, Prediction, ordinal_probs
 from training.config import TrainingArguments
 from training.data import Example
@@ -294,7 +295,7 @@ class CalmFirstTrainer:
             record: dict[str, Any] = {"epoch": epoch, "step": step, "seconds": round(time.time() - t0, 1)}
             if is_main and self.eval_examples:
                 dev = self.evaluate(self.eval_examples)
-                record["dev"] = {k: dev[k] for k in ("calm_first_f1", "anger_qwk", "type_macro_f1", "threat_f1")}
+                record["dev"] = {str(k): dev[k] for k in SELECTION_METRICS}
                 score = selection_score(dev)
                 record["dev_score"] = score
                 logger.info("epoch %d dev %s", epoch, json.dumps(record["dev"]))
@@ -436,7 +437,7 @@ def summarize_examples(examples: Sequence[Example]) -> dict[str, Any]:
             "weak": sum(1 for e in xs if e.weak),
         }
 
-    return {split: count([e for e in examples if e.split == split]) for split in ("train", "dev", "test")}
+    return {split: count([e for e in examples if e.split == split]) for split in SPLITS}
 
 
 def cpu_threads() -> int:
