@@ -71,14 +71,18 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Traditional-script augmentation: Simplified training texts are converted on the fly."""
+    """Training-time augmentation (``training.augment``): OpenCC both ways and typing noise."""
 
     opencc_prob: float = 0.5
     opencc_configs: list[str] = field(default_factory=lambda: ["s2twp", "s2hk"])
+    t2s_prob: float = 0.0
+    noise_prob: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.opencc_prob <= 1.0:
-            raise ConfigError(f"augment.opencc_prob must be in [0, 1], got {self.opencc_prob}")
+        for name in ("opencc_prob", "t2s_prob", "noise_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"augment.{name} must be a number in [0, 1], got {value!r}")
         for c in self.opencc_configs:
             if c not in {"s2t", "s2tw", "s2twp", "s2hk"}:
                 raise ConfigError(f"augment.opencc_configs: unsupported OpenCC config {c!r}")

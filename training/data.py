@@ -42,6 +42,8 @@ class Example:
     weak: bool = False
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
+    #: weak anger signal (k, y): "anger_level > k" is y; used where only that is known (data.weak)
+    anger_bound: tuple[int, int] | None = None
 
     def as_gold(self) -> dict[str, Any]:
         return {
@@ -177,7 +179,23 @@ def _read_hf(name: str) -> list[dict[str, Any]]:
     return [dict(r) for r in ds]
 
 
+def load_weak(src: DataSource, *, shared_dir: str | None = None) -> list[Example]:
+    """``weak:<name>`` sources (``data.weak``): real texts whose only label is an anger bound."""
+    from data.weak import weak_rows
+
+    rows = weak_rows(src.path.removeprefix("weak:"), shared_dir=Path(shared_dir) if shared_dir else None, limit=src.limit)
+    return [
+        Example(
+            text=r.text, anger_level=None, complaint_type=None, types=[], threat=None, script=detect_script(r.text),
+            split="train", source=r.source, id=r.id, weak=True, weight=src.weight, anger_bound=(r.k, r.y),
+        )
+        for r in rows
+    ]
+
+
 def load_source(src: DataSource, *, shared_dir: str | None = None) -> list[Example]:
+    if src.path.startswith("weak:"):
+        return load_weak(src, shared_dir=shared_dir)
     if src.path == "annotations":
         records = load_annotations(shared_dir=Path(shared_dir) if shared_dir else None, on_missing="skip")
         rows: list[dict[str, Any]] = records

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from data.schema import COMPLAINT_TYPES, SPLITS
-from data.script import convert
 from data.vocab import SELECTION_METRICS
 from model.classifier import CalmFirstModel, Prediction, ordinal_probs
+from training.augment import augment
 from training.config import TrainingArguments
 from training.data import Example
 from training.metrics import compute_all, selection_score
@@ -114,8 +114,11 @@ class Collator:
         aug = self.args.augment
         for ex in batch:
             text = ex.text
-            if self.train and ex.script == "hans" and aug.opencc_configs and self.rng.random() < aug.opencc_prob:
-                text = convert(text, self.rng.choice(aug.opencc_configs))
+            if self.train:
+                text = augment(
+                    text, ex.script, self.rng, opencc_prob=aug.opencc_prob, opencc_configs=aug.opencc_configs,
+                    t2s_prob=aug.t2s_prob, noise_prob=aug.noise_prob,
+                )
             texts.append(text)
         enc = self.model.tokenize(texts)
         n_types = len(self.types)
@@ -132,6 +135,9 @@ class Collator:
                 "multi": multi,
                 "threat": torch.tensor([float(ex.threat) if ex.threat is not None else -1.0 for ex in batch]),
                 "weight": torch.tensor([ex.weight for ex in batch], dtype=torch.float32),
+                # weak anger: "level > k" is known true/false for one threshold k (data.weak)
+                "weak_k": torch.tensor([ex.anger_bound[0] if ex.anger_bound else -1 for ex in batch]),
+                "weak_y": torch.tensor([float(ex.anger_bound[1]) if ex.anger_bound else 0.0 for ex in batch]),
             }
         )
         return enc
@@ -182,6 +188,15 @@ class CalmFirstTrainer:
             per = F.binary_cross_entropy_with_logits(out["anger_logits"][m], target, reduction="none").sum(1)
             cw = self.anger_w.to(device)[y] * w[m]
             total = total + cfg.anger * (per * cw).sum() / cw.sum()
+        weak_k = batch.get("weak_k")
+        if weak_k is not None and (weak_k >= 0).any():
+            # A weak source knows one threshold only (EWECT "angry" = level > 1; a 5-star review =
+            # not level > 1): binary cross-entropy on that cumulative logit, down-weighted by the
+            # source's weight and averaged over the batch (not over the weights, which would cancel them).
+            m = weak_k >= 0
+            logit = out["anger_logits"][m].gather(1, weak_k[m].unsqueeze(1)).squeeze(1)
+            bce = F.binary_cross_entropy_with_logits(logit, batch["weak_y"][m], reduction="none")
+            total = total + cfg.anger * (bce * w[m]).sum() / len(w)
         ctype = batch["ctype"]
         m = ctype >= 0
         if m.any():
