@@ -69,6 +69,7 @@ def load_annotations(
         if "text" not in rec:
             need.setdefault(rec["source"], set()).add(rec["id"])
     texts: dict[tuple[str, str], tuple[str, str]] = {}
+    contexts: dict[tuple[str, str], list[tuple[str, str]]] = {}
     root = shared_dir or shared_data_dir()
     for source, ids in need.items():
         if source not in READERS:
@@ -81,6 +82,8 @@ def load_annotations(
         for row in read_source(source, root):
             if row.id in ids:
                 texts[(source, row.id)] = (row.text, row.split)
+                if "context" in row.meta:  # later turns of a dialogue: the turns just before
+                    contexts[(source, row.id)] = [tuple(t) for t in json.loads(row.meta["context"])]
     out: list[dict[str, Any]] = []
     missing = 0
     for rec in records:
@@ -92,6 +95,8 @@ def load_annotations(
                 continue
             rec["text"], source_split = found
             rec.setdefault("split", source_split)
+            if (rec["source"], rec["id"]) in contexts:
+                rec["context"] = contexts[(rec["source"], rec["id"])]
         else:
             rec.setdefault("split", hash_split(f"{rec['source']}:{rec['id']}"))
         out.append(rec)

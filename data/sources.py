@@ -57,17 +57,27 @@ def read_stc3(root: Path) -> Iterator[SourceText]:
     """Customer turns of the STC-3 helpdesk dialogues; id ``<dialogue>-t<turn>``.
 
     All turns of one dialogue share a split so a conversation never straddles two.
+    ``meta['context']`` holds, as JSON, the last customer and agent turns before a later turn
+    (``model.context.previous_turns``); a first turn has none.
     """
+    from model.context import previous_turns
+
     with open(root / "stc3_helpdesk" / "train_data_cn.json", encoding="utf-8") as f:
         dialogues = json.load(f)
     for dia in dialogues:
         split = hash_split(f"stc3:{dia['id']}")
-        for i, turn in enumerate(dia["turns"]):
-            if turn["sender"] != "customer":
+        turns = [
+            ("customer" if t["sender"] == "customer" else "agent", _clean(" ".join(u.strip() for u in t["utterances"])))
+            for t in dia["turns"]
+        ]
+        for i, (role, text) in enumerate(turns):
+            if role != "customer" or not text:
                 continue
-            text = _clean(" ".join(u.strip() for u in turn["utterances"]))
-            if text:
-                yield SourceText(f"{dia['id']}-t{i}", "stc3", text, split, {"turn": str(i)})
+            meta = {"turn": str(i)}
+            ctx = previous_turns(turns, i)
+            if ctx:
+                meta["context"] = json.dumps(ctx, ensure_ascii=False)
+            yield SourceText(f"{dia['id']}-t{i}", "stc3", text, split, meta)
 
 
 def read_smp2020(root: Path) -> Iterator[SourceText]:

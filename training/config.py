@@ -77,9 +77,10 @@ class AugmentConfig:
     opencc_configs: list[str] = field(default_factory=lambda: ["s2twp", "s2hk"])
     t2s_prob: float = 0.0
     noise_prob: float = 0.0
+    context_drop: float = 0.3
 
     def __post_init__(self) -> None:
-        for name in ("opencc_prob", "t2s_prob", "noise_prob"):
+        for name in ("opencc_prob", "t2s_prob", "noise_prob", "context_drop"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise ConfigError(f"augment.{name} must be a number in [0, 1], got {value!r}")
@@ -142,6 +143,8 @@ class TrainingArguments:
     fit_temperature: bool = True
     max_steps: int | None = None
     group_by_length: bool = True
+    #: feed later conversation turns with their context (``model.context``)
+    use_context: bool = True
     num_threads: int | None = None
     log_every: int = 50
     output_dir: str = "runs/default"

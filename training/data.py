@@ -44,6 +44,8 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
     #: weak anger signal (k, y): "anger_level > k" is y; used where only that is known (data.weak)
     anger_bound: tuple[int, int] | None = None
+    #: the turns before this one in a conversation, [(role, text)] (``model.context``)
+    context: list[tuple[str, str]] | None = None
 
     def as_gold(self) -> dict[str, Any]:
         return {
@@ -137,6 +139,7 @@ def row_to_example(row: dict[str, Any], src: DataSource, where: str, default_spl
         id=str(get("id") if get("id") is not None else ""),
         weak=src.weak,
         weight=src.weight,
+        context=[(str(r), str(t)) for r, t in row["context"]] if isinstance(row.get("context"), list) else None,
     )
 
 

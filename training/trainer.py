@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from data.schema import COMPLAINT_TYPES, SPLITS
 from data.vocab import SELECTION_METRICS
 from model.classifier import CalmFirstModel, Prediction, ordinal_probs
+from model.context import with_context
 from training.augment import augment
 from training.config import TrainingArguments
 from training.data import Example
@@ -119,6 +120,10 @@ class Collator:
                     text, ex.script, self.rng, opencc_prob=aug.opencc_prob, opencc_configs=aug.opencc_configs,
                     t2s_prob=aug.t2s_prob, noise_prob=aug.noise_prob,
                 )
+            # context: kept at evaluation; dropped now and then in training so a later turn
+            # sent alone (no context) is still read well
+            if ex.context and self.args.use_context and not (self.train and self.rng.random() < aug.context_drop):
+                text = with_context(text, ex.context)
             texts.append(text)
         enc = self.model.tokenize(texts)
         n_types = len(self.types)
@@ -399,10 +404,17 @@ def predictions(model: CalmFirstModel, texts: Sequence[str], *, batch_size: int 
     return model.scores_from_logits(model.predict_logits(list(texts), batch_size=batch_size))
 
 
-def evaluate_model(model: CalmFirstModel, examples: Sequence[Example], *, batch_size: int = 64) -> dict[str, Any]:
+def model_input(ex: Example, *, use_context: bool = True) -> str:
+    """What the model reads for an example: the text, with its conversation context if any."""
+    return with_context(ex.text, ex.context) if use_context else ex.text
+
+
+def evaluate_model(
+    model: CalmFirstModel, examples: Sequence[Example], *, batch_size: int = 64, use_context: bool = True
+) -> dict[str, Any]:
     """Metrics of a model on labelled examples (all three tasks must be labelled)."""
     full = [e for e in examples if e.anger_level is not None and e.complaint_type and e.threat is not None]
-    preds = predictions(model, [e.text for e in full], batch_size=batch_size)
+    preds = predictions(model, [model_input(e, use_context=use_context) for e in full], batch_size=batch_size)
     pred_dicts = [
         {
             "anger_level": p.anger_level,
@@ -420,7 +432,7 @@ def fit_temperature(model: CalmFirstModel, examples: Sequence[Example], *, batch
     labelled = [e for e in examples if e.anger_level is not None]
     if not labelled:
         return 1.0
-    logits = model.predict_logits([e.text for e in labelled], batch_size=batch_size)["anger_logits"].detach()
+    logits = model.predict_logits([model_input(e) for e in labelled], batch_size=batch_size)["anger_logits"].detach()
     y = torch.tensor([e.anger_level for e in labelled])
     log_t = torch.zeros(1, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)

@@ -76,3 +76,41 @@ def test_weak_review_stars_give_one_bound_each_and_skip_annotated_texts(monkeypa
     rows = {(r.id, r.k, r.y) for r in weak.weak_rows("review_stars", shared_dir=shared)}
     # hosp:0 (1 star) is annotated: left out; 5 stars and smile: not above 1; cry: above 0; "ok": no signal
     assert rows == {("hosp:2", 1, 0), ("openrice:test:0", 0, 1), ("openrice:test:1", 1, 0)}
+
+
+def test_context_follows_the_message_and_single_messages_are_unchanged() -> None:
+    from model.context import CONTEXT_MARK, MAX_CONTEXT_CHARS, previous_turns, with_context
+
+    assert with_context("还是不行", None) == "还是不行"
+    turns = [("customer", "登录不了"), ("agent", "请清除缓存后重试"), ("customer", "还是不行")]
+    ctx = previous_turns(turns, 2)
+    assert ctx == [("customer", "登录不了"), ("agent", "请清除缓存后重试")]
+    text = with_context("还是不行", ctx)
+    assert text.startswith("还是不行" + CONTEXT_MARK) and "agent:请清除缓存后重试" in text
+    assert previous_turns(turns, 0) == []
+    long = with_context("好", [("agent", "长" * 500)])
+    assert len(long) < 1 + len(CONTEXT_MARK) + MAX_CONTEXT_CHARS + 10  # context cut, message whole
+
+
+def test_collator_feeds_context_at_evaluation_and_drops_it_sometimes_in_training(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    from training.config import TrainingArguments
+    from training.data import Example
+    from training.trainer import Collator, model_input
+
+    ex = Example("还是不行", 1, "account_technical", ["account_technical"], False, "hans", "dev",
+                 context=[("agent", "请重启试试")])
+    assert "请重启试试" in model_input(ex) and model_input(ex, use_context=False) == "还是不行"
+    args = TrainingArguments(epochs=1, augment={"opencc_prob": 0.0, "context_drop": 0.5})
+    seen = []
+    orig = tiny_model.tokenize
+    tiny_model.tokenize = lambda texts: (seen.extend(texts), orig(texts))[1]  # type: ignore[method-assign]
+    try:
+        Collator(tiny_model, args, train=False, seed=0)([ex])
+        assert "请重启试试" in seen[-1]
+        train = Collator(tiny_model, args, train=True, seed=0)
+        for _ in range(40):
+            train([ex])
+    finally:
+        tiny_model.tokenize = orig  # type: ignore[method-assign]
+    with_ctx = sum("请重启试试" in t for t in seen[1:])
+    assert 5 < with_ctx < 35  # about half kept

@@ -1,0 +1,45 @@
+"""Optional conversation context for a customer turn, as one plain input string.
+
+A customer turn's anger and type often depend on what was just said (「还是不行」 after the
+agent's instructions). The model reads the turn *first* and the context after a marker, and the
+context is cut to ``MAX_CONTEXT_CHARS`` per turn, so tokenizer truncation only ever shortens the
+context, never the message. Being a plain string, it needs no change to the tokenizer, the
+PyTorch model or the ONNX graph; a single message is scored exactly as before (no marker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+#: separates the message from its context (ASCII-free and script-neutral on purpose)
+CONTEXT_MARK = " ‖ "
+MAX_CONTEXT_CHARS = 120
+ROLE_TAGS = {"agent": "agent:", "customer": "customer:"}
+
+
+def with_context(text: str, context: Sequence[tuple[str, str]] | None) -> str:
+    """``text`` followed by the previous turns (oldest first), or ``text`` alone."""
+    if not context:
+        return text
+    parts = []
+    for role, turn in context:
+        turn = turn.strip()
+        if turn:
+            tail = turn if len(turn) <= MAX_CONTEXT_CHARS else "…" + turn[-MAX_CONTEXT_CHARS:]
+            parts.append(f"{ROLE_TAGS.get(role, role + ':')}{tail}")
+    return text + CONTEXT_MARK + " ".join(parts) if parts else text
+
+
+def previous_turns(turns: Sequence[tuple[str, str]], index: int) -> list[tuple[str, str]]:
+    """The context of turn ``index``: the last customer turn and the last agent turn before it,
+    in their order (what the contract calls "the last exchange")."""
+    out: list[tuple[int, tuple[str, str]]] = []
+    seen: set[str] = set()
+    for i in range(index - 1, -1, -1):
+        role = turns[i][0]
+        if role not in seen and turns[i][1].strip():
+            seen.add(role)
+            out.append((i, turns[i]))
+        if len(seen) == 2:
+            break
+    return [t for _, t in sorted(out)]
