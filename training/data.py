@@ -140,6 +140,7 @@ def row_to_example(row: dict[str, Any], src: DataSource, where: str, default_spl
         weak=src.weak,
         weight=src.weight,
         context=[(str(r), str(t)) for r, t in row["context"]] if isinstance(row.get("context"), list) else None,
+        meta={"region": row["region"]} if row.get("region") else {},
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from data.schema import ANGER_LABELS
 from data.vocab import HEADLINE_METRICS, Script
 from model.classifier import CalmFirstConfig, CalmFirstModel
+from training.breakdown import markdown as breakdown_markdown
 from training.config import DataSource, TrainingArguments
 from training.data import Example, load_examples, load_source
 from training.trainer import CalmFirstTrainer, TrainResult, evaluate_model, fit_temperature, summarize_examples
@@ -68,13 +69,14 @@ def run_evaluation(
     fit_temperature_on: str | None = None,
     report_dir: str | None = None,
     columns: dict[str, str] | None = None,
+    resamples: int = 200,
 ) -> dict[str, Any]:
     model = CalmFirstModel.from_pretrained(model_path)
     if fit_temperature_on:
         dev = load_eval_examples(data, split=fit_temperature_on, columns=columns)
         model.config.temperature = fit_temperature(model, dev)
     examples = load_eval_examples(data, split=split, columns=columns)
-    metrics = evaluate_model(model, examples)
+    metrics = evaluate_model(model, examples, breakdown_resamples=resamples)
     metrics["model"] = {"path": model_path, "name": model.config.name, "version": model.config.version}
     metrics["data"] = {"path": data, "split": split, "n": len(examples)}
     metrics["temperature"] = model.config.temperature
@@ -108,6 +110,8 @@ def write_report(metrics: dict[str, Any], out: Path) -> None:
     lines += ["", "## Per-type F1", "", "| type | F1 | support |", "|---|---|---|"]
     for t in labels:
         lines.append(f"| {t} | {metrics['type_f1'][t]:.3f} | {metrics['type_support'][t]} |")
+    if "breakdown" in metrics:
+        lines += ["", *breakdown_markdown(metrics["breakdown"], metrics.get("confident_mistakes", []))]
     lines += ["", "![calibration and per-class F1](report.png)", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     _plot(metrics, out / "report.png")

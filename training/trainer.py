@@ -29,6 +29,7 @@ from data.vocab import SELECTION_METRICS
 from model.classifier import CalmFirstModel, Prediction, ordinal_probs
 from model.context import with_context
 from training.augment import augment
+from training.breakdown import breakdown, confident_mistakes, gold_record
 from training.config import TrainingArguments
 from training.data import Example
 from training.metrics import compute_all, selection_score
@@ -410,7 +411,12 @@ def model_input(ex: Example, *, use_context: bool = True) -> str:
 
 
 def evaluate_model(
-    model: CalmFirstModel, examples: Sequence[Example], *, batch_size: int = 64, use_context: bool = True
+    model: CalmFirstModel,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 64,
+    use_context: bool = True,
+    breakdown_resamples: int | None = None,
 ) -> dict[str, Any]:
     """Metrics of a model on labelled examples (all three tasks must be labelled)."""
     full = [e for e in examples if e.anger_level is not None and e.complaint_type and e.threat is not None]
@@ -421,10 +427,17 @@ def evaluate_model(
             "complaint_type": p.complaint_type,
             "threat": p.threat,
             "calm_first_prob": p.calm_first_prob,
+            "anger_probs": p.anger_probs,
+            "type_confidence": max(p.type_scores.values()),
         }
         for p in preds
     ]
-    return compute_all([e.as_gold() for e in full], pred_dicts)
+    out = compute_all([e.as_gold() for e in full], pred_dicts)
+    if breakdown_resamples is not None:
+        golds = [gold_record(e) for e in full]
+        out["breakdown"] = breakdown(golds, pred_dicts, resamples=breakdown_resamples)
+        out["confident_mistakes"] = confident_mistakes(golds, pred_dicts)
+    return out
 
 
 def fit_temperature(model: CalmFirstModel, examples: Sequence[Example], *, batch_size: int = 64) -> float:
