@@ -29,7 +29,14 @@ def build_model(args: TrainingArguments) -> CalmFirstModel:
         name=args.model.name,
         version=args.model.version,
     )
-    return CalmFirstModel.from_backbone(args.model.backbone, config=cfg, seed=args.seed)
+    model = CalmFirstModel.from_backbone(args.model.backbone, config=cfg, seed=args.seed)
+    if args.model.lora is None:
+        # full fine-tuning of the encoder layers: the 250k-row word-embedding table stays frozen
+        # (96M parameters that real traffic would barely move, and that are never committed)
+        for name, param in model.backbone.named_parameters():
+            if "embeddings" in name:
+                param.requires_grad = False
+    return model
 
 
 def split_examples(
