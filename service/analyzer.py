@@ -1,6 +1,8 @@
-"""One object that turns texts into contract results: model + policy + playbook.
+"""The pipeline from text to contract results: ``Analyzer`` (messages) and ``ConversationAnalyzer`` (chats).
 
-Shared by the HTTP API and the batch CLI so both answer identically.
+Shared by the HTTP API, ``calmfirst score`` and ``calmfirst qa`` so all three answer identically:
+the model scores, the routing policy decides once per message, the playbook words the next step,
+and the result is built once as a typed ``MessageResult`` / ``ConversationResult``.
 """
 
 from __future__ import annotations
@@ -14,12 +16,27 @@ from typing import Any
 import torch
 
 from data.script import detect_script
-from data.vocab import SCRIPT_LANG, Script
+from data.vocab import SCRIPT_LANG, AngerLabel, ComplaintType, Role, Script
 from model.classifier import CalmFirstModel, Prediction
 from model.onnx import OnnxCalmFirstModel, load_model
+from service.explain import occlusion_explanation
 from service.microbatch import MicroBatcher
-from service.playbook import Playbook
-from service.policy import Policy
+from service.redact import redact as mask
+from service.results import (
+    Anger,
+    Complaint,
+    ConversationResult,
+    CustomerTurnResult,
+    Explanation,
+    MessageResult,
+    ModelInfo,
+    Route,
+    Threat,
+)
+from service.routing.agent_steps import AgentStepDetector, AgentTurn
+from service.routing.conversation import Turn, build_conversation
+from service.routing.playbook import DEFAULT_PLAYBOOK, ConversationRules, Playbook
+from service.routing.policy import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +53,6 @@ class Analyzer:
         microbatch_wait_ms: float = 2.0,
         microbatch_max_size: int = 1,
     ) -> None:
-        from service.settings import DEFAULT_PLAYBOOK
-
         self.model = model
         self.policy = policy or Policy()
         self.playbook = playbook or Playbook.load(DEFAULT_PLAYBOOK)
@@ -78,6 +93,11 @@ class Analyzer:
             microbatch_max_size=getattr(settings, "microbatch_max_size", 1),
         )
 
+    def close(self) -> None:
+        """Stop the micro-batcher's worker thread (the app does this at shutdown)."""
+        if self.microbatcher is not None:
+            self.microbatcher.close()
+
     def _predict_many(self, texts: list[str]) -> list[Prediction]:
         return list(self.model.predict(texts, batch_size=self.batch_size))
 
@@ -88,33 +108,34 @@ class Analyzer:
         return self._predict_many(list(texts))
 
     @property
-    def model_info(self) -> dict[str, str]:
-        return {"name": self.model.config.name, "version": self.model.config.version}
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(name=self.model.config.name, version=self.model.config.version)
 
-    def result(self, pred: Prediction, text: str, *, id: Any, lang: str | None = None) -> dict[str, Any]:
-        script = detect_script(text, default=self.default_script)
-        out_lang = lang or SCRIPT_LANG[Script(script)]
-        threat = self.policy.threat(pred)
-        situation = self.policy.situation(pred)
-        step = self.playbook.route(situation, complaint_type=pred.complaint_type, lang=out_lang)
-        return {
-            "id": id,
-            "anger": {
-                "level": pred.anger_level,
-                "label": pred.anger_label,
-                "score": round(pred.anger_score, 6),
-                "probs": pred.anger_probs,
-            },
-            "complaint": {"type": pred.complaint_type, "types": pred.types, "scores": pred.type_scores},
-            "threat": {"detected": threat, "score": round(pred.threat_score, 6)},
-            "route": {
-                "flag": self.policy.flag(pred),
-                "escalate": self.policy.escalate(pred),
-                "next_step": step.to_dict(),
-            },
-            "script": script,
-            "model": self.model_info,
-        }
+    def result(self, pred: Prediction, text: str, *, id: Any, lang: str | None = None) -> MessageResult:
+        """The contract result of one message, built once from its prediction and routing decision."""
+        script = Script(detect_script(text, default=self.default_script))
+        decision = self.policy.decide(pred)
+        step = self.playbook.route(
+            decision.situation, complaint_type=pred.complaint_type, lang=lang or SCRIPT_LANG[script]
+        )
+        return MessageResult(
+            id=id,
+            anger=Anger(
+                level=pred.anger_level,
+                label=AngerLabel(pred.anger_label),
+                score=round(pred.anger_score, 6),
+                probs=pred.anger_probs,
+            ),
+            complaint=Complaint(
+                type=ComplaintType(pred.complaint_type),
+                types=[ComplaintType(t) for t in pred.types],
+                scores={ComplaintType(k): v for k, v in pred.type_scores.items()},
+            ),
+            threat=Threat(detected=decision.threat, score=round(pred.threat_score, 6)),
+            route=Route(flag=decision.flag, escalate=decision.escalate, next_step=step),
+            script=script,
+            model=self.model_info,
+        )
 
     def analyze(
         self,
@@ -124,84 +145,91 @@ class Analyzer:
         lang: str | None = None,
         explain: bool = False,
         redact: bool = False,
-    ) -> list[dict[str, Any]]:
+    ) -> list[MessageResult]:
         ids = list(ids) if ids is not None else list(range(len(texts)))
         preds = self.predict(list(texts))
         out = [self.result(p, t, id=i, lang=lang) for p, t, i in zip(preds, texts, ids, strict=True)]
-        if explain:
-            for r, t in zip(out, texts, strict=True):
-                r["explanation"] = occlusion_explanation(self.model, t, batch_size=self.batch_size)
-        if redact:
-            from service.redact import redact as mask
-
-            for r, t in zip(out, texts, strict=True):
-                r["text"] = mask(t)
+        for r, t in zip(out, texts, strict=True):
+            if explain:
+                r.explanation = self.explain(t)
+            if redact:
+                r.text = mask(t)
         return out
 
-
-_UNIT = None
-
-
-def _units(text: str) -> list[tuple[int, int]]:
-    """Character spans to occlude: each CJK character alone, Latin words and numbers whole."""
-    import re
-
-    global _UNIT
-    if _UNIT is None:
-        _UNIT = re.compile(r"[A-Za-z0-9]+|\S")
-    return [(m.start(), m.end()) for m in _UNIT.finditer(text)]
+    def explain(self, text: str, *, batch_size: int | None = None) -> Explanation:
+        return occlusion_explanation(self.model, text, batch_size=batch_size or self.batch_size)
 
 
-def occlusion_explanation(
-    model: Any, text: str, *, window: int = 2, max_units: int = 160, batch_size: int = 64, top_k: int = 6
-) -> dict[str, Any]:
-    """Which phrases drove the anger score: remove each window of characters and measure the drop.
+class ConversationAnalyzer:
+    """A chat: every customer turn through the ``Analyzer``, agent turns through the step detector, then the
+    conversation rules (``service.routing.conversation``) for the state and the next step."""
 
-    Occlusion (Zeiler & Fergus 2014) is model-agnostic and its numbers mean something a QA
-    lead can check: "without these characters the anger score falls by w". Windows of two
-    characters catch two-character words (垃圾, 騙子) that single-character removal misses.
-    Each character's weight is the mean drop of the windows that cover it.
-    """
-    units = _units(text)[:max_units]
-    if not units:
-        return {"method": "occlusion", "target": "anger.score", "base_score": None, "spans": []}
-    window = max(1, min(window, len(units)))
-    starts = list(range(0, len(units) - window + 1))
-    variants = [text[: units[i][0]] + text[units[i + window - 1][1] :] for i in starts]
-    preds = model.predict([text, *variants], batch_size=batch_size)
-    base = float(preds[0].anger_score)
-    drops = [base - float(p.anger_score) for p in preds[1:]]
-    weight = [0.0] * len(units)
-    count = [0] * len(units)
-    for i, d in zip(starts, drops, strict=True):
-        for j in range(i, i + window):
-            weight[j] += d
-            count[j] += 1
-    weight = [w / c if c else 0.0 for w, c in zip(weight, count, strict=True)]
-    top = max(weight) if weight else 0.0
-    cutoff = max(0.01, 0.3 * top)
-    spans: list[dict[str, Any]] = []
-    j = 0
-    while j < len(units):
-        if weight[j] >= cutoff:
-            k = j
-            while k + 1 < len(units) and weight[k + 1] >= cutoff:
-                k += 1
-            start, end = units[j][0], units[k][1]
-            spans.append(
-                {"start": start, "end": end, "text": text[start:end], "weight": round(max(weight[j : k + 1]), 4)}
-            )
-            j = k + 1
-        else:
-            j += 1
-    spans.sort(key=lambda s: -s["weight"])
-    return {
-        "method": "occlusion",
-        "target": "anger.score",
-        "window": window,
-        "base_score": round(base, 4),
-        "spans": sorted(spans[:top_k], key=lambda s: s["start"]),
-        "char_weights": [
-            {"start": u[0], "end": u[1], "weight": round(w, 4)} for u, w in zip(units, weight, strict=True)
-        ],
-    }
+    def __init__(self, analyzer: Analyzer, detector: AgentStepDetector) -> None:
+        self.analyzer = analyzer
+        self.detector = detector
+        rules = analyzer.playbook.conversation
+        if rules is None:  # pragma: no cover - Playbook always fills the defaults
+            raise ValueError("playbook has no conversation rules")
+        self.rules: ConversationRules = rules
+
+    def analyze(
+        self,
+        turns: Sequence[Turn],
+        *,
+        id: Any = None,
+        lang: str | None = None,
+        explain: bool = False,
+        redact: bool = False,
+    ) -> ConversationResult:
+        """One conversation; ``explain`` explains the last customer turn, ``redact`` returns masked texts."""
+        out = self.analyze_many([(id, turns)], lang=lang)[0]
+        if explain:
+            last = max(i for i, t in enumerate(turns) if t.role == Role.CUSTOMER)
+            turn = out.turns[last]
+            assert isinstance(turn, CustomerTurnResult)
+            turn.result.explanation = self.analyzer.explain(turns[last].text, batch_size=64)
+        if redact:
+            for ot, t in zip(out.turns, turns, strict=True):
+                ot.text = mask(t.text)
+        return out
+
+    def analyze_many(
+        self, conversations: Sequence[tuple[Any, Sequence[Turn]]], *, lang: str | None = None
+    ) -> list[ConversationResult]:
+        """Several conversations with one batched model pass over all customer turns."""
+        cust_texts: list[str] = []
+        agent_texts: list[str] = []
+        for _, turns in conversations:
+            for t in turns:
+                (cust_texts if t.role == Role.CUSTOMER else agent_texts).append(t.text)
+        results = self.analyzer.analyze(cust_texts, lang=lang) if cust_texts else []
+        agent = self.detector.detect(agent_texts) if agent_texts else []
+        ri = ai = 0
+        out = []
+        for conv_id, turns in conversations:
+            n_c = sum(t.role == Role.CUSTOMER for t in turns)
+            n_a = len(turns) - n_c
+            out.append(self.build(conv_id, turns, results[ri : ri + n_c], agent[ai : ai + n_a], lang=lang))
+            ri += n_c
+            ai += n_a
+        return out
+
+    def build(
+        self,
+        conv_id: Any,
+        turns: Sequence[Turn],
+        results: Sequence[MessageResult],
+        agent: Sequence[AgentTurn],
+        *,
+        lang: str | None,
+    ) -> ConversationResult:
+        return build_conversation(
+            conv_id,
+            turns,
+            results,
+            agent,
+            policy=self.analyzer.policy,
+            playbook=self.analyzer.playbook,
+            rules=self.rules,
+            lang=lang,
+        )

@@ -19,7 +19,9 @@ logger = logging.getLogger("calmfirst")
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from service.analyzer import Analyzer
-    from service.batch import InputFormatError, open_output, score_file
+    from service.io.readers import InputFormatError
+    from service.io.writers import open_output
+    from service.score import score_file
     from service.settings import Settings
 
     settings = Settings(batch_size=args.batch_size) if args.batch_size else Settings()
@@ -52,10 +54,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_qa(args: argparse.Namespace) -> int:
-    from service.agent_steps import AgentStepDetector
     from service.analyzer import Analyzer
-    from service.batch import InputFormatError
-    from service.qa import check_input, run_qa
+    from service.io.readers import InputFormatError
+    from service.qa.readers import check_input
+    from service.qa.run import run_qa
+    from service.routing.agent_steps import AgentStepDetector
     from service.settings import Settings
 
     try:
@@ -93,7 +96,7 @@ def _cmd_qa(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.app import create_app
+    from service.api import create_app
     from service.settings import Settings
 
     overrides = {"host": args.host, "port": args.port, "workers": args.workers}
@@ -105,7 +108,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         os.environ["CALMFIRST_MODEL_PATH"] = str(settings.model_path)
         os.environ["CALMFIRST_WORKERS"] = str(settings.workers)
         uvicorn.run(
-            "service.app:create_app",
+            "service.api:create_app",
             factory=True,
             host=settings.host,
             port=settings.port,

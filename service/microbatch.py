@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +178,3 @@ class MicroBatcher(Generic[T, R]):
                 self._cond.notify_all()
             for slot in batch:
                 slot.done.set()
-
-    def describe(self) -> dict[str, Any]:
-        return {"max_wait_ms": self.max_wait * 1000.0, "max_size": self.max_size, "adaptive": self.adaptive}

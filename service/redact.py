@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 
 MASKS = {
     "email": "[EMAIL]",
@@ -62,25 +61,6 @@ def redact(text: str) -> str:
     for pat in _PHONES:
         text = pat.sub(MASKS["phone"], text)
     return text
-
-
-class RedactingFilter(logging.Filter):
-    """Rewrites every log record so that its final message is redacted."""
-
-    def __init__(self, redactor: Callable[[str], str] = redact) -> None:
-        super().__init__()
-        self.redactor = redactor
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:
-            message = str(record.msg)
-        record.msg = self.redactor(message)
-        record.args = None
-        if record.exc_text:
-            record.exc_text = self.redactor(record.exc_text)
-        return True
 
 
 _installed = False

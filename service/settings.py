@@ -9,9 +9,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.routing.playbook import DEFAULT_PLAYBOOK
+
 #: The model shipped in the repository, used when no other is configured.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "default"
-DEFAULT_PLAYBOOK = Path(__file__).resolve().parent / "playbook.yaml"
 
 
 class Settings(BaseSettings):

@@ -19,16 +19,18 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from data.loader import AGENT_TURNS_FILE, load_agent_turns
 from data.script import convert
 from data.vocab import TURN_MISTAKES as _TURN_MISTAKES
 from data.vocab import Mistake, Step, values
+from service.io.readers import read_jsonl_file
 
 logger = logging.getLogger(__name__)
 
 STEP_CODES: tuple[str, ...] = values(Step)
 #: Mistakes visible in the agent's own words; ``solution_while_furious`` needs the customer's state.
 TURN_MISTAKES: tuple[str, ...] = values(_TURN_MISTAKES)
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "agent_steps" / "agent_turns.jsonl"
+DEFAULT_DATA = AGENT_TURNS_FILE
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,7 @@ def read_examples(path: Path = DEFAULT_DATA) -> list[dict[str, Any]]:
     reviews) carry only an id, and ``data.loader.load_agent_turns`` joins their text. Without
     ../shared/data those are left out, so the detector still fits on the written turns.
     """
-    from data.loader import load_agent_turns
-
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for n, row in read_jsonl_file(path):
         for key in ("steps", "mistakes"):
             if key not in row:
                 raise ValueError(f"{path.name}:{n}: missing {key!r}")

@@ -15,7 +15,10 @@ import yaml
 from data.schema import COMPLAINT_TYPES
 from data.vocab import CONVERSATION_STATES as _STATES
 from data.vocab import ROUTE_SITUATIONS, Lang, Step, values
+from service.results import NextStep
 
+#: The playbook shipped with the service (what ``CALMFIRST_PLAYBOOK_PATH`` replaces).
+DEFAULT_PLAYBOOK = Path(__file__).resolve().parent / "playbook.yaml"
 LANGS: tuple[str, ...] = values(Lang)
 ROUTE_KEYS: tuple[str, ...] = values(ROUTE_SITUATIONS)
 #: The practice's step codes (CONTRACT.md); a playbook may add its own.
@@ -24,16 +27,6 @@ CORE_STEPS: tuple[str, ...] = values(Step)
 
 class PlaybookError(ValueError):
     """The playbook file is invalid; the message names the key."""
-
-
-@dataclass(frozen=True)
-class NextStep:
-    code: str
-    text: str
-    lang: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "text": self.text, "lang": self.lang}
 
 
 CONVERSATION_STATES: tuple[str, ...] = values(_STATES)
@@ -235,7 +228,7 @@ class Playbook:
         variants = self.steps[code]
         texts = variants.get(complaint_type) or variants["default"]
         text = texts.get(lang) or variants["default"][lang]
-        return NextStep(code=code, text=text, lang=lang)
+        return NextStep(code=code, text=text, lang=Lang(lang))
 
     def route(self, situation: str, *, complaint_type: str, lang: str) -> NextStep:
         return self.step(self.routes[situation], complaint_type=complaint_type, lang=lang)

@@ -1,7 +1,11 @@
-"""Routing policy: scores in, flag + escalate + next step out.
+"""Routing policy: scores in, flag + escalate + situation out.
 
 Kept separate from the model so a contact center can move thresholds without
 retraining, and from the playbook so wording can change without code.
+
+The service decides threat, flag and escalation here, once per message (``decide``), with
+the policy's own thresholds; the model's ``Prediction.threat`` (its training threshold) is
+what evaluation measures, never what routes a customer.
 """
 
 from __future__ import annotations
@@ -14,6 +18,16 @@ from model.classifier import Prediction
 
 CALM_FIRST = Flag.CALM_FIRST
 READY = Flag.READY_FOR_SOLUTIONS
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The routing of one message, computed once from its prediction."""
+
+    threat: bool
+    flag: Flag
+    escalate: bool
+    situation: Situation
 
 
 @dataclass(frozen=True)
@@ -49,19 +63,27 @@ class Policy:
     def threat(self, pred: Prediction) -> bool:
         return pred.threat_score >= self.threat_threshold
 
+    def decide(self, pred: Prediction) -> Decision:
+        """Threat, flag, escalation and the playbook route key of one message, each decided once."""
+        threat = self.threat(pred)
+        flag = self.flag(pred)
+        escalate = threat or (self.escalate_on_furious and pred.anger_level >= 3)
+        if escalate:
+            situation = Situation.ESCALATE
+        elif flag == CALM_FIRST:
+            situation = Situation.CALM_FIRST
+        elif pred.complaint_type == ComplaintType.NONE:
+            situation = Situation.NO_COMPLAINT
+        else:
+            situation = Situation.READY_FOR_SOLUTIONS
+        return Decision(threat=threat, flag=flag, escalate=escalate, situation=situation)
+
     def escalate(self, pred: Prediction) -> bool:
-        return self.threat(pred) or (self.escalate_on_furious and pred.anger_level >= 3)
+        return self.decide(pred).escalate
 
     def situation(self, pred: Prediction) -> Situation:
         """The playbook route key for one message."""
-        if self.escalate(pred):
-            return Situation.ESCALATE
-        flag = self.flag(pred)
-        if flag == CALM_FIRST:
-            return Situation.CALM_FIRST
-        if pred.complaint_type == ComplaintType.NONE:
-            return Situation.NO_COMPLAINT
-        return Situation.READY_FOR_SOLUTIONS
+        return self.decide(pred).situation
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -166,7 +166,7 @@ def test_onnx_load_model_backend_choice(model_dir: Path) -> None:
 
 def test_onnx_analyzer_scores_a_file_in_input_order(int8_model: OnnxCalmFirstModel, tmp_path: Path) -> None:
     from service.analyzer import Analyzer
-    from service.batch import score_file
+    from service.score import score_file
 
     analyzer = Analyzer(int8_model, batch_size=2, microbatch_max_size=1)
     src = tmp_path / "in.jsonl"
@@ -179,7 +179,7 @@ def test_onnx_analyzer_scores_a_file_in_input_order(int8_model: OnnxCalmFirstMod
     assert [r["id"] for r in results] == [r["id"] for r in rows]
     assert results[0]["model"] == {"name": "tiny", "version": "0.0.1"}
     alone = analyzer.analyze([TEXTS[3]])[0]
-    assert results[3]["anger"]["level"] == alone["anger"]["level"]
+    assert results[3]["anger"]["level"] == alone.anger.level
 
 
 def test_onnx_batches_split_where_padding_would_waste(int8_model: OnnxCalmFirstModel) -> None:

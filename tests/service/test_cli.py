@@ -89,7 +89,7 @@ def test_cli_score_txt_stdin_console_script(tmp_path, env_model) -> None:  # typ
 
 def test_cli_score_progress_bar_on_long_files(tmp_path, env_model) -> None:  # type: ignore[no-untyped-def]
     from service.analyzer import Analyzer
-    from service.batch import score_file
+    from service.score import score_file
 
     src = tmp_path / "many.txt"
     src.write_text("\n".join(["請問"] * 1200) + "\n", encoding="utf-8")

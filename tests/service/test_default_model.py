@@ -23,7 +23,7 @@ def analyzer():  # type: ignore[no-untyped-def]
 
 
 def test_default_model_billing_example_from_the_readme(analyzer) -> None:  # type: ignore[no-untyped-def]
-    r = analyzer.analyze(["為什麼7號還要算錢?你們到底怎麼算的!"])[0]
+    r = analyzer.analyze(["為什麼7號還要算錢?你們到底怎麼算的!"])[0].model_dump(mode="json")
     assert r["anger"]["level"] == 2 and r["anger"]["label"] == "angry"
     assert r["complaint"]["type"] == "billing"
     assert r["route"]["flag"] == "calm_first"
@@ -40,7 +40,7 @@ def test_default_model_billing_example_from_the_readme(analyzer) -> None:  # typ
     ],
 )
 def test_default_model_clear_cases(analyzer, text: str, flag: str, escalate: bool) -> None:  # type: ignore[no-untyped-def]
-    r = analyzer.analyze([text])[0]
+    r = analyzer.analyze([text])[0].model_dump(mode="json")
     assert r["route"]["flag"] == flag
     assert r["route"]["escalate"] is escalate
 
@@ -52,13 +52,14 @@ def test_default_model_anger_score_rises_with_anger(analyzer) -> None:  # type: 
         "你們到底有沒有在做事?太誇張了吧!",
         "騙子公司!垃圾!我要告你們!",
     ]
-    scores = [r["anger"]["score"] for r in analyzer.analyze(texts)]
+    scores = [r.anger.score for r in analyzer.analyze(texts)]
     assert scores == sorted(scores), scores
 
 
 def test_default_model_conversation_calms_down(analyzer) -> None:  # type: ignore[no-untyped-def]
-    from service.agent_steps import AgentStepDetector
-    from service.conversation import ConversationAnalyzer, Turn
+    from service.analyzer import ConversationAnalyzer
+    from service.routing.agent_steps import AgentStepDetector
+    from service.routing.conversation import Turn
 
     conv = ConversationAnalyzer(analyzer, AgentStepDetector.from_data())
     out = conv.analyze(
@@ -67,7 +68,7 @@ def test_default_model_conversation_calms_down(analyzer) -> None:  # type: ignor
             Turn("agent", "非常抱歉造成您的困擾，謝謝您告訴我們，我馬上幫您查這筆費用。"),
             Turn("customer", "好，麻煩你查一下，謝謝"),
         ]
-    )
+    ).model_dump(mode="json")
     s = out["state"]
     assert s["peak_anger"] >= 2 and s["final_anger"] <= 1
     assert s["anger_trend"] == "falling" and s["flag"] == "ready_for_solutions"

@@ -146,7 +146,7 @@ def test_microbatch_rejects_bad_settings() -> None:
 def test_microbatch_analyzer_results_identical_to_unbatched_and_in_order(tiny_model) -> None:  # type: ignore[no-untyped-def]
     plain = Analyzer(tiny_model, microbatch_max_size=1)
     assert plain.microbatcher is None
-    expected = [plain.analyze([t], ids=[i])[0] for i, t in enumerate(TEXTS)]
+    expected = [plain.analyze([t], ids=[i])[0].model_dump(mode="json") for i, t in enumerate(TEXTS)]
 
     batched = Analyzer(tiny_model, microbatch_wait_ms=500, microbatch_max_size=len(TEXTS))
     assert batched.microbatcher is not None
@@ -160,7 +160,7 @@ def test_microbatch_analyzer_results_identical_to_unbatched_and_in_order(tiny_mo
 
     batched.microbatcher.fn = counting
     try:
-        got = _concurrently(len(TEXTS), lambda i: batched.analyze([TEXTS[i]], ids=[i])[0])
+        got = _concurrently(len(TEXTS), lambda i: batched.analyze([TEXTS[i]], ids=[i])[0].model_dump(mode="json"))
     finally:
         batched.microbatcher.close()
     assert forwards == [len(TEXTS)]
@@ -172,4 +172,4 @@ def test_microbatch_analyzer_results_identical_to_unbatched_and_in_order(tiny_mo
         assert g["route"] == e["route"]
     # several texts in one call are a batch already: straight to the model, in order
     many = batched.analyze(TEXTS, ids=list(range(len(TEXTS))))
-    assert [r["id"] for r in many] == list(range(len(TEXTS)))
+    assert [r.id for r in many] == list(range(len(TEXTS)))

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from service.redact import RedactingFilter, redact
+from service.redact import install_log_redaction, redact
 
 
 @pytest.mark.parametrize(
@@ -37,9 +37,9 @@ def test_redact_keeps_order_numbers_and_amounts(text: str) -> None:
     assert redact(text) == text
 
 
-def test_redact_log_filter_masks_formatted_message(caplog: pytest.LogCaptureFixture) -> None:
+def test_redact_log_records_mask_formatted_message(caplog: pytest.LogCaptureFixture) -> None:
+    install_log_redaction()
     logger = logging.getLogger("test.redact")
-    logger.addFilter(RedactingFilter())
     with caplog.at_level(logging.INFO, logger="test.redact"):
         logger.info("customer said %s", "電話0912345678 卡4111111111111111")
     assert "0912345678" not in caplog.text and "4111111111111111" not in caplog.text
@@ -48,8 +48,6 @@ def test_redact_log_filter_masks_formatted_message(caplog: pytest.LogCaptureFixt
 
 def test_redact_record_factory_keeps_uvicorn_access_format(capsys: pytest.CaptureFixture[str]) -> None:
     from uvicorn.logging import AccessFormatter
-
-    from service.redact import install_log_redaction
 
     install_log_redaction()
     logger = logging.getLogger("test.access")

@@ -12,7 +12,7 @@ import pytest
 import uvicorn
 
 from data.schema import COMPLAINT_TYPES
-from service.app import create_app
+from service.api import create_app
 from service.settings import Settings
 
 
@@ -219,5 +219,5 @@ def test_app_logs_carry_no_personal_data(tiny_analyzer, caplog: pytest.LogCaptur
     with caplog.at_level(logging.DEBUG):
         for c in _serve(settings, tiny_analyzer):
             c.post("/v1/analyze", json={"text": "我的電話是0912345678身分證A123456789請回電"})
-            logging.getLogger("service.app").warning("echo %s", "0912345678 A123456789")
+            logging.getLogger("service.api.app").warning("echo %s", "0912345678 A123456789")
     assert "0912345678" not in caplog.text and "A123456789" not in caplog.text

@@ -22,7 +22,7 @@ import pytest
 import uvicorn
 
 from data.script import detect_script
-from service.app import create_app
+from service.api import create_app
 from service.settings import Settings
 
 CHROMIUM = os.environ.get("CALMFIRST_CHROMIUM", "/usr/bin/chromium")
@@ -70,7 +70,7 @@ CHAT = [
 
 
 class _FittedDetector:
-    """Stands in for AgentStepDetector in service.app so both servers share one fit (it takes seconds)."""
+    """Stands in for AgentStepDetector in service.api.app so both servers share one fit (it takes seconds)."""
 
     def __init__(self, detector: Any) -> None:
         self._detector = detector
@@ -109,14 +109,14 @@ def servers(tiny_analyzer: Any) -> Iterator[dict[str, str]]:
     import sklearn.linear_model  # noqa: F401  (loads scipy's BLAS before the limit below applies to it)
     from threadpoolctl import threadpool_limits
 
-    import service.app
-    from service.agent_steps import AgentStepDetector
+    import service.api.app
+    from service.routing.agent_steps import AgentStepDetector
 
     # One BLAS thread: on a busy 2-core machine the threaded fit is ~10x slower (oversubscription).
     with threadpool_limits(limits=1):
         detector = AgentStepDetector.from_data()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(service.app, "AgentStepDetector", _FittedDetector(detector), raising=False)
+        mp.setattr(service.api.app, "AgentStepDetector", _FittedDetector(detector), raising=False)
         open_server = _serve(Settings(), tiny_analyzer)
         keyed_server = _serve(Settings(api_key=API_KEY), tiny_analyzer)
         urls = {"open": next(open_server), "keyed": next(keyed_server)}

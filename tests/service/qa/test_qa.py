@@ -14,19 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from service.agent_steps import AgentStepDetector
-from service.batch import InputFormatError
+from service.analyzer import ConversationAnalyzer
 from service.cli import main
-from service.conversation import ConversationAnalyzer
-from service.qa import (
-    TURN_COLUMNS,
-    anger_outcome,
-    handling_score,
-    read_conversations,
-    run_qa,
-    summarize,
-)
-from service.qa_report import render_report
+from service.io.readers import InputFormatError
+from service.qa.aggregate import summarize
+from service.qa.readers import read_conversations
+from service.qa.report import render_report
+from service.qa.rows import TURN_COLUMNS
+from service.qa.run import run_qa
+from service.qa.scoring import anger_outcome, handling_score
+from service.routing.agent_steps import AgentStepDetector
 
 PHONE = "0912345678"
 CONVERSATIONS = [
@@ -344,7 +341,7 @@ def test_qa_worst_conversations_bounded_heap(tmp_path) -> None:  # type: ignore[
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     agg = summarize(path, worst_n=5)
     expected = sorted(rows, key=lambda r: (r["handling_score"], -r["peak_anger"], r["conversation_id"]))[:5]
-    assert [w["conversation_id"] for w in agg.worst] == [r["conversation_id"] for r in expected]
+    assert [w.conversation_id for w in agg.worst] == [r["conversation_id"] for r in expected]
     assert agg.conversations == 50 and agg.escalations == 10 and agg.mistakes["argued"] == 25
     assert agg.agents["a0"].conversations == 17 and agg.agents["a0"].steps_missed["apologize"] == 17
     assert sum(agg.score_bins) == 50

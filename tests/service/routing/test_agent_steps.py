@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from service.agent_steps import DEFAULT_DATA, AgentStepDetector, evaluate, read_examples
+from service.routing.agent_steps import DEFAULT_DATA, AgentStepDetector, evaluate, read_examples
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,31 @@ from __future__ import annotations
 
 import pytest
 
-from service.agent_steps import AgentStepDetector, AgentTurn
-from service.analyzer import Analyzer
-from service.conversation import ConversationAnalyzer, Turn, anger_trend, choose_next
+from data.schema import ANGER_LABELS, COMPLAINT_TYPES
+from service.analyzer import Analyzer, ConversationAnalyzer
+from service.results import MessageResult
+from service.routing.agent_steps import AgentStepDetector, AgentTurn
+from service.routing.conversation import Turn, anger_trend, choose_next
 
 
-def _result(level: int, ctype: str = "billing", *, threat: bool = False, script: str = "hant") -> dict:
-    return {
-        "anger": {"level": level},
-        "complaint": {"type": ctype, "types": [ctype]},
-        "threat": {"detected": threat},
-        "route": {"flag": "calm_first" if level >= 2 else "ready_for_solutions", "escalate": threat},
-        "script": script,
-    }
+def _result(level: int, ctype: str = "billing", *, threat: bool = False, script: str = "hant") -> MessageResult:
+    probs = [0.0] * 4
+    probs[level] = 1.0
+    return MessageResult.model_validate(
+        {
+            "id": 0,
+            "anger": {"level": level, "label": ANGER_LABELS[level], "score": level / 3, "probs": probs},
+            "complaint": {"type": ctype, "types": [ctype], "scores": dict.fromkeys(COMPLAINT_TYPES, 0.0)},
+            "threat": {"detected": threat, "score": float(threat)},
+            "route": {
+                "flag": "calm_first" if level >= 2 else "ready_for_solutions",
+                "escalate": threat,
+                "next_step": {"code": "thank", "text": "x", "lang": "en"},
+            },
+            "script": script,
+            "model": {"name": "test", "version": "0"},
+        }
+    )
 
 
 def _agent(steps: list[str] | None = None, mistakes: list[str] | None = None) -> AgentTurn:
@@ -33,9 +45,11 @@ def conv(tiny_analyzer: Analyzer) -> ConversationAnalyzer:
     return ConversationAnalyzer(tiny_analyzer, AgentStepDetector.from_data())
 
 
-def _state(conv: ConversationAnalyzer, roles: str, results: list[dict], agents: list[AgentTurn], lang=None) -> dict:  # type: ignore[no-untyped-def]
+def _state(
+    conv: ConversationAnalyzer, roles: str, results: list[MessageResult], agents: list[AgentTurn], lang=None
+) -> dict:  # type: ignore[no-untyped-def]
     turns = [Turn(role="customer" if r == "c" else "agent", text="x") for r in roles]
-    return conv.build("c1", turns, results, agents, lang=lang)["state"]
+    return conv.build("c1", turns, results, agents, lang=lang).state.model_dump(mode="json")
 
 
 @pytest.mark.parametrize(
@@ -154,7 +168,7 @@ def test_conversation_analyze_end_to_end_structure(conv: ConversationAnalyzer) -
         Turn(role="agent", text="非常抱歉造成您的困擾，我馬上幫您查詢帳單。"),
         Turn(role="customer", text="好，麻煩你了"),
     ]
-    out = conv.analyze(turns, id="x")
+    out = conv.analyze(turns, id="x").model_dump(mode="json")
     assert out["id"] == "x"
     assert [t["role"] for t in out["turns"]] == ["customer", "agent", "customer"]
     assert out["turns"][0]["result"]["id"] == 0 and out["turns"][2]["result"]["id"] == 2

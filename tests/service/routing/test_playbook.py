@@ -6,8 +6,7 @@ import pytest
 import yaml
 
 from data.schema import COMPLAINT_TYPES
-from service.playbook import CORE_STEPS, LANGS, Playbook, PlaybookError
-from service.settings import DEFAULT_PLAYBOOK
+from service.routing.playbook import CORE_STEPS, DEFAULT_PLAYBOOK, LANGS, Playbook, PlaybookError
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from model.classifier import Prediction
-from service.policy import CALM_FIRST, READY, Policy
+from service.routing.policy import CALM_FIRST, READY, Policy
 
 
 def pred(probs: list[float], *, ctype: str = "billing", threat: float = 0.0) -> Prediction:

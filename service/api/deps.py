@@ -1,0 +1,55 @@
+"""Dependencies of the routes: the settings, the API key check, and the loaded analyzers."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from service.analyzer import Analyzer, ConversationAnalyzer
+from service.api.errors import FieldError
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def require_key(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
+    """With ``CALMFIRST_API_KEY`` set, every /v1 route wants it in ``x-api-key`` (compared in constant time)."""
+    if settings.api_key is None:
+        return
+    given = request.headers.get("x-api-key", "")
+    if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
+        raise HTTPException(status_code=401, detail="x-api-key: missing or wrong API key")
+
+
+def get_analyzer(request: Request) -> Analyzer:
+    a: Analyzer | None = request.app.state.analyzer
+    if a is None:
+        raise HTTPException(status_code=503, detail="model not loaded yet")
+    return a
+
+
+def get_conversations(request: Request, _: Annotated[Analyzer, Depends(get_analyzer)]) -> ConversationAnalyzer:
+    conv: ConversationAnalyzer = request.app.state.conversations
+    return conv
+
+
+def check_text(text: str, field: str, settings: Settings) -> None:
+    """Texts over ``max_text_chars`` are a 422 naming the field (the model truncates, the client should know)."""
+    if len(text) > settings.max_text_chars:
+        raise FieldError(field, f"longer than {settings.max_text_chars} characters")
+
+
+def check_count(n: int, field: str, what: str, settings: Settings) -> None:
+    if n > settings.max_batch_items:
+        raise FieldError(field, f"more than {settings.max_batch_items} {what}")
+
+
+Auth = Annotated[None, Depends(require_key)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+AnalyzerDep = Annotated[Analyzer, Depends(get_analyzer)]
+ConversationsDep = Annotated[ConversationAnalyzer, Depends(get_conversations)]

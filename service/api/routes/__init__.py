@@ -1,0 +1,1 @@
+"""One router per concern: health, labels, analyze (one message and batches), conversations, console."""

@@ -1,0 +1,150 @@
+"""Request and response models of the HTTP API.
+
+Responses are the contract results of ``service.results`` plus the small models of the health,
+labels and error answers; every route declares one, so ``/openapi.json`` documents them all.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from data.vocab import AngerLabel, ComplaintType, Flag, Lang, Role
+from service.results import BatchResult, ConversationResult, MessageResult, ModelInfo
+
+__all__ = [
+    "AnalyzeRequest",
+    "BatchItem",
+    "BatchRequest",
+    "BatchResult",
+    "ConversationRequest",
+    "ConversationResult",
+    "Detail",
+    "ErrorResponse",
+    "FieldProblem",
+    "Health",
+    "Labels",
+    "MessageResult",
+    "Ready",
+    "TurnIn",
+]
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("text must not be empty")
+    return v
+
+
+#: A message text: any string with at least one non-space character.
+Text = Annotated[str, AfterValidator(_not_blank)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AnalyzeRequest(_Request):
+    text: Text = Field(..., description="one customer message")
+    lang: Lang | None = Field(None, description="language of next_step; default follows the script")
+    explain: bool = Field(False, description="add the phrases that drove the anger score (occlusion)")
+    redact: bool = Field(False, description="return the text with personal data masked")
+
+
+class BatchItem(_Request):
+    id: str | int | None = None
+    text: Text
+
+
+class BatchRequest(_Request):
+    items: list[BatchItem] = Field(..., min_length=1)
+    lang: Lang | None = None
+    redact: bool = False
+
+
+class TurnIn(_Request):
+    role: Role
+    text: Text
+    ts: str | int | float | None = None
+
+
+class ConversationRequest(_Request):
+    id: str | int | None = None
+    turns: list[TurnIn] = Field(..., min_length=1)
+    lang: Lang | None = None
+    redact: bool = False
+    explain: bool = Field(False, description="explain the last customer turn's anger score")
+
+    @field_validator("turns")
+    @classmethod
+    def _has_customer(cls, v: list[TurnIn]) -> list[TurnIn]:
+        if not any(t.role == Role.CUSTOMER for t in v):
+            raise ValueError("a conversation needs at least one customer turn")
+        return v
+
+
+# ------------------------------------------------------------------ responses
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+    model: ModelInfo
+
+
+class Loading(BaseModel):
+    status: Literal["loading"] = "loading"
+
+
+class AngerLevel(BaseModel):
+    level: int
+    label: AngerLabel
+
+
+class PolicyInfo(BaseModel):
+    calm_first_level: int
+    calm_first_prob: float | None
+    threat_threshold: float
+    escalate_on_furious: bool
+
+
+class Labels(BaseModel):
+    """The label schema, policy and playbook in force."""
+
+    schema_version: str
+    anger_levels: list[AngerLevel]
+    complaint_types: list[ComplaintType]
+    threat: Literal["boolean"] = "boolean"
+    flags: list[Flag]
+    policy: PolicyInfo
+    playbook: dict[str, Any]
+    model: ModelInfo
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(..., description="dotted path of the bad field, e.g. items.1.text")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 422: a one-line summary naming the field(s), and the problems one by one."""
+
+    detail: str = Field(..., description="'field: message' for each problem, joined by '; '")
+    errors: list[FieldProblem]
+
+
+class Detail(BaseModel):
+    """401, 413 and 503 answers."""
+
+    detail: str
+
+
+#: Error answers every route may give, for the OpenAPI document.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Detail, "description": "x-api-key missing or wrong (when CALMFIRST_API_KEY is set)"},
+    413: {"model": Detail, "description": "body larger than CALMFIRST_MAX_BODY_BYTES"},
+    422: {"model": ErrorResponse, "description": "a field is missing or invalid; the message names it"},
+    503: {"model": Detail, "description": "the model is still loading"},
+}

@@ -1,0 +1,1 @@
+"""Reading inputs and writing outputs, shared by ``calmfirst score`` and ``calmfirst qa``."""
