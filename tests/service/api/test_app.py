@@ -221,3 +221,28 @@ def test_app_logs_carry_no_personal_data(tiny_analyzer, caplog: pytest.LogCaptur
             c.post("/v1/analyze", json={"text": "我的電話是0912345678身分證A123456789請回電"})
             logging.getLogger("service.api.app").warning("echo %s", "0912345678 A123456789")
     assert "0912345678" not in caplog.text and "A123456789" not in caplog.text
+
+
+def test_app_shutdown_stops_the_micro_batcher(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings(model_path=tiny_model_dir, backend="torch", microbatch_max_size=4))
+    with TestClient(app) as c:
+        loaded = app.state.analyzer
+        assert loaded.microbatcher is not None
+        assert c.post("/v1/analyze", json={"text": "請問"}).status_code == 200
+    assert app.state.analyzer is None
+    with pytest.raises(RuntimeError, match="closed"):
+        loaded.microbatcher.submit("請問")
+
+
+def test_app_every_422_has_one_shape(client: httpx.Client) -> None:
+    for path, body in [
+        ("/v1/analyze", {"text": ""}),  # pydantic's validation
+        ("/v1/analyze", {"text": "x" * 301}),  # the service's own limit
+        ("/v1/analyze/batch", {"items": [{"text": "a"}] * 6}),
+    ]:
+        r = client.post(path, json=body)
+        assert r.status_code == 422
+        out = r.json()
+        assert set(out) == {"detail", "errors"} and out["errors"][0]["field"] in out["detail"]
