@@ -170,3 +170,17 @@ def markdown(s: dict[str, Any]) -> str:
     short = shortfalls(s)
     out.append("Minimums of labels v2: " + ("all met." if not short else "**not met**: " + "; ".join(short) + "."))
     return "\n".join(out) + "\n"
+
+
+BEGIN_MARK = "<!-- counts: begin -->"
+END_MARK = "<!-- counts: end -->"
+
+
+def write_card(card: Path, tables: str) -> None:
+    """Replace the card's generated section (between the count markers) with ``tables``."""
+    text = card.read_text(encoding="utf-8")
+    if BEGIN_MARK not in text or END_MARK not in text:
+        raise ValueError(f"{card}: no '{BEGIN_MARK}' ... '{END_MARK}' section to replace")
+    head, rest = text.split(BEGIN_MARK, 1)
+    _, tail = rest.split(END_MARK, 1)
+    card.write_text(f"{head}{BEGIN_MARK}\n{tables}{END_MARK}{tail}", encoding="utf-8")

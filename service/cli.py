@@ -129,9 +129,17 @@ def _cmd_prepare_backbone(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_stats(args: argparse.Namespace) -> int:
-    from data.stats import format_stats, stats
+    from data.stats import format_stats, markdown, stats, write_card
 
-    print(format_stats(stats(Path(args.annotations))))
+    s = stats(Path(args.annotations))
+    if args.markdown:
+        if args.card:
+            write_card(Path(args.card), markdown(s))
+            print(f"count tables written into {args.card}")
+        else:
+            print(markdown(s), end="")
+        return 0
+    print(format_stats(s))
     return 0
 
 
@@ -177,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data-stats", help="counts of the project's annotations")
     p.add_argument("--annotations", default=str(Path(__file__).resolve().parent.parent / "data" / "annotations"))
+    p.add_argument("--markdown", action="store_true", help="the dataset card's count tables (Markdown)")
+    p.add_argument("--card", default=None, help="with --markdown: replace the generated section of this card file")
     p.set_defaults(func=_cmd_data_stats)
 
     for ep in entry_points(group="calmfirst.commands"):
