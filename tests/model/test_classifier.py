@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +78,21 @@ def test_classifier_from_pretrained_rejects_non_model_folder(tmp_path) -> None: 
 def test_classifier_config_validation(bad) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError):
         CalmFirstConfig(**bad)
+
+
+def test_classifier_implements_the_scoring_interface(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    from model.scores import ScoringModel
+
+    assert isinstance(tiny_model, ScoringModel) and tiny_model.backend == "torch"
+    logits = tiny_model.logits(["請問", "太離譜了"])
+    assert {k: v.shape[0] for k, v in logits.items()} == dict.fromkeys(
+        ("anger_logits", "type_logits", "multi_logits", "threat_logits"), 2
+    )
+
+
+def test_classifier_numpy_post_processing_matches_the_torch_heads() -> None:
+    """The served probabilities (numpy, shared by both backends) equal the differentiable ones used in training."""
+    from model.scores import ordinal_probs as ordinal_probs_np
+
+    cum = torch.randn(64, 3) * 3 - torch.tensor([-1.0, 0.5, 2.0])
+    assert np.allclose(ordinal_probs(cum).numpy(), ordinal_probs_np(cum.numpy()), atol=1e-6)

@@ -9,21 +9,22 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-import model.onnx as onnx_mod
+import model.onnx.cache as onnx_cache
+import model.onnx.export as onnx_export
 from model.classifier import CalmFirstModel
+from model.loading import load_model
 from model.onnx import (
     EXPORT_SUBDIR,
     META_FILE,
     OnnxCalmFirstModel,
     export_key,
     find_export,
-    load_model,
 )
 from tests.conftest import build_tiny_model
 
@@ -58,21 +59,21 @@ def int8_model(model_dir: Path) -> OnnxCalmFirstModel:
     return model
 
 
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     assert set(a) == set(b)
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
 
 
 def test_onnx_fp32_export_matches_torch(model_dir: Path, torch_model: CalmFirstModel) -> None:
     fp32 = load_model(model_dir, backend="onnx", quantize=False, threads=1)
     assert isinstance(fp32, OnnxCalmFirstModel) and not fp32.quantized
     assert fp32.encode(TEXTS[:1])[0] == torch_model.tokenize(TEXTS[:1])["input_ids"][0].tolist()
-    assert _max_diff(torch_model.predict_logits(TEXTS, batch_size=3), fp32.predict_logits(TEXTS, batch_size=3)) < 1e-4
+    assert _max_diff(torch_model.logits(TEXTS, batch_size=3), fp32.logits(TEXTS, batch_size=3)) < 1e-4
 
 
 def test_onnx_int8_agrees_with_torch_within_tolerance(int8_model: OnnxCalmFirstModel, torch_model) -> None:  # type: ignore[no-untyped-def]
     assert int8_model.quantized and int8_model.export_meta["embedding"].startswith("int8")
-    assert _max_diff(torch_model.predict_logits(TEXTS), int8_model.predict_logits(TEXTS)) < 0.05
+    assert _max_diff(torch_model.logits(TEXTS), int8_model.logits(TEXTS)) < 0.05
     for a, b in zip(torch_model.predict(TEXTS), int8_model.predict(TEXTS), strict=True):
         assert a.anger_probs == pytest.approx(b.anger_probs, abs=0.01)
         assert a.type_scores == pytest.approx(b.type_scores, abs=0.01)
@@ -81,14 +82,14 @@ def test_onnx_int8_agrees_with_torch_within_tolerance(int8_model: OnnxCalmFirstM
 
 def test_onnx_predict_restores_input_order_across_length_buckets(int8_model: OnnxCalmFirstModel) -> None:
     texts = TEXTS * 3
-    batched = int8_model.predict_logits(texts, batch_size=2)
+    batched = int8_model.logits(texts, batch_size=2)
     for i, t in enumerate(texts[: len(TEXTS)]):
-        alone = int8_model.predict_logits([t])
+        alone = int8_model.logits([t])
         # int8 activations are quantized per batch, so batch-mates move scores a little, never the order
-        assert float((batched["anger_logits"][i] - alone["anger_logits"][0]).abs().max()) < 0.02
+        assert float(np.abs(batched["anger_logits"][i] - alone["anger_logits"][0]).max()) < 0.02
     one = int8_model.predict("退款")
     assert one.complaint_type == int8_model.predict(["退款"])[0].complaint_type
-    assert int8_model.predict([]) == [] and int8_model.predict_logits([]) == {}
+    assert int8_model.predict([]) == [] and int8_model.logits([]) == {}
     with pytest.raises(TypeError, match="text 1"):
         int8_model.predict(["ok", 3])
 
@@ -97,7 +98,7 @@ def test_onnx_cache_is_reused_without_rebuilding(model_dir: Path, int8_model, mo
     def no_build(*a, **k):  # type: ignore[no-untyped-def]
         raise AssertionError("the cached export should have been used")
 
-    monkeypatch.setattr(onnx_mod, "build_export", no_build)
+    monkeypatch.setattr(onnx_export, "build_export", no_build)
     again = load_model(model_dir, backend="onnx", threads=1)
     assert isinstance(again, OnnxCalmFirstModel)
     assert again.export_dir == int8_model.export_dir
@@ -117,7 +118,7 @@ def test_onnx_cache_rebuilt_when_weights_change(tiny_model_dir: Path, tmp_path: 
     assert isinstance(second, OnnxCalmFirstModel) and second.export_dir != first.export_dir
     assert not first.export_dir.exists()  # the stale export of this folder is removed
     fresh = CalmFirstModel.from_pretrained(path, merge_adapters=True)
-    assert _max_diff(fresh.predict_logits(TEXTS), second.predict_logits(TEXTS)) < 0.05
+    assert _max_diff(fresh.logits(TEXTS), second.logits(TEXTS)) < 0.05
     assert json.loads((second.export_dir / META_FILE).read_text())["key"] == export_key(path, quantize=True)
 
 
@@ -125,8 +126,8 @@ def test_onnx_readonly_model_folder_uses_user_cache(tiny_model_dir: Path, tmp_pa
     path = tmp_path / "model"
     shutil.copytree(tiny_model_dir, path)
     monkeypatch.setenv("CALMFIRST_CACHE", str(tmp_path / "cache"))
-    real = onnx_mod._writable
-    monkeypatch.setattr(onnx_mod, "_writable", lambda p: p.parent != path and real(p))
+    real = onnx_cache._writable
+    monkeypatch.setattr(onnx_cache, "_writable", lambda p: p.parent != path and real(p))
     model = load_model(path, threads=1)
     assert isinstance(model, OnnxCalmFirstModel)
     assert model.export_dir.parent == tmp_path / "cache" / "onnx"
@@ -148,7 +149,7 @@ def test_onnx_falls_back_to_torch_when_export_fails(tiny_model_dir: Path, tmp_pa
     def broken(*a, **k):  # type: ignore[no-untyped-def]
         raise RuntimeError("exporter exploded")
 
-    monkeypatch.setattr(onnx_mod, "build_export", broken)
+    monkeypatch.setattr(onnx_export, "build_export", broken)
     with caplog.at_level(logging.WARNING, logger="model.onnx"):
         model = load_model(path, backend="onnx")
     assert isinstance(model, CalmFirstModel)
@@ -188,3 +189,32 @@ def test_onnx_batches_split_where_padding_would_waste(int8_model: OnnxCalmFirstM
     assert sorted(i for b in batches for i in b) == list(range(len(ids)))
     assert [sorted(len(ids[i]) for i in b) for b in batches] == [[5, 6, 7], [29, 30, 31], [118, 120]]
     assert all(len(b) <= 3 for b in int8_model.batches(ids * 3, batch_size=3))
+
+
+def test_onnx_serving_from_a_cached_export_never_imports_torch(model_dir: Path, int8_model) -> None:  # type: ignore[no-untyped-def]
+    """The whole serving path (app, lifespan, ONNX model, agent-step detector, one request) without PyTorch."""
+    import subprocess
+
+    code = f"""
+import json, sys
+from fastapi.testclient import TestClient
+from service.api import create_app
+from service.settings import Settings
+app = create_app(Settings(model_path={str(model_dir)!r}, backend="onnx", torch_threads=1))
+with TestClient(app) as c:
+    r = c.post("/v1/analyze", json={{"text": "為什麼7號還要算錢?", "explain": True}})
+    conv = c.post("/v1/conversations/analyze", json={{"turns": [{{"role": "customer", "text": "退款呢"}}]}})
+    backend = app.state.analyzer.model.backend
+print(json.dumps({{"status": [r.status_code, conv.status_code], "backend": backend,
+                  "torch": sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"status": [200, 200], "backend": "onnx", "torch": []}
+
+
+def test_onnx_implements_the_scoring_interface(int8_model: OnnxCalmFirstModel) -> None:
+    from model.scores import ScoringModel
+
+    assert isinstance(int8_model, ScoringModel) and int8_model.backend == "onnx"

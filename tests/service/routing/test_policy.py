@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.classifier import Prediction
+from model.scores import Prediction
 from service.routing.policy import CALM_FIRST, READY, Policy
 
 

@@ -1,0 +1,153 @@
+"""Serving from an ONNX export: ``OnnxCalmFirstModel``, without PyTorch.
+
+Loading a cached export needs neither the backbone, nor transformers, nor PyTorch (the tokenizer
+is the plain ``tokenizers`` one, post-processing is ``model.scores`` in numpy), which keeps a
+serving process small and quick to start. Texts are tokenized once, sorted by token count and
+padded per batch only to that batch's longest text, with the input order restored afterwards.
+
+A note on int8: activations are quantized with one scale per tensor per call, so a text's scores
+can move in the third decimal depending on which texts share its batch. The benchmark
+(``bench/run.py``) checks the task metrics on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.config import CalmFirstConfig
+from model.onnx.cache import META_FILE, MODEL_FILE, TOKENIZER_FILE
+from model.scores import OUTPUT_NAMES, predict_texts
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnx", "torch")
+#: onnxruntime's pool threads spin after each op waiting for more work. On a 2-core machine
+#: that spinning takes the core the Python threads (HTTP server, tokenizer, policy) need.
+ALLOW_SPINNING = os.environ.get("CALMFIRST_ORT_SPIN", "0") == "1"
+#: Length bucketing: a batch takes texts up to PAD_RATIO x its shortest text's tokens, plus PAD_SLACK.
+PAD_RATIO = 1.3
+PAD_SLACK = 4
+
+
+def onnxruntime_available() -> bool:
+    """True when onnxruntime (the ``fast`` extra) can be imported."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects CPU affinity and container pinning)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _session(path: Path, *, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or available_cores()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if not ALLOW_SPINNING:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class OnnxCalmFirstModel:
+    """The ONNX Runtime model; implements ``model.scores.ScoringModel`` like ``CalmFirstModel``."""
+
+    backend = "onnx"
+
+    def __init__(self, session: Any, tokenizer: Any, config: CalmFirstConfig, *, export_dir: Path) -> None:
+        self.session = session
+        self.tokenizer = tokenizer
+        self.config = config
+        self.export_dir = export_dir
+        meta_file = export_dir / META_FILE
+        self.export_meta: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        self.pad_id = int(self.export_meta.get("pad_id", _pad_id(tokenizer)))
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=config.max_length)
+
+    @classmethod
+    def load(cls, export_dir: Path, config: CalmFirstConfig, *, threads: int | None = None) -> OnnxCalmFirstModel:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(export_dir / TOKENIZER_FILE))
+        return cls(_session(export_dir / MODEL_FILE, threads=threads), tokenizer, config, export_dir=export_dir)
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.export_meta.get("quantized", False))
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids (prefixed, truncated, special tokens added), unpadded."""
+        prefix = self.config.text_prefix
+        return [e.ids for e in self.tokenizer.encode_batch([prefix + t for t in texts])]
+
+    def batches(self, ids: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+        """Indices grouped for forward passes: sorted by token count, at most ``batch_size`` each.
+
+        A batch also ends where the next text is much longer than the batch's shortest
+        (``PAD_RATIO``): on a CPU, batching buys little (about 1.2x at 4-8 similar texts)
+        while padding short texts to a long one's length costs its full compute. This is
+        what keeps micro-batches of unrelated HTTP requests from being slower than singles.
+        """
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            if current and (len(current) >= batch_size or len(ids[i]) > len(ids[current[0]]) * PAD_RATIO + PAD_SLACK):
+                out.append(current)
+                current = []
+            current.append(i)
+        if current:
+            out.append(current)
+        return out
+
+    def logits(self, texts: Sequence[str], *, batch_size: int = 32) -> dict[str, np.ndarray]:
+        """Head outputs for many texts: length-bucketed batches, returned in input order."""
+        if not texts:
+            return {}
+        ids = self.encode(texts)
+        out: dict[str, np.ndarray] = {}
+        for idx in self.batches(ids, batch_size):
+            width = len(ids[idx[-1]])
+            input_ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                n = len(ids[i])
+                input_ids[row, :n] = ids[i]
+                mask[row, :n] = 1
+            results = self.session.run(list(OUTPUT_NAMES), {"input_ids": input_ids, "attention_mask": mask})
+            for name, value in zip(OUTPUT_NAMES, results, strict=True):
+                if name not in out:
+                    out[name] = np.empty((len(ids), *value.shape[1:]), dtype=value.dtype)
+                out[name][idx] = value
+        return out
+
+    def predict(self, texts: str | Iterable[str], *, batch_size: int = 32) -> Any:
+        """Score one text (returns one ``Prediction``) or many (returns a list), exactly as ``CalmFirstModel``."""
+        return predict_texts(self, texts, batch_size=batch_size)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for token in ("<pad>", "[PAD]"):
+        tid = tokenizer.token_to_id(token)
+        if tid is not None:
+            return int(tid)
+    return 0
