@@ -1,26 +1,85 @@
-"""Typed, validated training configuration (YAML/TOML file + dotted overrides)."""
+"""Typed, validated training configuration (YAML/TOML file + dotted overrides).
+
+pydantic models: every value is type-checked (an integer setting takes an integer, not ``2.5``
+or ``"16"``), unknown keys are rejected, and ``load_config`` raises a ``ConfigError`` naming
+each dotted key (``data.sources[0].format: ...``). Built in code, the models raise pydantic's
+``ValidationError`` (also a ``ValueError``, also naming the field).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from model.backbone import DEFAULT_BACKBONE
-from model.classifier import LoraSettings
+from model.config import LoraSettings
 
 
 class ConfigError(ValueError):
     """The training config is invalid; the message names the key."""
 
 
-@dataclass
-class DataSource:
+#: Integers and booleans are taken as written: 2.5 epochs or "16" as a batch size are mistakes.
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+#: A number in [0, 1] (not a boolean).
+Prob = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
+Task = Literal["anger_level", "complaint_type", "threat"]
+_ALL_TASKS: tuple[Task, ...] = ("anger_level", "complaint_type", "threat")
+OpenCCConfig = Literal["s2t", "s2tw", "s2twp", "s2hk"]
+_DEFAULT_OPENCC: tuple[OpenCCConfig, ...] = ("s2twp", "s2hk")
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _known(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The setting names of the model an (unknown) key at ``loc`` was given to."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) and issubclass(current, BaseModel) else None
+        if field is None:
+            return []
+        current = field.annotation
+        for arg in getattr(current, "__args__", ()):  # list[DataSource], DataSource | None
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def describe(error: ValidationError, model: type[BaseModel]) -> str:
+    """One line per problem, each naming the dotted key."""
+    lines = []
+    for e in error.errors():
+        loc = tuple(e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{_key(loc)}: unknown setting (known: {_known(model, loc)})")
+        else:
+            lines.append(f"{_key(loc) or '(top)'}: {e['msg']}, got {e.get('input')!r}")
+    return "; ".join(lines)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class DataSource(_Section):
     """One labelled data set.
 
     ``path``: ``annotations`` (the project's labels joined with ../shared/data),
@@ -35,143 +94,76 @@ class DataSource:
     """
 
     path: str = "annotations"
-    format: str = "auto"
-    columns: dict[str, str] = field(default_factory=dict)
-    split: str = "auto"
-    tasks: list[str] = field(default_factory=lambda: ["anger_level", "complaint_type", "threat"])
-    weak: bool = False
-    weight: float = 1.0
-    limit: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.format not in {"auto", "csv", "jsonl", "hf"}:
-            raise ConfigError(f"data.sources[].format: unknown format {self.format!r}")
-        if self.split not in {"auto", "column", "train", "dev", "test"}:
-            raise ConfigError(f"data.sources[].split: must be auto, column, train, dev or test, got {self.split!r}")
-        for t in self.tasks:
-            if t not in {"anger_level", "complaint_type", "threat"}:
-                raise ConfigError(f"data.sources[].tasks: unknown task {t!r}")
-        if self.weight <= 0:
-            raise ConfigError(f"data.sources[].weight must be positive, got {self.weight}")
+    format: Literal["auto", "csv", "jsonl", "hf"] = "auto"
+    columns: dict[str, str] = Field(default_factory=dict)
+    split: Literal["auto", "column", "train", "dev", "test"] = "auto"
+    tasks: list[Task] = Field(default_factory=lambda: list(_ALL_TASKS))
+    weak: Bool = False
+    weight: float = Field(1.0, gt=0.0)
+    limit: Int | None = None
 
 
-@dataclass
-class DataConfig:
-    sources: list[DataSource] = field(default_factory=lambda: [DataSource()])
-    train_splits: list[str] = field(default_factory=lambda: ["train"])
+class DataConfig(_Section):
+    sources: list[DataSource] = Field(default_factory=lambda: [DataSource()], min_length=1)
+    train_splits: list[str] = Field(default_factory=lambda: ["train"])
     eval_split: str = "dev"
     test_split: str = "test"
     shared_dir: str | None = None
 
-    def __post_init__(self) -> None:
-        self.sources = [s if isinstance(s, DataSource) else DataSource(**s) for s in self.sources]
-        if not self.sources:
-            raise ConfigError("data.sources: at least one source is needed")
 
-
-@dataclass
-class AugmentConfig:
+class AugmentConfig(_Section):
     """Training-time augmentation (``training.augment``): OpenCC both ways and typing noise."""
 
-    opencc_prob: float = 0.5
-    opencc_configs: list[str] = field(default_factory=lambda: ["s2twp", "s2hk"])
-    t2s_prob: float = 0.0
-    noise_prob: float = 0.0
-    context_drop: float = 0.3
-
-    def __post_init__(self) -> None:
-        for name in ("opencc_prob", "t2s_prob", "noise_prob", "context_drop"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                raise ConfigError(f"augment.{name} must be a number in [0, 1], got {value!r}")
-        for c in self.opencc_configs:
-            if c not in {"s2t", "s2tw", "s2twp", "s2hk"}:
-                raise ConfigError(f"augment.opencc_configs: unsupported OpenCC config {c!r}")
+    opencc_prob: Prob = 0.5
+    opencc_configs: list[OpenCCConfig] = Field(default_factory=lambda: list(_DEFAULT_OPENCC))
+    t2s_prob: Prob = 0.0
+    noise_prob: Prob = 0.0
+    context_drop: Prob = 0.3
 
 
-@dataclass
-class ModelArgs:
+class ModelArgs(_Section):
     backbone: str = DEFAULT_BACKBONE
     init_from: str | None = None
-    lora: LoraSettings | None = field(default_factory=LoraSettings)
-    max_length: int = 128
+    lora: LoraSettings | None = Field(default_factory=LoraSettings)
+    max_length: Int = Field(128, ge=8, le=512)
     head_dropout: float = 0.1
     name: str = "calmfirst-zh"
     version: str = "0.1.0"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.lora, dict):
-            self.lora = LoraSettings(**self.lora)
-        if not 8 <= self.max_length <= 512:
-            raise ConfigError(f"model.max_length must be 8-512, got {self.max_length}")
 
-
-@dataclass
-class LossConfig:
-    anger: float = 1.0
-    type: float = 1.0
-    multi: float = 0.5
-    threat: float = 1.0
-    class_weighting: str = "sqrt_inverse"
+class LossConfig(_Section):
+    anger: float = Field(1.0, ge=0.0)
+    type: float = Field(1.0, ge=0.0)
+    multi: float = Field(0.5, ge=0.0)
+    threat: float = Field(1.0, ge=0.0)
+    class_weighting: Literal["none", "inverse", "sqrt_inverse"] = "sqrt_inverse"
     label_smoothing: float = 0.05
 
-    def __post_init__(self) -> None:
-        if self.class_weighting not in {"none", "inverse", "sqrt_inverse"}:
-            raise ConfigError(f"loss.class_weighting: unknown {self.class_weighting!r}")
-        for name in ("anger", "type", "multi", "threat"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"loss.{name} must be >= 0")
 
+class TrainingArguments(_Section):
+    """All settings of one training run; bad values are rejected when it is built, naming the key."""
 
-@dataclass
-class TrainingArguments:
-    """All settings of one training run; ``__post_init__`` rejects bad values early."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelArgs = field(default_factory=ModelArgs)
-    loss: LossConfig = field(default_factory=LossConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    epochs: int = 4
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    learning_rate: float = 5e-4
-    head_learning_rate: float = 2e-3
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelArgs = Field(default_factory=ModelArgs)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    epochs: Int = Field(4, ge=1)
+    batch_size: Int = Field(16, ge=1)
+    eval_batch_size: Int = Field(64, ge=1)
+    learning_rate: float = Field(5e-4, gt=0.0, lt=1.0)
+    head_learning_rate: float = Field(2e-3, gt=0.0, lt=1.0)
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
     grad_clip: float = 1.0
-    seed: int = 42
-    fit_temperature: bool = True
-    max_steps: int | None = None
-    group_by_length: bool = True
+    seed: Int = 42
+    fit_temperature: Bool = True
+    max_steps: Int | None = Field(None, ge=1)
+    group_by_length: Bool = True
     #: feed later conversation turns with their context (``model.context``)
-    use_context: bool = True
-    num_threads: int | None = None
-    log_every: int = 50
+    use_context: Bool = True
+    num_threads: Int | None = None
+    log_every: Int = 50
     output_dir: str = "runs/default"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.data, dict):
-            self.data = DataConfig(**self.data)
-        if isinstance(self.model, dict):
-            self.model = ModelArgs(**self.model)
-        if isinstance(self.loss, dict):
-            self.loss = LossConfig(**self.loss)
-        if isinstance(self.augment, dict):
-            self.augment = AugmentConfig(**self.augment)
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ConfigError("batch_size and eval_batch_size must be >= 1")
-        for name in ("learning_rate", "head_learning_rate"):
-            if not 0 < getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be in (0, 1), got {getattr(self, name)}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError("max_steps must be >= 1 when set")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _coerce(value: str) -> Any:
@@ -197,17 +189,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _check_keys(raw: dict[str, Any], cls: type, prefix: str = "") -> None:
-    hints = get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key, value in raw.items():
-        if key not in known:
-            raise ConfigError(f"{prefix}{key}: unknown setting (known: {sorted(known)})")
-        sub = hints.get(key)
-        if isinstance(value, dict) and dataclasses.is_dataclass(sub):
-            _check_keys(value, sub, prefix=f"{prefix}{key}.")  # type: ignore[arg-type]
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainingArguments:
     raw: dict[str, Any] = {}
     if path is not None:
@@ -220,8 +201,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
     raw = apply_overrides(raw, overrides or [])
-    _check_keys(raw, TrainingArguments)
     try:
         return TrainingArguments(**raw)
-    except TypeError as e:
-        raise ConfigError(f"invalid config: {e}") from e
+    except ValidationError as e:
+        raise ConfigError(describe(e, TrainingArguments)) from e

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections import Counter
@@ -478,10 +477,6 @@ def summarize_examples(examples: Sequence[Example]) -> dict[str, Any]:
         }
 
     return {split: count([e for e in examples if e.split == split]) for split in SPLITS}
-
-
-def cpu_threads() -> int:
-    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
 
 
 __all__ = ["COMPLAINT_TYPES", "CalmFirstTrainer", "evaluate_model", "fit_temperature"]

@@ -41,6 +41,10 @@ def test_config_toml_and_dotted_overrides(tmp_path) -> None:  # type: ignore[no-
         (['data.sources=[{"path": "a.csv", "format": "xls"}]'], "format"),
         (["warmup_ratio=1"], "warmup_ratio"),
         (["nokeyvalue"], "nokeyvalue"),
+        (["epochs=2.5"], "epochs"),
+        (['batch_size="16"'], "batch_size"),
+        (["fit_temperature=1"], "fit_temperature"),
+        (["model.lora.r=0"], "model.lora"),
     ],
 )
 def test_config_invalid_values_name_the_setting(overrides: list[str], names: str) -> None:
