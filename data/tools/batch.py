@@ -167,6 +167,8 @@ def merge(names: list[str] | None = None, *, remove: bool = False) -> dict[str, 
         if lab.name.startswith(AGREEMENT_PREFIXES) or (names and lab.stem not in names):
             continue
         batch = BATCHES / lab.name
+        if not batch.exists() or lab.name.startswith(("adj", "written")):  # merged by their own tools
+            continue
         try:
             recs = check(batch, lab)
         except LabelError as e:  # still being written, or needs fixing: leave it for later
