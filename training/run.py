@@ -21,7 +21,10 @@ logger = logging.getLogger(__name__)
 def build_model(args: TrainingArguments) -> CalmFirstModel:
     if args.model.init_from:
         logger.info("continuing from %s", args.model.init_from)
-        return CalmFirstModel.from_pretrained(args.model.init_from)
+        model = CalmFirstModel.from_pretrained(args.model.init_from)
+        # the continued model is a new release: it carries this config's name and version
+        model.config.name, model.config.version = args.model.name, args.model.version
+        return model
     cfg = CalmFirstConfig(
         lora=args.model.lora,
         max_length=args.model.max_length,
