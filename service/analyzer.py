@@ -80,10 +80,11 @@ class Analyzer:
             model.backend,
             threads,
         )
+        playbook = Playbook.load(settings.playbook_path)
         return cls(
             model,
-            policy=Policy.from_settings(settings),
-            playbook=Playbook.load(settings.playbook_path),
+            policy=Policy.from_settings(settings, default_level=playbook.thresholds.calm_first_level),
+            playbook=playbook,
             batch_size=settings.batch_size,
             default_script=settings.default_script,
             microbatch_wait_ms=getattr(settings, "microbatch_wait_ms", 2.0),

@@ -121,7 +121,7 @@ def build_conversation(
         situation = Situation.NO_COMPLAINT
     else:
         situation = Situation.READY_FOR_SOLUTIONS
-    sequence = rules.sequences[situation]
+    sequence = rules.sequence(situation)
     if last_agent_mistakes and any(m in rules.repair_after for m in last_agent_mistakes) and series[-1] >= level:
         code = rules.repair
     else:

@@ -1,20 +1,23 @@
-"""The playbook: next-step texts as editable data, validated at load.
+"""The playbook: next-step texts and conversation rules as editable data, validated at load.
 
-Validation errors name the offending key (``steps.offer_options.default.en``)
-so a contact center editing the YAML sees exactly what to fix.
+A pydantic model checks the shape and the types; the cross-references (a route or a sequence
+naming a step that is not defined, a text missing in a language) are checked after it. Every
+error names the offending key (``steps.offer_options.default.en: missing or empty text``) so a
+contact center editing the YAML sees exactly what to fix.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from data.schema import COMPLAINT_TYPES
 from data.vocab import CONVERSATION_STATES as _STATES
-from data.vocab import ROUTE_SITUATIONS, Lang, Step, values
+from data.vocab import ROUTE_SITUATIONS, Lang, Mistake, Situation, Step, values
 from service.results import NextStep
 
 #: The playbook shipped with the service (what ``CALMFIRST_PLAYBOOK_PATH`` replaces).
@@ -23,29 +26,97 @@ LANGS: tuple[str, ...] = values(Lang)
 ROUTE_KEYS: tuple[str, ...] = values(ROUTE_SITUATIONS)
 #: The practice's step codes (CONTRACT.md); a playbook may add its own.
 CORE_STEPS: tuple[str, ...] = values(Step)
+CONVERSATION_STATES: tuple[str, ...] = values(_STATES)
+
+#: step code -> variant ("default" or a complaint type) -> language -> text
+StepTexts = dict[str, dict[str, dict[str, str]]]
 
 
 class PlaybookError(ValueError):
     """The playbook file is invalid; the message names the key."""
 
 
-CONVERSATION_STATES: tuple[str, ...] = values(_STATES)
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass(frozen=True)
-class ConversationRules:
+class Routes(_Strict):
+    """Which step a single message gets, by routing situation."""
+
+    escalate: str
+    calm_first: str
+    ready_for_solutions: str
+    no_complaint: str
+
+    def step_for(self, situation: Situation | str) -> str:
+        code: str = getattr(self, str(situation))
+        return code
+
+
+class Thresholds(BaseModel):
+    """Numbers of the practice; ``calm_first_level`` is the policy's default (settings may override it)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    calm_first_level: int = Field(2, ge=1, le=3, description="anger level at or above which the flag is calm_first")
+    callback_minutes: int = Field(15, gt=0, description="promised callback when a colleague must be consulted")
+
+
+def _steps(*codes: Step) -> Any:
+    """A default sequence (a factory: each playbook gets its own list)."""
+    return Field(default_factory=lambda: [str(c) for c in codes], min_length=1)
+
+
+class Sequences(_Strict):
+    """The steps of the practice for each conversation state, in order (the defaults are CONTRACT.md v1.1)."""
+
+    escalate: list[str] = _steps(
+        Step.LISTEN_ACKNOWLEDGE, Step.APOLOGIZE, Step.ESCALATE_SUPERVISOR, Step.PROMISE_CALLBACK
+    )
+    calm_first: list[str] = _steps(
+        Step.LISTEN_ACKNOWLEDGE, Step.THANK, Step.APOLOGIZE, Step.COMMIT_ACTION, Step.PROMISE_CALLBACK
+    )
+    recovered: list[str] = _steps(Step.APOLOGIZE, Step.OFFER_OPTIONS, Step.PROMISE_CALLBACK, Step.CONFIRM_SATISFACTION)
+    ready_for_solutions: list[str] = _steps(
+        Step.LISTEN_ACKNOWLEDGE,
+        Step.THANK,
+        Step.APOLOGIZE,
+        Step.ASK_DETAILS,
+        Step.OFFER_OPTIONS,
+        Step.PROMISE_CALLBACK,
+        Step.CONFIRM_SATISFACTION,
+    )
+    no_complaint: list[str] = _steps(Step.ANSWER_QUESTION, Step.CONFIRM_SATISFACTION)
+
+
+class ConversationRules(_Strict):
     """How a whole chat picks its next step; see the ``conversation`` section of playbook.yaml."""
 
-    sequences: dict[str, list[str]]
-    optional: frozenset[str]
-    repair: str
-    repair_after: frozenset[str]
-    solution_steps: frozenset[str]
-    solution_block_level: int
+    sequences: Sequences = Field(default_factory=Sequences)
+    optional: frozenset[str] = frozenset(values((Step.LISTEN_ACKNOWLEDGE, Step.ASK_DETAILS, Step.THANK)))
+    repair: str = str(Step.APOLOGIZE)
+    repair_after: frozenset[str] = frozenset(
+        values((Mistake.ARGUED, Mistake.BLAMED_CUSTOMER, Mistake.LAST_WORD, Mistake.SOLUTION_WHILE_FURIOUS))
+    )
+    solution_steps: frozenset[str] = frozenset(values((Step.OFFER_OPTIONS,)))
+    solution_block_level: int = Field(3, ge=0, le=3, description="an anger level 0-3")
+
+    def sequence(self, state: Situation | str) -> list[str]:
+        codes: list[str] = getattr(self.sequences, str(state))
+        return codes
+
+    def step_codes(self) -> Iterator[tuple[str, str]]:
+        """(key, step code) for every step the rules name."""
+        for state in CONVERSATION_STATES:
+            for i, code in enumerate(self.sequence(state)):
+                yield f"conversation.sequences.{state}[{i}]", code
+        for key in ("optional", "solution_steps"):
+            for i, code in enumerate(sorted(getattr(self, key))):
+                yield f"conversation.{key}[{i}]", code
+        yield "conversation.repair", self.repair
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "sequences": self.sequences,
+            "sequences": self.sequences.model_dump(mode="json"),
             "optional": sorted(self.optional),
             "repair": self.repair,
             "repair_after": sorted(self.repair_after),
@@ -54,89 +125,36 @@ class ConversationRules:
         }
 
 
-DEFAULT_CONVERSATION: dict[str, Any] = {
-    "sequences": {
-        "escalate": ["listen_acknowledge", "apologize", "escalate_supervisor", "promise_callback"],
-        "calm_first": ["listen_acknowledge", "thank", "apologize", "commit_action", "promise_callback"],
-        "recovered": ["apologize", "offer_options", "promise_callback", "confirm_satisfaction"],
-        "ready_for_solutions": [
-            "listen_acknowledge",
-            "thank",
-            "apologize",
-            "ask_details",
-            "offer_options",
-            "promise_callback",
-            "confirm_satisfaction",
-        ],
-        "no_complaint": ["answer_question", "confirm_satisfaction"],
-    },
-    "optional": ["listen_acknowledge", "ask_details", "thank"],
-    "repair": "apologize",
-    "repair_after": ["argued", "blamed_customer", "last_word", "solution_while_furious"],
-    "solution_steps": ["offer_options"],
-    "solution_block_level": 3,
-}
-
-
-def _parse_conversation(raw: Any, steps: dict[str, Any], fail: Any) -> ConversationRules:
-    if raw is None:
-        raw = DEFAULT_CONVERSATION
-    if not isinstance(raw, dict):
-        raise fail("conversation", "expected a mapping")
-    unknown = set(raw) - set(DEFAULT_CONVERSATION)
-    if unknown:
-        raise fail(f"conversation.{sorted(unknown)[0]}", f"unknown key; known: {sorted(DEFAULT_CONVERSATION)}")
-    merged = {**DEFAULT_CONVERSATION, **raw}
-    seqs = merged["sequences"]
-    if not isinstance(seqs, dict):
-        raise fail("conversation.sequences", "expected a mapping of state -> list of step codes")
-    for state in CONVERSATION_STATES:
-        if state not in seqs:
-            raise fail(f"conversation.sequences.{state}", "missing")
-    for state, codes in seqs.items():
-        if state not in CONVERSATION_STATES:
-            raise fail(f"conversation.sequences.{state}", f"unknown state; known: {list(CONVERSATION_STATES)}")
-        if not isinstance(codes, list) or not codes:
-            raise fail(f"conversation.sequences.{state}", "expected a non-empty list of step codes")
-        for i, code in enumerate(codes):
-            if code not in steps:
-                raise fail(f"conversation.sequences.{state}[{i}]", f"step {code!r} is not defined under 'steps'")
-    for key in ("optional", "solution_steps"):
-        if not isinstance(merged[key], list):
-            raise fail(f"conversation.{key}", "expected a list of step codes")
-        for i, code in enumerate(merged[key]):
-            if code not in steps:
-                raise fail(f"conversation.{key}[{i}]", f"step {code!r} is not defined under 'steps'")
-    if merged["repair"] not in steps:
-        raise fail("conversation.repair", f"step {merged['repair']!r} is not defined under 'steps'")
-    if not isinstance(merged["repair_after"], list):
-        raise fail("conversation.repair_after", "expected a list of mistake codes")
-    for i, code in enumerate(merged["repair_after"]):
-        if not isinstance(code, str) or not code:
-            raise fail(f"conversation.repair_after[{i}]", "expected a mistake code")
-    level = merged["solution_block_level"]
-    if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 3:
-        raise fail("conversation.solution_block_level", f"expected an anger level 0-3, got {level!r}")
-    return ConversationRules(
-        sequences={k: list(v) for k, v in seqs.items()},
-        optional=frozenset(merged["optional"]),
-        repair=merged["repair"],
-        repair_after=frozenset(merged["repair_after"]),
-        solution_steps=frozenset(merged["solution_steps"]),
-        solution_block_level=level,
-    )
-
-
-@dataclass
-class Playbook:
+class Playbook(_Strict):
     version: int
-    languages: tuple[str, ...]
-    routes: dict[str, str]
-    order: list[str]
-    thresholds: dict[str, Any]
-    steps: dict[str, dict[str, dict[str, str]]]
+    languages: tuple[Lang, ...] = Field(..., min_length=1)
+    routes: Routes
+    order: list[str] = Field(default_factory=list, description="the usual order of the practice")
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    steps: StepTexts = Field(..., min_length=1)
+    conversation: ConversationRules = Field(default_factory=ConversationRules)
     source: str = "<memory>"
-    conversation: ConversationRules | None = None
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Playbook:
+        for code, variants in self.steps.items():
+            if "default" not in variants:
+                raise ValueError(f"steps.{code}.default: missing")
+            for variant, texts in variants.items():
+                if variant != "default" and variant not in COMPLAINT_TYPES:
+                    raise ValueError(f"steps.{code}.{variant}: not a complaint type; known: {list(COMPLAINT_TYPES)}")
+                for lang in self.languages if variant == "default" else texts:
+                    if lang not in self.languages:
+                        raise ValueError(f"steps.{code}.{variant}.{lang}: language not listed in 'languages'")
+                    if not texts.get(lang, "").strip():
+                        raise ValueError(f"steps.{code}.{variant}.{lang}: missing or empty text")
+        named = [(f"routes.{key}", self.routes.step_for(key)) for key in ROUTE_KEYS]
+        named += [(f"order[{i}]", code) for i, code in enumerate(self.order)]
+        named += list(self.conversation.step_codes())
+        for key, code in named:
+            if code not in self.steps:
+                raise ValueError(f"{key}: step {code!r} is not defined under 'steps'")
+        return self
 
     @classmethod
     def load(cls, path: str | Path) -> Playbook:
@@ -151,73 +169,14 @@ class Playbook:
 
     @classmethod
     def from_dict(cls, raw: Any, *, source: str = "<memory>") -> Playbook:
-        def fail(key: str, msg: str) -> PlaybookError:
-            return PlaybookError(f"{source}: {key}: {msg}")
-
         if not isinstance(raw, dict):
-            raise fail("(top)", "expected a mapping")
-        known_top = {"version", "languages", "routes", "order", "thresholds", "steps", "conversation"}
-        for key in raw:
-            if key not in known_top:
-                raise fail(str(key), f"unknown key; known: {sorted(known_top)}")
-        for key in ("version", "languages", "routes", "steps"):
-            if key not in raw:
-                raise fail(key, "missing")
-        languages = raw["languages"]
-        if not isinstance(languages, list) or not languages:
-            raise fail("languages", "expected a non-empty list")
-        for lang in languages:
-            if lang not in LANGS:
-                raise fail("languages", f"unknown language {lang!r}; known: {list(LANGS)}")
-        steps = raw["steps"]
-        if not isinstance(steps, dict) or not steps:
-            raise fail("steps", "expected a mapping of step code -> texts")
-        for code, variants in steps.items():
-            if not isinstance(variants, dict):
-                raise fail(f"steps.{code}", "expected a mapping with 'default' and optional complaint types")
-            if "default" not in variants:
-                raise fail(f"steps.{code}.default", "missing")
-            for variant, texts in variants.items():
-                if variant != "default" and variant not in COMPLAINT_TYPES:
-                    raise fail(f"steps.{code}.{variant}", f"not a complaint type; known: {list(COMPLAINT_TYPES)}")
-                if not isinstance(texts, dict):
-                    raise fail(f"steps.{code}.{variant}", "expected a mapping of language -> text")
-                for lang in languages if variant == "default" else texts:
-                    if lang not in languages:
-                        raise fail(f"steps.{code}.{variant}.{lang}", "language not listed in 'languages'")
-                    text = texts.get(lang)
-                    if not isinstance(text, str) or not text.strip():
-                        raise fail(f"steps.{code}.{variant}.{lang}", "missing or empty text")
-        routes = raw["routes"]
-        if not isinstance(routes, dict):
-            raise fail("routes", "expected a mapping")
-        for key in ROUTE_KEYS:
-            if key not in routes:
-                raise fail(f"routes.{key}", "missing")
-        for key, code in routes.items():
-            if key not in ROUTE_KEYS:
-                raise fail(f"routes.{key}", f"unknown route; known: {list(ROUTE_KEYS)}")
-            if code not in steps:
-                raise fail(f"routes.{key}", f"step {code!r} is not defined under 'steps'")
-        order = raw.get("order", [])
-        if not isinstance(order, list):
-            raise fail("order", "expected a list of step codes")
-        for i, code in enumerate(order):
-            if code not in steps:
-                raise fail(f"order[{i}]", f"step {code!r} is not defined under 'steps'")
-        thresholds = raw.get("thresholds", {}) or {}
-        if not isinstance(thresholds, dict):
-            raise fail("thresholds", "expected a mapping")
-        return cls(
-            version=int(raw["version"]),
-            languages=tuple(languages),
-            routes=dict(routes),
-            order=list(order),
-            thresholds=dict(thresholds),
-            steps=steps,
-            source=source,
-            conversation=_parse_conversation(raw.get("conversation"), steps, fail),
-        )
+            raise PlaybookError(f"{source}: (top): expected a mapping")
+        if "source" in raw:
+            raise PlaybookError(f"{source}: source: unknown key")
+        try:
+            return cls.model_validate({**raw, "source": source})
+        except ValidationError as e:
+            raise PlaybookError(f"{source}: {_first_problem(e)}") from e
 
     def step(self, code: str, *, complaint_type: str, lang: str) -> NextStep:
         """Text of one step for a complaint type, falling back to the step's default."""
@@ -231,16 +190,29 @@ class Playbook:
         return NextStep(code=code, text=text, lang=Lang(lang))
 
     def route(self, situation: str, *, complaint_type: str, lang: str) -> NextStep:
-        return self.step(self.routes[situation], complaint_type=complaint_type, lang=lang)
+        return self.step(self.routes.step_for(situation), complaint_type=complaint_type, lang=lang)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "source": self.source,
-            "languages": list(self.languages),
-            "routes": self.routes,
+            "languages": [str(lang) for lang in self.languages],
+            "routes": self.routes.model_dump(),
             "order": self.order,
-            "thresholds": self.thresholds,
+            "thresholds": self.thresholds.model_dump(exclude_unset=True),
             "steps": self.steps,
-            "conversation": self.conversation.to_dict() if self.conversation else None,
+            "conversation": self.conversation.to_dict(),
         }
+
+
+def _first_problem(error: ValidationError) -> str:
+    """``key: message`` for the first problem pydantic found (cross-reference messages carry their key)."""
+    e = error.errors()[0]
+    ctx_error = (e.get("ctx") or {}).get("error")
+    if not e["loc"] and ctx_error is not None:
+        return str(ctx_error)
+    key = ""
+    for part in e["loc"]:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    message = {"missing": "missing", "extra_forbidden": "unknown key"}.get(e["type"], e["msg"])
+    return f"{key or '(top)'}: {message}"

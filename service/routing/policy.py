@@ -44,9 +44,12 @@ class Policy:
             raise ValueError(f"calm_first_prob must be in [0, 1], got {self.calm_first_prob}")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Policy:
+    def from_settings(cls, settings: Any, *, default_level: int | None = None) -> Policy:
+        """The policy of the settings; ``default_level`` (the playbook's ``thresholds.calm_first_level``)
+        applies unless ``CALMFIRST_CALM_FIRST_LEVEL`` (or the caller) set the level explicitly."""
+        explicit = "calm_first_level" in getattr(settings, "model_fields_set", {"calm_first_level"})
         return cls(
-            calm_first_level=settings.calm_first_level,
+            calm_first_level=settings.calm_first_level if explicit or default_level is None else default_level,
             calm_first_prob=settings.calm_first_prob,
             threat_threshold=settings.threat_threshold,
             escalate_on_furious=settings.escalate_on_furious,

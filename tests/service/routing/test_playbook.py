@@ -41,6 +41,11 @@ def test_playbook_type_specific_text_and_fallback() -> None:
         (lambda r: r["routes"].pop("escalate"), "routes.escalate"),
         (lambda r: r.__setitem__("languages", ["fr"]), "languages"),
         (lambda r: r["order"].append("dance"), "order[8]"),
+        (lambda r: r["steps"]["thank"]["default"].__setitem__("en", 5), "steps.thank.default.en"),
+        (lambda r: r["conversation"].__setitem__("solution_block_level", 7), "conversation.solution_block_level"),
+        (lambda r: r["conversation"]["sequences"]["recovered"].append("hug"), "conversation.sequences.recovered[4]"),
+        (lambda r: r["thresholds"].__setitem__("calm_first_level", 5), "thresholds.calm_first_level"),
+        (lambda r: r.__setitem__("colour", "red"), "colour"),
     ],
 )
 def test_playbook_invalid_names_the_key(raw, mutate, key) -> None:  # type: ignore[no-untyped-def]
@@ -55,3 +60,16 @@ def test_playbook_bad_yaml_file(tmp_path) -> None:  # type: ignore[no-untyped-de
     p.write_text("steps: [unclosed", encoding="utf-8")
     with pytest.raises(PlaybookError, match="not valid YAML"):
         Playbook.load(p)
+
+
+def test_playbook_calm_first_level_is_the_policy_default(tmp_path, raw, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from service.routing.policy import Policy
+    from service.settings import Settings
+
+    changed = copy.deepcopy(raw)
+    changed["thresholds"]["calm_first_level"] = 3
+    pb = Playbook.from_dict(changed)
+    assert Policy.from_settings(Settings(), default_level=pb.thresholds.calm_first_level).calm_first_level == 3
+    monkeypatch.setenv("CALMFIRST_CALM_FIRST_LEVEL", "1")  # an explicit setting wins over the playbook
+    assert Policy.from_settings(Settings(), default_level=3).calm_first_level == 1
+    assert Playbook.from_dict(raw).to_dict()["thresholds"] == raw["thresholds"]
