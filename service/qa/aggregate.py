@@ -40,6 +40,34 @@ class AgentRow(BaseModel):
     mistakes: dict[str, int]
     steps_missed: dict[str, int]
 
+    def csv_row(self, mistake_codes: list[str], step_codes: list[str]) -> dict[str, Any]:
+        """The agents.csv row: the totals, then one column per mistake code and per missed-step code."""
+        row: dict[str, Any] = self.model_dump(exclude={"mistakes", "steps_missed"})
+        row.update({f"mistake_{c}": self.mistakes.get(c, 0) for c in mistake_codes})
+        row.update({f"missed_{c}": self.steps_missed.get(c, 0) for c in step_codes})
+        return row
+
+
+class Totals(BaseModel):
+    """The run's totals (``summary`` in agents.json, the cards and tables of the report)."""
+
+    conversations: int
+    turns: int
+    customer_turns: int
+    agent_turns: int
+    turns_skipped: int
+    mean_handling_score: float
+    escalations: int
+    escalations_unhandled: int
+    threats: int
+    agents: int
+    anger_levels: dict[str, int]
+    peak_anger_levels: dict[str, int]
+    complaint_types: dict[str, int]
+    situations: dict[str, int]
+    mistakes: dict[str, int]
+    steps_missed: dict[str, int]
+
 
 @dataclass
 class AgentStats:
@@ -101,25 +129,25 @@ class QASummary:
     def mean_score(self) -> float:
         return round(self.score_sum / self.conversations, 1) if self.conversations else 0.0
 
-    def totals(self) -> dict[str, Any]:
-        return {
-            "conversations": self.conversations,
-            "turns": self.turns,
-            "customer_turns": self.customer_turns,
-            "agent_turns": self.agent_turns,
-            "turns_skipped": self.turns_skipped,
-            "mean_handling_score": self.mean_score,
-            "escalations": self.escalations,
-            "escalations_unhandled": self.escalations_unhandled,
-            "threats": self.threats,
-            "agents": len(self.agents),
-            "anger_levels": {str(k): self.anger_levels[k] for k in range(4)},
-            "peak_anger_levels": {str(k): self.peak_levels[k] for k in range(4)},
-            "complaint_types": dict(sorted(self.complaint_types.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "situations": dict(sorted(self.situations.items())),
-            "mistakes": dict(sorted(self.mistakes.items())),
-            "steps_missed": dict(sorted(self.steps_missed.items())),
-        }
+    def totals(self) -> Totals:
+        return Totals(
+            conversations=self.conversations,
+            turns=self.turns,
+            customer_turns=self.customer_turns,
+            agent_turns=self.agent_turns,
+            turns_skipped=self.turns_skipped,
+            mean_handling_score=self.mean_score,
+            escalations=self.escalations,
+            escalations_unhandled=self.escalations_unhandled,
+            threats=self.threats,
+            agents=len(self.agents),
+            anger_levels={str(k): self.anger_levels[k] for k in range(4)},
+            peak_anger_levels={str(k): self.peak_levels[k] for k in range(4)},
+            complaint_types=dict(sorted(self.complaint_types.items(), key=lambda kv: (-kv[1], kv[0]))),
+            situations=dict(sorted(self.situations.items())),
+            mistakes=dict(sorted(self.mistakes.items())),
+            steps_missed=dict(sorted(self.steps_missed.items())),
+        )
 
     def add(self, s: ConversationRow) -> None:
         score = s.handling_score
@@ -194,8 +222,8 @@ def summarize(path: Path, *, worst_n: int = 10) -> QASummary:
 
 def write_agents(agg: QASummary, out_dir: Path) -> None:
     """agents.json (totals + one object per agent) and agents.csv (one column per mistake/step code)."""
-    agents = [a.row().model_dump() for a in agg.agents.values()]
-    doc = {"summary": agg.totals(), "agents": agents}
+    agents = [a.row() for a in agg.agents.values()]
+    doc = {"summary": agg.totals().model_dump(mode="json"), "agents": [a.model_dump(mode="json") for a in agents]}
     (out_dir / "agents.json").write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     mistake_codes = sorted(set(MISTAKE_PENALTY) | set(agg.mistakes))
     step_codes = sorted(agg.steps_missed)
@@ -205,7 +233,4 @@ def write_agents(agg: QASummary, out_dir: Path) -> None:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         for a in agents:
-            row = {k: a[k] for k in base}
-            row.update({f"mistake_{c}": a["mistakes"].get(c, 0) for c in mistake_codes})
-            row.update({f"missed_{c}": a["steps_missed"].get(c, 0) for c in step_codes})
-            w.writerow(row)
+            w.writerow(a.csv_row(mistake_codes, step_codes))

@@ -174,15 +174,15 @@ def render_report(summary: QASummary, *, title: str = "CalmFirst QA report") -> 
     agents = [a.row() for a in summary.agents.values()]
     by_score = sorted(agents, key=lambda a: (a.mean_handling_score, a.agent_id))
     cards = [
-        ("conversations", totals["conversations"]),
-        ("turns", totals["turns"]),
-        ("customer turns", totals["customer_turns"]),
-        ("agents", totals["agents"]),
-        ("mean handling score", totals["mean_handling_score"]),
-        ("escalations", totals["escalations"]),
-        ("escalations not handed over", totals["escalations_unhandled"]),
-        ("threats", totals["threats"]),
-        ("turns skipped in input", totals["turns_skipped"]),
+        ("conversations", totals.conversations),
+        ("turns", totals.turns),
+        ("customer turns", totals.customer_turns),
+        ("agents", totals.agents),
+        ("mean handling score", totals.mean_handling_score),
+        ("escalations", totals.escalations),
+        ("escalations not handed over", totals.escalations_unhandled),
+        ("threats", totals.threats),
+        ("turns skipped in input", totals.turns_skipped),
     ]
     worst_rows = [
         [
@@ -218,7 +218,7 @@ def render_report(summary: QASummary, *, title: str = "CalmFirst QA report") -> 
     plots = {
         "worst": plot_worst_series(summary.worst),
         "scores": plot_score_histogram(summary.score_bins),
-        "types": plot_complaint_types(totals["complaint_types"]),
+        "types": plot_complaint_types(totals.complaint_types),
         "anger": plot_anger_levels(summary.anger_levels, summary.peak_levels),
         "steps_missed": plot_steps_missed(agents),
     }
@@ -231,7 +231,7 @@ def render_report(summary: QASummary, *, title: str = "CalmFirst QA report") -> 
             plots=plots,
             worst_rows=worst_rows,
             formula=formula_text(),
-            complaint_types=list(totals["complaint_types"].items()),
+            complaint_types=list(totals.complaint_types.items()),
             anger_rows=[[f"{i} {ANGER_LABELS[i]}", summary.anger_levels[i], summary.peak_levels[i]] for i in range(4)],
             situations=sorted(summary.situations.items()),
             plotted_rows=[
