@@ -176,11 +176,11 @@ BEGIN_MARK = "<!-- counts: begin -->"
 END_MARK = "<!-- counts: end -->"
 
 
-def write_card(card: Path, tables: str) -> None:
-    """Replace the card's generated section (between the count markers) with ``tables``."""
+def write_card(card: Path, tables: str, *, begin: str = BEGIN_MARK, end: str = END_MARK) -> None:
+    """Replace the card's generated section (between the ``begin`` and ``end`` markers) with ``tables``."""
     text = card.read_text(encoding="utf-8")
-    if BEGIN_MARK not in text or END_MARK not in text:
-        raise ValueError(f"{card}: no '{BEGIN_MARK}' ... '{END_MARK}' section to replace")
-    head, rest = text.split(BEGIN_MARK, 1)
-    _, tail = rest.split(END_MARK, 1)
-    card.write_text(f"{head}{BEGIN_MARK}\n{tables}{END_MARK}{tail}", encoding="utf-8")
+    if begin not in text or end not in text:
+        raise ValueError(f"{card}: no '{begin}' ... '{end}' section to replace")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    card.write_text(f"{head}{begin}\n{tables}{end}{tail}", encoding="utf-8")

@@ -118,11 +118,12 @@ def apply(files: list[Path]) -> int:
     return n
 
 
-def _kappa(a: list[Any], b: list[Any], weights: str | None = None) -> float:
+def _kappa(a: list[Any], b: list[Any], weights: str | None = None) -> float | None:
+    """Cohen's kappa; None where only one value occurs (kappa is undefined there, not perfect)."""
     from sklearn.metrics import cohen_kappa_score
 
     if len(set(a) | set(b)) < 2:
-        return 1.0
+        return None
     return round(float(cohen_kappa_score(a, b, weights=weights)), 3)
 
 
@@ -180,6 +181,26 @@ def metrics() -> dict[str, Any]:
     return res
 
 
+def markdown(res: dict[str, Any]) -> str:
+    """The card's agreement tables (customer records by group; agent codes)."""
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    out = ["| group | n | anger QWK | anger exact | calm_first agreement | calm_first kappa | calm_first F1 | type kappa | threat kappa (threats) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for g, m in res["customer"].items():
+        out.append(f"| {g} | {m['n']} | {f(m['anger_qwk'])} | {f(m['anger_exact'])} | {f(m['calm_first_agreement'])} | "
+                   f"{f(m['calm_first_kappa'])} | {f(m['calm_first_f1'])} | {f(m['type_kappa'])} | {f(m['threat_kappa'])} ({m['threats']}) |")
+    a = res["agent"]
+    out += ["", f"Agent turns ({a['n']} real): micro-F1 between the two annotators **{a['micro_f1']:.3f}**, "
+            f"all codes of a turn equal in {a['exact_match']:.1%}.", "",
+            "| code | A | B | both | F1 | kappa |", "|---|---|---|---|---|---|"]
+    for code, m in a["codes"].items():
+        out.append(f"| {code} | {m['a']} | {m['b']} | {m['both']} | {f(m['f1'])} | {f(m['kappa'])} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -189,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("apply")
     a.add_argument("files", nargs="+", type=Path)
     sub.add_parser("metrics")
+    md = sub.add_parser("markdown", help="replace the agreement section of a card file")
+    md.add_argument("card", type=Path)
     args = ap.parse_args(argv)
+    if args.cmd == "markdown":
+        from data.stats import write_card
+
+        write_card(args.card, markdown(metrics()), begin="<!-- agreement: begin -->", end="<!-- agreement: end -->")
+        return 0
     if args.cmd == "build":
         print("customer rows %d, agent rows %d" % build())
     elif args.cmd == "to-adjudicate":

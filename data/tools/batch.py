@@ -35,7 +35,7 @@ STEP_CODES = (
 MISTAKE_CODES = ("argued", "blamed_customer", "last_word", "interrogated", "solution_while_furious")
 META = ("source", "script", "region", "selection")
 #: batch-name prefixes of agent-turn batches (steps and mistakes rather than customer labels)
-AGENT_PREFIXES = ("agent", "agragent", "relabel")
+AGENT_PREFIXES = ("agent", "agragent", "adjagent", "relabel")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
