@@ -15,6 +15,7 @@ from typing import Any
 
 from data.script import detect_script
 from data.vocab import SCRIPT_LANG, AngerLabel, ComplaintType, Role, Script
+from model.context import previous_turns, with_context
 from model.loading import load_model
 from model.scores import Prediction, ScoringModel
 from service.explain import occlusion_explanation
@@ -194,14 +195,35 @@ class ConversationAnalyzer:
     def analyze_many(
         self, conversations: Sequence[tuple[Any, Sequence[Turn]]], *, lang: str | None = None
     ) -> list[ConversationResult]:
-        """Several conversations with one batched model pass over all customer turns."""
+        """Several conversations with one batched model pass over all customer turns.
+
+        Each customer turn after the first is scored with its context (``model.context.with_context``: the
+        last customer and agent turns before it), the format the shipped model is trained on; a single
+        message is scored as it is. Each agent turn is read with the customer's turn before it.
+        """
         cust_texts: list[str] = []
+        cust_inputs: list[str] = []
         agent_texts: list[str] = []
+        agent_contexts: list[str | None] = []
         for _, turns in conversations:
-            for t in turns:
-                (cust_texts if t.role == Role.CUSTOMER else agent_texts).append(t.text)
-        results = self.analyzer.analyze(cust_texts, lang=lang) if cust_texts else []
-        agent = self.detector.detect(agent_texts) if agent_texts else []
+            pairs = [(str(t.role), t.text) for t in turns]
+            last_customer: str | None = None
+            for i, t in enumerate(turns):
+                if t.role == Role.CUSTOMER:
+                    cust_texts.append(t.text)
+                    cust_inputs.append(with_context(t.text, previous_turns(pairs, i)))
+                    last_customer = t.text
+                else:
+                    agent_texts.append(t.text)
+                    agent_contexts.append(last_customer)
+        preds = self.analyzer.predict(cust_inputs) if cust_inputs else []
+        # the result (script, next-step language) is the message's own; only the scores read the context
+        results = [
+            self.analyzer.result(p, t, id=i, lang=lang) for i, (p, t) in enumerate(zip(preds, cust_texts, strict=True))
+        ]
+        for observer in getattr(self.analyzer, "observers", []):
+            observer.results_ready(results)
+        agent = self.detector.detect(agent_texts, agent_contexts) if agent_texts else []
         ri = ai = 0
         out = []
         for conv_id, turns in conversations:

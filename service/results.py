@@ -197,6 +197,9 @@ class ConversationState(_Model):
     mistakes: list[str]
     next_step: NextStep
     steps_missed: list[str] = Field(default_factory=list)
+    next_step_rule: str | None = Field(
+        None, description="which rule gave next_step: a conversation.rules kind of the playbook, or 'repair'"
+    )
 
 
 class ConversationResult(_Model):

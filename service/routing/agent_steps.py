@@ -116,7 +116,10 @@ class AgentStepDetector:
         cols = {code: clf.predict_proba(x)[:, 1] for code, clf in self._models.items()}
         return [{code: float(cols[code][i]) if code in cols else 0.0 for code in self.codes} for i in range(len(texts))]
 
-    def detect(self, texts: Sequence[str]) -> list[AgentTurn]:
+    def detect(self, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[AgentTurn]:
+        """Steps and mistakes per turn; ``contexts`` (the customer's turn before) is accepted for the common
+        interface with the e5 model and not read: n-grams of the agent's own words are all this model sees."""
+        del contexts
         out = []
         for s in self.scores(texts):
             steps = [c for c in STEP_CODES if s[c] >= self.threshold]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -88,17 +88,181 @@ class Sequences(_Strict):
     no_complaint: list[str] = _steps(Step.ANSWER_QUESTION, Step.CONFIRM_SATISFACTION)
 
 
-class ConversationRules(_Strict):
-    """How a whole chat picks its next step; see the ``conversation`` section of playbook.yaml."""
+#: Phrases that show the agent put the customer off without a time (CONTRACT.md rule 3); matched in both scripts.
+DEFERRAL_PHRASES: tuple[str, ...] = (
+    "查一下", "查詢一下", "幫您查", "幫你查", "為您查", "確認一下", "核實一下", "了解一下", "稍後", "稍候", "晚點",
+    "晚些", "之後回覆",
+    "再回覆", "回覆您", "回覆你", "再聯繫", "再聯絡", "給您回電", "回電", "反饋", "反映給", "轉達", "跟進",
+    "請稍等", "請耐心等待", "敬請等待", "等待處理", "處理後", "盡快處理", "儘快處理", "會盡快", "會儘快",
+    "查吓", "遲啲", "等陣", "覆返",
+)  # fmt: skip
+#: Phrases that report a fix done by the agent (rule 5, with commit_action in the same turn).
+FIX_DONE_PHRASES: tuple[str, ...] = (
+    "已經幫您", "已幫您", "已經為您", "已為您", "已經替您", "已替您", "已處理", "已經處理", "處理好了", "已完成",
+    "辦好", "已退款", "已退回", "已補發", "已補寄", "已重新", "已修復", "已恢復", "已開通", "已取消", "已更正",
+    "已調整", "已解決", "已經解決", "已安排", "已經安排", "搞定", "搞掂",
+)  # fmt: skip
+#: Phrases with which a customer confirms a fix (rule 5).
+FIX_CONFIRMED_PHRASES: tuple[str, ...] = (
+    "好了", "可以了", "收到了", "解決了", "正常了", "恢復了", "沒問題了", "ok了", "OK了", "搞定了", "能用了",
+    "得咗", "搞掂咗", "冇問題",
+)  # fmt: skip
+#: Thanks from the customer (rule 5: "the customer is at 0 or thanks").
+THANKS_PHRASES: tuple[str, ...] = ("謝謝", "謝啦", "感謝", "多謝", "唔該", "thank", "thx", "3q", "辛苦了", "麻煩你了")
+#: What makes a customer turn a question (rule 6).
+QUESTION_MARKERS: tuple[str, ...] = (
+    "?", "？", "嗎", "呢", "怎麼", "怎樣", "如何", "請問", "哪裡", "哪裏", "哪個", "哪些", "幾", "多少", "是否",
+    "能不能", "可不可以", "可以嗎", "有沒有", "什麼", "為什麼", "甚麼", "咩", "點樣", "邊度", "邊個", "未",
+)  # fmt: skip
 
+
+#: The practice's usual order (CONTRACT.md rule 7).
+USUAL_ORDER: tuple[str, ...] = (
+    "listen_acknowledge", "thank", "apologize", "commit_action", "ask_details", "offer_options", "promise_callback",
+    "confirm_satisfaction",
+)  # fmt: skip
+
+
+class _Rule(_Strict):
+    """One next-step rule of ``conversation.rules`` (the first that applies gives the next step)."""
+
+    step: str
+
+    def step_fields(self) -> Iterator[tuple[str, str]]:
+        """(field, step code) for every step this rule names (checked against ``steps``)."""
+        for name, value in self:
+            if name in ("step", "after_handover", "if_acknowledged"):
+                yield name, value
+            elif name.endswith("_steps") or name in ("order", "no_grievance_order", "acknowledged_by"):
+                for i, code in enumerate(value):
+                    yield f"{name}[{i}]", code
+
+
+class ThreatRule(_Rule):
+    """1. A threat and no hand-over yet -> ``step``; after the hand-over -> ``after_handover`` unless a time was
+    already given (one of ``time_steps`` taken in or after the hand-over turn)."""
+
+    rule: Literal["threat"] = "threat"
+    step: str = str(Step.ESCALATE_SUPERVISOR)
+    after_handover: str = str(Step.PROMISE_CALLBACK)
+    handover_steps: list[str] = Field(default_factory=lambda: [str(Step.ESCALATE_SUPERVISOR)], min_length=1)
+    time_steps: list[str] = Field(default_factory=lambda: [str(Step.PROMISE_CALLBACK)])
+
+
+class UpsetRule(_Rule):
+    """2. The customer's last level is ``min_level`` or more -> ``step``; if the agent's last turn already took
+    one of ``acknowledged_by`` -> ``if_acknowledged``. Never a solution while the customer is this upset."""
+
+    rule: Literal["upset"] = "upset"
+    min_level: int = Field(2, ge=0, le=3, description="an anger level 0-3")
+    step: str = str(Step.LISTEN_ACKNOWLEDGE)
+    if_acknowledged: str = str(Step.APOLOGIZE)
+    acknowledged_by: list[str] = Field(default_factory=lambda: [str(Step.LISTEN_ACKNOWLEDGE)])
+
+
+class DeferredRule(_Rule):
+    """3. The agent's last turn deferred (one of ``phrases``) without a time (none of ``time_steps``) -> ``step``."""
+
+    rule: Literal["deferred"] = "deferred"
+    step: str = str(Step.PROMISE_CALLBACK)
+    phrases: list[str] = Field(default_factory=lambda: list(DEFERRAL_PHRASES), min_length=1)
+    time_steps: list[str] = Field(default_factory=lambda: [str(Step.PROMISE_CALLBACK)])
+
+
+class DetailsGivenRule(_Rule):
+    """4. The customer answered an agent turn that took one of ``after_steps`` (chose an option, supplied the
+    details asked) -> ``step``."""
+
+    rule: Literal["details_given"] = "details_given"
+    step: str = str(Step.COMMIT_ACTION)
+    after_steps: list[str] = Field(
+        default_factory=lambda: [str(Step.OFFER_OPTIONS), str(Step.ASK_DETAILS)], min_length=1
+    )
+
+
+class FixReportedRule(_Rule):
+    """5. A fix was reported (the agent's last turn took one of ``fix_steps`` with one of ``agent_phrases``, or the
+    customer's last turn has one of ``customer_phrases``) and the customer is at ``max_level`` or below or
+    thanks (``thanks_phrases``) -> ``step``."""
+
+    rule: Literal["fix_reported"] = "fix_reported"
+    step: str = str(Step.CONFIRM_SATISFACTION)
+    max_level: int = Field(0, ge=0, le=3, description="an anger level 0-3")
+    fix_steps: list[str] = Field(default_factory=lambda: [str(Step.COMMIT_ACTION)])
+    agent_phrases: list[str] = Field(default_factory=lambda: list(FIX_DONE_PHRASES))
+    customer_phrases: list[str] = Field(default_factory=lambda: list(FIX_CONFIRMED_PHRASES))
+    thanks_phrases: list[str] = Field(default_factory=lambda: list(THANKS_PHRASES))
+
+
+class NewQuestionRule(_Rule):
+    """6. No grievance in the conversation (no customer turn with a complaint type or at ``grievance_level`` or
+    more) and the customer's last turn, after the agent's last, is a question (``question_markers``) -> ``step``."""
+
+    rule: Literal["new_question"] = "new_question"
+    step: str = str(Step.ANSWER_QUESTION)
+    grievance_level: int = Field(1, ge=1, le=3, description="an anger level 1-3")
+    question_markers: list[str] = Field(default_factory=lambda: list(QUESTION_MARKERS), min_length=1)
+
+
+class UsualOrderRule(_Rule):
+    """7. Otherwise the first step of ``order`` not yet taken since the customer's last new grievance (a customer
+    turn whose complaint type had not come up before); with no grievance at all, of ``no_grievance_order``.
+    When every step was taken, ``step``."""
+
+    rule: Literal["usual_order"] = "usual_order"
+    step: str = str(Step.CONFIRM_SATISFACTION)
+    order: list[str] = Field(default_factory=lambda: list(USUAL_ORDER), min_length=1)
+    no_grievance_order: list[str] = Field(
+        default_factory=lambda: [str(Step.ANSWER_QUESTION), str(Step.CONFIRM_SATISFACTION)], min_length=1
+    )
+
+
+NextStepRule = Annotated[
+    ThreatRule | UpsetRule | DeferredRule | DetailsGivenRule | FixReportedRule | NewQuestionRule | UsualOrderRule,
+    Field(discriminator="rule"),
+]
+RULE_KINDS: tuple[str, ...] = (
+    "threat", "upset", "deferred", "details_given", "fix_reported", "new_question", "usual_order",
+)  # fmt: skip
+
+
+def _default_rules() -> list[Any]:
+    return [
+        ThreatRule(), UpsetRule(), DeferredRule(), DetailsGivenRule(), FixReportedRule(), NewQuestionRule(),
+        UsualOrderRule(),
+    ]  # fmt: skip
+
+
+class ConversationRules(_Strict):
+    """How a whole chat picks its next step (CONTRACT.md v1.1); see the ``conversation`` section of playbook.yaml.
+
+    ``rules`` are tried in order and the first that applies gives the next step; a contact center may
+    reorder them, drop one, or change their steps, levels and phrases. ``repair`` comes first after an
+    agent turn with one of ``repair_after`` mistakes, unless a rule of ``repair_unless`` applies.
+    ``sequences`` and ``optional`` only say which steps count as *missed* for the conversation's final
+    situation (``state.steps_missed``), not what comes next.
+    """
+
+    rules: list[NextStepRule] = Field(default_factory=_default_rules, min_length=1)
+    repair: str = str(Step.APOLOGIZE)
+    repair_after: frozenset[str] = frozenset(values(Mistake))
+    repair_unless: frozenset[str] = frozenset({"threat"})
+    #: solution_while_furious: one of these steps while the customer's last level is solution_block_level or
+    #: more, with none of acknowledgement_steps in the same turn
+    solution_steps: frozenset[str] = frozenset(values((Step.OFFER_OPTIONS, Step.COMMIT_ACTION, Step.ANSWER_QUESTION)))
+    acknowledgement_steps: frozenset[str] = frozenset(values((Step.LISTEN_ACKNOWLEDGE, Step.APOLOGIZE)))
+    solution_block_level: int = Field(3, ge=0, le=3, description="an anger level 0-3")
+    #: steps of a solution_while_furious turn that do not count as taken (made again once the customer is calmer)
+    not_taken_while_furious: frozenset[str] = frozenset(values((Step.OFFER_OPTIONS,)))
     sequences: Sequences = Field(default_factory=Sequences)
     optional: frozenset[str] = frozenset(values((Step.LISTEN_ACKNOWLEDGE, Step.ASK_DETAILS, Step.THANK)))
-    repair: str = str(Step.APOLOGIZE)
-    repair_after: frozenset[str] = frozenset(
-        values((Mistake.ARGUED, Mistake.BLAMED_CUSTOMER, Mistake.LAST_WORD, Mistake.SOLUTION_WHILE_FURIOUS))
-    )
-    solution_steps: frozenset[str] = frozenset(values((Step.OFFER_OPTIONS,)))
-    solution_block_level: int = Field(3, ge=0, le=3, description="an anger level 0-3")
+
+    @model_validator(mode="after")
+    def _known_rule_names(self) -> ConversationRules:
+        for i, name in enumerate(sorted(self.repair_unless)):
+            if name not in RULE_KINDS:
+                raise ValueError(f"conversation.repair_unless[{i}]: {name!r} is not a rule; known: {list(RULE_KINDS)}")
+        return self
 
     def sequence(self, state: Situation | str) -> list[str]:
         codes: list[str] = getattr(self.sequences, str(state))
@@ -106,22 +270,29 @@ class ConversationRules(_Strict):
 
     def step_codes(self) -> Iterator[tuple[str, str]]:
         """(key, step code) for every step the rules name."""
+        for i, rule in enumerate(self.rules):
+            for name, code in rule.step_fields():
+                yield f"conversation.rules[{i}].{name}", code
         for state in CONVERSATION_STATES:
             for i, code in enumerate(self.sequence(state)):
                 yield f"conversation.sequences.{state}[{i}]", code
-        for key in ("optional", "solution_steps"):
+        for key in ("optional", "solution_steps", "acknowledgement_steps", "not_taken_while_furious"):
             for i, code in enumerate(sorted(getattr(self, key))):
                 yield f"conversation.{key}[{i}]", code
         yield "conversation.repair", self.repair
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "sequences": self.sequences.model_dump(mode="json"),
-            "optional": sorted(self.optional),
+            "rules": [r.model_dump(mode="json") for r in self.rules],
             "repair": self.repair,
             "repair_after": sorted(self.repair_after),
+            "repair_unless": sorted(self.repair_unless),
             "solution_steps": sorted(self.solution_steps),
+            "acknowledgement_steps": sorted(self.acknowledgement_steps),
             "solution_block_level": self.solution_block_level,
+            "not_taken_while_furious": sorted(self.not_taken_while_furious),
+            "sequences": self.sequences.model_dump(mode="json"),
+            "optional": sorted(self.optional),
         }
 
 
@@ -212,7 +383,10 @@ def _first_problem(error: ValidationError) -> str:
     if not e["loc"] and ctx_error is not None:
         return str(ctx_error)
     key = ""
-    for part in e["loc"]:
+    loc = list(e["loc"])
+    for n, part in enumerate(loc):
+        if n >= 2 and loc[n - 2] == "rules" and isinstance(loc[n - 1], int) and part in RULE_KINDS:
+            continue  # the discriminator pydantic adds: conversation.rules[2].phrases, not rules[2].deferred.phrases
         key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
     message = {"missing": "missing", "extra_forbidden": "unknown key"}.get(e["type"], e["msg"])
     return f"{key or '(top)'}: {message}"

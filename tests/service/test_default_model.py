@@ -72,4 +72,5 @@ def test_default_model_conversation_calms_down(analyzer) -> None:  # type: ignor
     s = out["state"]
     assert s["peak_anger"] >= 2 and s["final_anger"] <= 1
     assert s["anger_trend"] == "falling" and s["flag"] == "ready_for_solutions"
-    assert s["next_step"]["code"] == "offer_options"
+    # CONTRACT.md v1.1 rule 3: "我馬上幫您查" defers without a time, so the next step is a callback time
+    assert (s["next_step"]["code"], s["next_step_rule"]) == ("promise_callback", "deferred")

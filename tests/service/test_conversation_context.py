@@ -1,0 +1,62 @@
+"""Customer turns after the first are scored with their context; single messages and agent turns as they are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model.context import CONTEXT_MARK, previous_turns, with_context
+from service.analyzer import Analyzer, ConversationAnalyzer
+from service.routing.agent_steps import AgentTurn
+from service.routing.conversation import Turn
+
+
+class _Recording:
+    """Wraps the tiny model and records what the model is asked to score."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.config = model.config
+        self.backend = model.backend
+        self.seen: list[str] = []
+
+    def logits(self, texts, *, batch_size=32):  # type: ignore[no-untyped-def]
+        return self.model.logits(texts, batch_size=batch_size)
+
+    def predict(self, texts, *, batch_size=32):  # type: ignore[no-untyped-def]
+        self.seen.extend([texts] if isinstance(texts, str) else list(texts))
+        return self.model.predict(texts, batch_size=batch_size)
+
+
+class _Detector:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None]] = []
+
+    def detect(self, texts, contexts=None):  # type: ignore[no-untyped-def]
+        self.seen.extend(zip(texts, contexts or [None] * len(texts), strict=True))
+        return [AgentTurn(steps=[], mistakes=[], scores={}) for _ in texts]
+
+
+def test_customer_turns_after_the_first_carry_their_context(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    model = _Recording(tiny_model)
+    detector = _Detector()
+    conv = ConversationAnalyzer(Analyzer(model), detector)  # type: ignore[arg-type]
+    turns = [
+        Turn("customer", "帳單怎麼多了三百?"),
+        Turn("agent", "不好意思，我幫您查一下"),
+        Turn("customer", "還是不對"),
+        Turn("agent", "已經幫您退回了"),
+    ]
+    out = conv.analyze(turns, id="c")
+    pairs = [(t.role, t.text) for t in turns]
+    assert model.seen == ["帳單怎麼多了三百?", with_context("還是不對", previous_turns(pairs, 2))]
+    assert CONTEXT_MARK in model.seen[1] and "agent:不好意思" in model.seen[1]
+    # the result is the message's own (ids, script), only its scores read the context
+    assert out.turns[2].result.id == 2 and out.turns[2].result.script == "hant"  # type: ignore[union-attr]
+    # agent turns are read with the customer's turn before them
+    assert detector.seen == [("不好意思，我幫您查一下", "帳單怎麼多了三百?"), ("已經幫您退回了", "還是不對")]
+
+
+def test_single_messages_unchanged(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    model = _Recording(tiny_model)
+    Analyzer(model).analyze(["帳單怎麼多了三百?", "還是不對"])  # type: ignore[arg-type]
+    assert model.seen == ["帳單怎麼多了三百?", "還是不對"]
