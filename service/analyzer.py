@@ -36,6 +36,7 @@ from service.routing.agent_steps import AgentStepDetector, AgentTurn
 from service.routing.conversation import Turn, build_conversation
 from service.routing.playbook import DEFAULT_PLAYBOOK, ConversationRules, Playbook
 from service.routing.policy import Policy
+from service.text import normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,12 @@ class Analyzer:
         return list(self.model.predict(texts, batch_size=self.batch_size))
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        """Model scores; a lone text goes through the micro-batcher so concurrent requests share a forward."""
+        """Model scores; a lone text goes through the micro-batcher so concurrent requests share a forward.
+
+        Every text is normalised first (``service.text.normalize_text``: lone surrogates, control
+        characters): this and :meth:`explain` are the only ways text reaches the tokenizer.
+        """
+        texts = [normalize_text(t) for t in texts]
         if len(texts) == 1 and self.microbatcher is not None:
             return [self.microbatcher.submit(texts[0])]
         return self._predict_many(list(texts))
@@ -146,7 +152,8 @@ class Analyzer:
         redact: bool = False,
     ) -> list[MessageResult]:
         ids = list(ids) if ids is not None else list(range(len(texts)))
-        preds = self.predict(list(texts))
+        texts = [normalize_text(t) for t in texts]  # length-preserving: offsets still match the caller's text
+        preds = self.predict(texts)
         out = [self.result(p, t, id=i, lang=lang) for p, t, i in zip(preds, texts, ids, strict=True)]
         for r, t in zip(out, texts, strict=True):
             if explain:
@@ -156,7 +163,7 @@ class Analyzer:
         return out
 
     def explain(self, text: str, *, batch_size: int | None = None) -> Explanation:
-        return occlusion_explanation(self.model, text, batch_size=batch_size or self.batch_size)
+        return occlusion_explanation(self.model, normalize_text(text), batch_size=batch_size or self.batch_size)
 
 
 class ConversationAnalyzer:
@@ -189,7 +196,7 @@ class ConversationAnalyzer:
             turn.result.explanation = self.analyzer.explain(turns[last].text, batch_size=64)
         if redact:
             for ot, t in zip(out.turns, turns, strict=True):
-                ot.text = mask(t.text)
+                ot.text = mask(normalize_text(t.text))
         return out
 
     def analyze_many(

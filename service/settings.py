@@ -63,8 +63,27 @@ class Settings(BaseSettings):
     )
     workers: int = Field(default=1, ge=1, description="server processes for `calmfirst serve` (each loads the model)")
 
+    # the HTTP edge (service.api.middleware)
+    drain_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="an early answer (413, 401, 415) first reads and discards up to this much of the unread "
+        "body, so the client can read the answer instead of a connection reset",
+    )
+    drain_timeout_s: float = Field(10.0, ge=0.0, description="and for at most this long")
+
     # access
-    api_key: str | None = None
+    api_key: str | None = Field(None, description="with a key, every path but public_paths wants it in x-api-key")
+    public_paths: list[str] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/"],
+        description="paths served without the API key (JSON list; an entry ending in * is a prefix); "
+        "default: the probes and the console page",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins allowed to call the API from a browser (JSON list, e.g. "
+        '["https://console.example.com"]); empty (default): CORS off',
+    )
 
     @field_validator("default_script")
     @classmethod

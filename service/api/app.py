@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service.analyzer import Analyzer, ConversationAnalyzer
 from service.api.errors import install_error_handlers
+from service.api.logs import install_request_id_logging
+from service.api.middleware import install_middleware
 from service.api.routes import analyze, console, conversations, health, labels
 from service.redact import install_log_redaction
 from service.routing.agent_steps import AgentStepDetector
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
     settings = settings or Settings()
 
     install_log_redaction()
+    install_request_id_logging()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,24 +55,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
     app.state.conversations = None
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.method in {"POST", "PUT", "PATCH"}:
-            declared = request.headers.get("content-length")
-            if declared is not None:
-                try:
-                    too_big = int(declared) > settings.max_body_bytes
-                except ValueError:
-                    return JSONResponse(status_code=400, content={"detail": "content-length: not a number"})
-            else:
-                body = await request.body()
-                too_big = len(body) > settings.max_body_bytes
-            if too_big:
-                return JSONResponse(
-                    status_code=413,
-                    content={"detail": f"body: larger than the limit of {settings.max_body_bytes} bytes"},
-                )
-        return await call_next(request)
+    install_middleware(app, settings)
 
     for module in (health, labels, analyze, conversations, console):
         app.include_router(module.router)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
 from service.analyzer import Analyzer, ConversationAnalyzer
 from service.api.errors import FieldError
+from service.api.middleware import is_public, key_matches
 from service.settings import Settings
 
 
@@ -18,11 +18,14 @@ def get_settings(request: Request) -> Settings:
 
 
 def require_key(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
-    """With ``CALMFIRST_API_KEY`` set, every /v1 route wants it in ``x-api-key`` (compared in constant time)."""
-    if settings.api_key is None:
+    """With ``CALMFIRST_API_KEY`` set, a route not in ``public_paths`` wants it in ``x-api-key``.
+
+    ``service.api.middleware.ApiKeyMiddleware`` already guards every path (routes added later too);
+    this is the same check (constant time) again, for a route mounted without the middleware.
+    """
+    if settings.api_key is None or is_public(request.url.path, settings):
         return
-    given = request.headers.get("x-api-key", "")
-    if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
+    if not key_matches(request.headers.get("x-api-key"), settings.api_key):
         raise HTTPException(status_code=401, detail="x-api-key: missing or wrong API key")
 
 

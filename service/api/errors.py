@@ -2,7 +2,11 @@
 
 Both pydantic's request validation and the service's own limits (text too long, too many items)
 answer ``{"detail": "field: message; ...", "errors": [{"field", "message"}, ...]}``, so a client
-parses one shape. Other client errors (401, 413, 503) answer ``{"detail": "..."}``.
+parses one shape. Other client errors (400, 401, 413, 415, 503) answer ``{"detail": "..."}``.
+
+At most :data:`MAX_PROBLEMS` problems are listed (a 100,000-item batch of bad items must not get a
+100,000-entry answer); the summary then says how many more there were. Field names and messages
+are made printable (a key holding a lone surrogate is shown escaped).
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from service.api.schemas import ErrorResponse, FieldProblem
+from service.text import printable
+
+#: The most problems one 422 lists.
+MAX_PROBLEMS = 20
 
 
 class FieldError(Exception):
@@ -33,8 +41,11 @@ def field_name(loc: Sequence[Any]) -> str:
 
 
 def problems_response(problems: Sequence[FieldProblem]) -> JSONResponse:
-    summary = "; ".join(f"{p.field}: {p.message}" for p in problems)
-    body = ErrorResponse(detail=summary, errors=list(problems))
+    shown = [FieldProblem(field=printable(p.field), message=printable(p.message)) for p in problems[:MAX_PROBLEMS]]
+    summary = "; ".join(f"{p.field}: {p.message}" for p in shown)
+    if len(problems) > len(shown):
+        summary += f"; and {len(problems) - len(shown)} more problems"
+    body = ErrorResponse(detail=summary, errors=shown)
     return JSONResponse(status_code=422, content=body.model_dump(mode="json"))
 
 

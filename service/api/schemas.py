@@ -6,14 +6,20 @@ labels and error answers; every route declares one, so ``/openapi.json`` documen
 
 from __future__ import annotations
 
+import math
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from data.vocab import AngerLabel, ComplaintType, Flag, Lang, Role
 from service.results import BatchResult, ConversationResult, MessageResult, ModelInfo
+from service.text import text_problem
 
 __all__ = [
+    "ACTIVE_LIMITS",
     "AnalyzeRequest",
     "BatchItem",
     "BatchRequest",
@@ -25,6 +31,7 @@ __all__ = [
     "FieldProblem",
     "Health",
     "Labels",
+    "Limits",
     "MessageResult",
     "Ready",
     "TurnIn",
@@ -32,13 +39,42 @@ __all__ = [
 
 
 def _not_blank(v: str) -> str:
+    problem = text_problem(v)  # lone surrogates, NUL and other control characters (service.text)
+    if problem is not None:
+        raise PydanticCustomError("text_unsafe", problem)
     if not v.strip():
         raise ValueError("text must not be empty")
     return v
 
 
-#: A message text: any string with at least one non-space character.
+#: A message text: any string with at least one non-space character, valid Unicode, no control characters
+#: other than tab, newline and carriage return.
 Text = Annotated[str, AfterValidator(_not_blank)]
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise PydanticCustomError("finite_number", "must be a finite number (JSON has no NaN or Infinity)")
+    return v
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The configured count limits, checked before the items are validated one by one (fast 422s)."""
+
+    max_items: int
+    max_text_chars: int
+
+
+#: The limits of the app serving the current request (set by ``service.api.middleware.BodyGuard``).
+ACTIVE_LIMITS: ContextVar[Limits | None] = ContextVar("calmfirst_limits", default=None)
+
+
+def _check_count(v: Any, what: str) -> Any:
+    limits = ACTIVE_LIMITS.get()
+    if limits is not None and isinstance(v, list) and len(v) > limits.max_items:
+        raise PydanticCustomError("too_many", "more than {limit} " + what, {"limit": limits.max_items})
+    return v
 
 
 class _Request(BaseModel):
@@ -62,11 +98,16 @@ class BatchRequest(_Request):
     lang: Lang | None = None
     redact: bool = False
 
+    @field_validator("items", mode="before")
+    @classmethod
+    def _count(cls, v: Any) -> Any:
+        return _check_count(v, "items in one batch")
+
 
 class TurnIn(_Request):
     role: Role
     text: Text
-    ts: str | int | float | None = None
+    ts: Annotated[str | int | float | None, BeforeValidator(_finite)] = None
 
 
 class ConversationRequest(_Request):
@@ -75,6 +116,11 @@ class ConversationRequest(_Request):
     lang: Lang | None = None
     redact: bool = False
     explain: bool = Field(False, description="explain the last customer turn's anger score")
+
+    @field_validator("turns", mode="before")
+    @classmethod
+    def _count(cls, v: Any) -> Any:
+        return _check_count(v, "turns in one conversation")
 
     @field_validator("turns")
     @classmethod
@@ -136,15 +182,20 @@ class ErrorResponse(BaseModel):
 
 
 class Detail(BaseModel):
-    """401, 413 and 503 answers."""
+    """400, 401, 413, 415 and 503 answers."""
 
     detail: str
 
 
 #: Error answers every route may give, for the OpenAPI document.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": Detail, "description": "a malformed request header (Content-Length)"},
     401: {"model": Detail, "description": "x-api-key missing or wrong (when CALMFIRST_API_KEY is set)"},
     413: {"model": Detail, "description": "body larger than CALMFIRST_MAX_BODY_BYTES"},
-    422: {"model": ErrorResponse, "description": "a field is missing or invalid; the message names it"},
+    415: {"model": Detail, "description": "the body is not JSON (Content-Type other than application/json)"},
+    422: {
+        "model": ErrorResponse,
+        "description": "a field is missing or invalid, or the body is not valid UTF-8 JSON; the message names it",
+    },
     503: {"model": Detail, "description": "the model is still loading"},
 }

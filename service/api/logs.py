@@ -1,0 +1,61 @@
+"""Request ids in the server's logs: the id of the request being served, on every log record.
+
+:data:`REQUEST_ID` holds the id while a request is served (set by the request-id middleware; it
+follows the request into the thread pool, since contextvars are copied there). Every log record
+gets it as ``record.request_id`` (``-`` outside a request), so a format can say ``%(request_id)s``;
+:func:`log_config` is uvicorn's logging config with the id in every line, used by ``calmfirst serve``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from contextvars import ContextVar
+from typing import Any
+
+REQUEST_ID: ContextVar[str] = ContextVar("calmfirst_request_id", default="-")
+
+_installed = False
+
+
+def install_request_id_logging() -> None:
+    """Put the current request id on every log record of the process (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)  # type: ignore[arg-type]
+        record.request_id = REQUEST_ID.get()
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _installed = True
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives records made before :func:`install_request_id_logging` a ``request_id`` too (``-``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = "-"
+        return True
+
+
+def log_config(level: str = "info") -> dict[str, Any]:
+    """uvicorn's default logging config with ``[request id]`` in every line (error log and access log)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"request_id": {"()": "service.api.logs.RequestIdFilter"}}
+    config["formatters"]["default"]["fmt"] = "%(levelprefix)s [%(request_id)s] %(name)s: %(message)s"
+    config["formatters"]["access"]["fmt"] = (
+        '%(levelprefix)s [%(request_id)s] %(client_addr)s - "%(request_line)s" %(status_code)s'
+    )
+    for handler in config["handlers"].values():
+        handler["filters"] = ["request_id"]
+    config["loggers"]["uvicorn"]["level"] = level.upper()
+    config["loggers"]["service"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    config["loggers"]["model"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config

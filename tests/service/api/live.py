@@ -1,0 +1,66 @@
+"""A real uvicorn server on a free loopback port, for the tests that talk to the API as an outsider would."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import socket
+import threading
+import time
+import unittest.mock
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import uvicorn
+
+from service.api import create_app
+from service.routing.agent_steps import AgentStepDetector
+from service.settings import Settings
+
+_REAL_FROM_DATA = AgentStepDetector.from_data
+
+
+@functools.cache
+def _detector() -> AgentStepDetector:
+    return _REAL_FROM_DATA()
+
+
+def _cached_from_data(*args: Any, **kwargs: Any) -> AgentStepDetector:
+    return _detector() if not args and not kwargs else _REAL_FROM_DATA(*args, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def live_server(settings: Settings, analyzer: Any, **config: Any) -> Iterator[str]:
+    """Serve ``create_app(settings, analyzer=analyzer)`` in a thread; yields the base URL."""
+    port = free_port()
+    app = create_app(settings, analyzer=analyzer)
+    options: dict[str, Any] = {"log_level": "warning", **config}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    # the agent-step detector takes seconds to build; the servers of a test session share one
+    with unittest.mock.patch.object(AgentStepDetector, "from_data", _cached_from_data):
+        thread.start()
+        deadline = time.time() + 60
+        while not server.started and time.time() < deadline:
+            if not thread.is_alive():
+                raise RuntimeError("server thread died at start")
+            time.sleep(0.02)
+    assert server.started, "server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@contextlib.contextmanager
+def live_client(settings: Settings, analyzer: Any, **config: Any) -> Iterator[httpx.Client]:
+    with live_server(settings, analyzer, **config) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client
