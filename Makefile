@@ -23,10 +23,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev,fast]"
+	$(BIN)/python -m pip install -q -e ".[dev,fast,ray]"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install CalmFirst with its dev and fast extras
+install: $(STAMP) ## create .venv and install CalmFirst with its dev, fast and ray extras
 
 browser: ## install Debian chromium + chromium-driver for the console tests
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from data.script import detect_script
 from data.vocab import SCRIPT_LANG, AngerLabel, ComplaintType, Role, Script
@@ -41,6 +41,14 @@ from service.text import normalize_text
 logger = logging.getLogger(__name__)
 
 
+class AnalysisObserver(Protocol):
+    """Told about every model call and every batch of results (``service.api.metrics`` counts them)."""
+
+    def inference_done(self, size: int, seconds: float) -> None: ...
+
+    def results_ready(self, results: Sequence[MessageResult]) -> None: ...
+
+
 class Analyzer:
     def __init__(
         self,
@@ -61,6 +69,7 @@ class Analyzer:
         # single-text calls from concurrent threads (the HTTP API) can share one forward pass;
         # off by default: on a 2-core CPU it measured slower than concurrent singles (bench/RESULTS.md)
         self.microbatcher: MicroBatcher[str, Prediction] | None = None
+        self.observers: list[AnalysisObserver] = []
         if microbatch_max_size > 1:
             self.microbatcher = MicroBatcher(
                 self._predict_many, max_wait_ms=microbatch_wait_ms, max_size=microbatch_max_size
@@ -99,7 +108,11 @@ class Analyzer:
             self.microbatcher.close()
 
     def _predict_many(self, texts: list[str]) -> list[Prediction]:
-        return list(self.model.predict(texts, batch_size=self.batch_size))
+        started = time.perf_counter()
+        preds = list(self.model.predict(texts, batch_size=self.batch_size))
+        for observer in self.observers:
+            observer.inference_done(len(texts), time.perf_counter() - started)
+        return preds
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         """Model scores; a lone text goes through the micro-batcher so concurrent requests share a forward.
@@ -155,6 +168,8 @@ class Analyzer:
         texts = [normalize_text(t) for t in texts]  # length-preserving: offsets still match the caller's text
         preds = self.predict(texts)
         out = [self.result(p, t, id=i, lang=lang) for p, t, i in zip(preds, texts, ids, strict=True)]
+        for observer in self.observers:
+            observer.results_ready(out)
         for r, t in zip(out, texts, strict=True):
             if explain:
                 r.explanation = self.explain(t)

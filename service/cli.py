@@ -107,6 +107,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # uvicorn starts fresh processes that build the app from the environment; each loads the model
         os.environ["CALMFIRST_MODEL_PATH"] = str(settings.model_path)
         os.environ["CALMFIRST_WORKERS"] = str(settings.workers)
+        if settings.metrics:  # one /metrics over all workers: prometheus_client's multiprocess mode
+            from service.api.metrics import prepare_multiprocess
+
+            prepare_multiprocess()
         uvicorn.run(
             "service.api:create_app",
             factory=True,

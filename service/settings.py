@@ -62,6 +62,9 @@ class Settings(BaseSettings):
         "single requests measured slower than running them concurrently; try 8-16 with more cores",
     )
     workers: int = Field(default=1, ge=1, description="server processes for `calmfirst serve` (each loads the model)")
+    metrics: bool = Field(
+        default=True, description="GET /metrics in the Prometheus format (service.api.metrics); false: off"
+    )
 
     # the HTTP edge (service.api.middleware)
     drain_max_bytes: int = Field(

@@ -10,8 +10,10 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service.analyzer import Analyzer, ConversationAnalyzer
+from service.api.docs import install_docs
 from service.api.errors import install_error_handlers
 from service.api.logs import install_request_id_logging
+from service.api.metrics import install_metrics
 from service.api.middleware import install_middleware
 from service.api.routes import analyze, console, conversations, health, labels
 from service.redact import install_log_redaction
@@ -36,9 +38,14 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
         detector = await run_in_threadpool(AgentStepDetector.from_data)
         app.state.conversations = ConversationAnalyzer(loaded, detector)
         app.state.analyzer = loaded
+        metrics = getattr(app.state, "metrics", None)
+        if metrics is not None:
+            metrics.attach(loaded)
         try:
             yield
         finally:
+            if metrics is not None:
+                metrics.detach(loaded)
             app.state.analyzer = None
             app.state.conversations = None
             if analyzer is None:  # what the app loaded, the app stops (the micro-batcher's worker thread)
@@ -49,6 +56,8 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
         summary="Anger level, complaint type, threat and the next step for Chinese customer messages.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served from the installed assets below, not from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.analyzer = None
@@ -59,4 +68,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
 
     for module in (health, labels, analyze, conversations, console):
         app.include_router(module.router)
+    install_docs(app)
+    if settings.metrics:
+        install_metrics(app)  # last: its middleware is the outermost, so it counts every answer
     return app
