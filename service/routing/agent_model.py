@@ -1,0 +1,735 @@
+"""The agent-turn model: steps and mistakes as a multi-label classifier on the frozen e5 backbone.
+
+How it reads a turn
+-------------------
+Real agents write long, polite turns that carry two or three codes ("不好意思讓您久等了，已經幫您
+重新下單，請問還有其他需要嗎？" is apologize + commit_action + confirm_satisfaction). So a turn is
+read as *units*: the whole turn and each of its clauses (split on 。！？!?；; and newlines). Every
+unit is embedded by the frozen multilingual-e5-small encoder (mean pooled, L2-normalised) and put
+next to the embedding of the customer's turn before it (the context that ``argued``,
+``blamed_customer`` and ``solution_while_furious`` depend on) and their element-wise product. A
+small head (one hidden layer, one output per code) scores every unit; a code is present when any
+unit fires (max over units: the whole turn or any clause). The head is trained on whole-turn
+labels through that max (multiple-instance learning), so clause-level labels are never needed.
+
+Per-code thresholds are fitted on the dev split (best F1 on a grid); the test split is only
+ever measured. The heads are a small safetensors file (``model/agent_steps/``); the encoder is
+the backbone every CalmFirst install already prepares. Where the backbone or the heads are
+absent, :func:`load_agent_detector` falls back to the TF-IDF detector of
+``service.routing.agent_steps``.
+
+Commands::
+
+    python -m service.routing.agent_model embed      # fill the embedding cache (work/cache/, ignored)
+    python -m service.routing.agent_model train      # train on train, thresholds on dev, report test
+    python -m service.routing.agent_model evaluate   # the saved heads on the test split
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from data.vocab import Mistake, Step, values
+from service.routing.agent_steps import STEP_CODES, AgentTurn
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Where the trained heads are shipped (committed: a few MB).
+DEFAULT_MODEL_DIR = ROOT / "model" / "agent_steps"
+#: Embedding cache for training and validation runs (``work/`` is ignored by git).
+DEFAULT_CACHE = ROOT / "work" / "cache" / "agent_e5.sqlite"
+HEADS_FILE = "agent_heads.safetensors"
+CONFIG_FILE = "agent_model.json"
+METRICS_FILE = "metrics.json"
+
+MISTAKE_CODES: tuple[str, ...] = values(Mistake)
+#: Every code the model predicts: the ten steps, then the five mistakes.
+CODES: tuple[str, ...] = STEP_CODES + MISTAKE_CODES
+#: Clause boundaries (CONTRACT.md: "long turns are read clause by clause").
+CLAUSE_SPLIT = re.compile(r"[。！？!?；;\n\r]+")
+MAX_CLAUSES = 12
+MIN_CLAUSE_CHARS = 2
+
+
+def clauses(text: str) -> list[str]:
+    """The clauses of a turn (empty and 1-character pieces dropped, at most ``MAX_CLAUSES``)."""
+    parts = [p.strip() for p in CLAUSE_SPLIT.split(text)]
+    parts = [p for p in parts if len(p) >= MIN_CLAUSE_CHARS]
+    return parts[:MAX_CLAUSES]
+
+
+def units(text: str) -> list[str]:
+    """What the model reads of a turn: the whole turn, then its clauses when there are two or more."""
+    whole = text.strip() or text
+    parts = clauses(text)
+    return [whole] + (parts if len(parts) > 1 else [])
+
+
+# ------------------------------------------------------------------ encoders
+class TextEncoder(Protocol):
+    """Texts in, one L2-normalised float32 row per text out."""
+
+    name: str
+    dim: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class E5Encoder:
+    """A frozen sentence encoder: a ``transformers`` encoder, mean pooled over tokens, L2-normalised.
+
+    ``backbone`` is the id or folder ``model.backbone`` resolves (default: the offline e5-small);
+    tests pass a tiny in-memory BERT and its tokenizer as ``module``/``tokenizer``.
+    """
+
+    def __init__(
+        self,
+        backbone: str | None = None,
+        *,
+        module: Any = None,
+        tokenizer: Any = None,
+        prefix: str | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        threads: int | None = None,
+    ) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        if module is None:
+            from model.backbone import DEFAULT_BACKBONE
+            from model.classifier import _load_encoder
+
+            backbone = backbone or DEFAULT_BACKBONE
+            module, tokenizer, meta = _load_encoder(backbone)
+            checksum = str(meta.get("weights_sha256", ""))[:12]
+            prefix = str(meta.get("text_prefix", "query: ")) if prefix is None else prefix
+            self.name = f"{backbone}@{checksum}" if checksum else backbone
+        else:
+            if tokenizer is None:
+                raise ValueError("an encoder module needs its tokenizer")
+            self.name = backbone or "in-memory"
+        self.module = module.eval()
+        self.tokenizer = tokenizer
+        self.prefix = prefix or ""
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.dim = int(module.config.hidden_size)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                enc = self.tokenizer(
+                    [self.prefix + texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                hidden = self.module(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out[idx] = pooled.float().numpy()
+        return out
+
+
+class EmbeddingCache:
+    """Embeddings on disk (SQLite), keyed by the encoder's name and the text's hash."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=60)
+        self._db.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB)")
+        self._db.commit()
+
+    @staticmethod
+    def key(namespace: str, text: str) -> str:
+        return hashlib.sha1(f"{namespace}\0{text}".encode()).hexdigest()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for k, blob in self._db.execute(f"SELECT key, vec FROM emb WHERE key IN ({marks})", chunk):
+                found[k] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, items: Iterable[tuple[str, np.ndarray]]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO emb (key, vec) VALUES (?, ?)",
+            [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items],
+        )
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class CachedEncoder:
+    """An encoder whose results are kept in an :class:`EmbeddingCache`; texts are embedded once."""
+
+    def __init__(self, encoder: TextEncoder, cache: EmbeddingCache, *, chunk: int = 256) -> None:
+        self.encoder = encoder
+        self.cache = cache
+        self.name = encoder.name
+        self.dim = encoder.dim
+        self.chunk = chunk
+
+    def encode(self, texts: Sequence[str], *, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        keys = [EmbeddingCache.key(self.name, t) for t in texts]
+        have = self.cache.get_many(sorted(set(keys)))
+        todo = sorted({(k, t) for k, t in zip(keys, texts, strict=True) if k not in have})
+        for start in range(0, len(todo), self.chunk):
+            part = todo[start : start + self.chunk]
+            vecs = self.encoder.encode([t for _, t in part])
+            self.cache.put_many((k, v) for (k, _), v in zip(part, vecs, strict=True))
+            have.update({k: v for (k, _), v in zip(part, vecs, strict=True)})
+            if progress is not None:
+                progress(start + len(part), len(todo))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([have[k] for k in keys]).astype(np.float32)
+
+
+# ------------------------------------------------------------------ features
+@dataclass
+class TurnFeatures:
+    """The units of many turns, flattened: ``x[i]`` belongs to turn ``owner[i]``."""
+
+    x: np.ndarray
+    owner: np.ndarray
+    n_turns: int
+
+
+def featurize(encoder: TextEncoder, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> TurnFeatures:
+    """Unit features ``[unit, context, unit * context, has_context]`` for every unit of every turn."""
+    contexts = list(contexts) if contexts is not None else [None] * len(texts)
+    if len(contexts) != len(texts):
+        raise ValueError("one context (or None) per agent turn")
+    all_units: list[str] = []
+    owner: list[int] = []
+    for i, t in enumerate(texts):
+        us = units(t)
+        all_units.extend(us)
+        owner.extend([i] * len(us))
+    ctx_texts = sorted({c.strip() for c in contexts if c and c.strip()})
+    emb = encoder.encode(all_units + ctx_texts)
+    u = emb[: len(all_units)]
+    ctx_emb = dict(zip(ctx_texts, emb[len(all_units) :], strict=True))
+    zero = np.zeros(encoder.dim, dtype=np.float32)
+    per_turn = [ctx_emb.get(c.strip(), zero) if c and c.strip() else zero for c in contexts]
+    c = np.stack([per_turn[i] for i in owner]) if owner else np.zeros((0, encoder.dim), dtype=np.float32)
+    has = np.array([[1.0 if contexts[i] and contexts[i].strip() else 0.0] for i in owner], dtype=np.float32)
+    x = np.concatenate([u, c, u * c, has.reshape(-1, 1)], axis=1) if owner else np.zeros((0, 3 * encoder.dim + 1))
+    return TurnFeatures(x=x.astype(np.float32), owner=np.asarray(owner, dtype=np.int64), n_turns=len(texts))
+
+
+# ------------------------------------------------------------------ the head
+@dataclass
+class HeadSettings:
+    """The head's shape and training recipe (saved with it)."""
+
+    hidden: int = 256
+    dropout: float = 0.2
+    epochs: int = 40
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    batch_size: int = 64
+    max_pos_weight: float = 8.0
+    real_weight: float = 1.0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _build_head(n_in: int, n_out: int, s: HeadSettings) -> Any:
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(n_in, s.hidden), nn.GELU(), nn.Dropout(s.dropout), nn.Linear(s.hidden, n_out))
+
+
+def _turn_logits(head: Any, x: Any, owner: Any, n_turns: int) -> Any:
+    """Max over each turn's units of the units' logits (a code fires if any unit fires)."""
+    import torch
+
+    unit_logits = head(x)
+    out = torch.full((n_turns, unit_logits.shape[1]), -1e4, dtype=unit_logits.dtype)
+    index = owner.unsqueeze(1).expand_as(unit_logits)
+    return out.scatter_reduce(0, index, unit_logits, reduce="amax", include_self=True)
+
+
+def label_matrix(rows: Sequence[dict[str, Any]], codes: Sequence[str] = CODES) -> np.ndarray:
+    return np.array([[c in r["steps"] or c in r["mistakes"] for c in codes] for r in rows], dtype=np.float32)
+
+
+def fit_thresholds(
+    probs: np.ndarray, y: np.ndarray, codes: Sequence[str], *, grid: Sequence[float] | None = None, default: float = 0.5
+) -> dict[str, float]:
+    """Per code, the threshold with the best F1 on (dev) data; ties go to the one nearest ``default``.
+
+    A code with no positive example keeps ``default`` (there is nothing to fit it on).
+    """
+    grid = list(grid) if grid is not None else [round(v, 2) for v in np.arange(0.05, 0.951, 0.05)]
+    out: dict[str, float] = {}
+    for j, code in enumerate(codes):
+        pos = y[:, j] > 0.5
+        if not pos.any():
+            out[code] = default
+            continue
+        best: tuple[float, float, float] | None = None
+        for t in grid:
+            pred = probs[:, j] >= t
+            tp = float((pred & pos).sum())
+            f1 = 2 * tp / (float(pred.sum()) + float(pos.sum())) if tp else 0.0
+            key = (f1, -abs(t - default), t)
+            if best is None or key > best:
+                best = key
+        assert best is not None
+        out[code] = float(best[2])
+    return out
+
+
+@dataclass
+class AgentTurnModel:
+    """Heads over the frozen encoder; implements the detector interface (``detect``, ``scores``, ``codes``)."""
+
+    encoder: TextEncoder | None
+    settings: HeadSettings = field(default_factory=HeadSettings)
+    codes: tuple[str, ...] = CODES
+    thresholds: dict[str, float] = field(default_factory=dict)
+    head: Any = None
+    n_in: int = 0
+    encoder_name: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    kind: str = "e5-heads"
+
+    # -------------------------------------------------------------- train
+    def fit(
+        self,
+        rows: Sequence[dict[str, Any]],
+        *,
+        features: TurnFeatures | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> AgentTurnModel:
+        """Train the head on labelled turns (``text``, ``context``, ``steps``, ``mistakes``)."""
+        import torch
+
+        if features is None:
+            features = self._features([r["text"] for r in rows], [r.get("context") for r in rows])
+        s = self.settings
+        torch.manual_seed(s.seed)
+        rng = np.random.default_rng(s.seed)
+        y = label_matrix(rows, self.codes)
+        n_pos = y.sum(0)
+        pos_weight = np.clip(np.sqrt((len(y) - n_pos) / np.maximum(n_pos, 1.0)), 1.0, s.max_pos_weight)
+        weights = np.array(
+            [s.real_weight if r.get("source") != "calmfirst_written" else 1.0 for r in rows], dtype=np.float32
+        )
+        self.n_in = features.x.shape[1]
+        self.head = _build_head(self.n_in, len(self.codes), s)
+        opt = torch.optim.AdamW(self.head.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, dtype=torch.float32), reduction="none")
+        # units of each turn, for mini-batches of turns
+        by_turn: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(rows)
+        order = np.argsort(features.owner, kind="stable")
+        bounds = np.searchsorted(features.owner[order], np.arange(len(rows) + 1))
+        for i in range(len(rows)):
+            by_turn[i] = order[bounds[i] : bounds[i + 1]]
+        x_all = torch.from_numpy(features.x)
+        steps_per_epoch = math.ceil(len(rows) / s.batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.epochs * steps_per_epoch)
+        self.head.train()
+        for epoch in range(s.epochs):
+            perm = rng.permutation(len(rows))
+            total = 0.0
+            for start in range(0, len(rows), s.batch_size):
+                batch = perm[start : start + s.batch_size]
+                unit_idx = np.concatenate([by_turn[i] for i in batch])
+                owner = np.concatenate([np.full(len(by_turn[i]), k) for k, i in enumerate(batch)])
+                logits = _turn_logits(self.head, x_all[unit_idx], torch.from_numpy(owner), len(batch))
+                loss = loss_fn(logits, torch.from_numpy(y[batch]))
+                loss = (loss.mean(1) * torch.from_numpy(weights[batch])).sum() / float(weights[batch].sum())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(batch)
+            if log is not None and (epoch + 1) % 10 == 0:
+                log(f"epoch {epoch + 1}/{s.epochs}: loss {total / len(rows):.4f}")
+        self.head.eval()
+        self.thresholds = {c: self.thresholds.get(c, 0.5) for c in self.codes}
+        self.encoder_name = getattr(self.encoder, "name", "")
+        return self
+
+    def fit_thresholds(
+        self, rows: Sequence[dict[str, Any]], *, features: TurnFeatures | None = None
+    ) -> dict[str, float]:
+        """Per-code thresholds with the best F1 on ``rows`` (the dev split)."""
+        probs = self.probs([r["text"] for r in rows], [r.get("context") for r in rows], features=features)
+        self.thresholds = fit_thresholds(probs, label_matrix(rows, self.codes), self.codes)
+        return self.thresholds
+
+    # ------------------------------------------------------------ predict
+    def _features(self, texts: Sequence[str], contexts: Sequence[str | None] | None) -> TurnFeatures:
+        if self.encoder is None:
+            raise RuntimeError("the agent-turn model has no encoder")
+        return featurize(self.encoder, texts, contexts)
+
+    def probs(
+        self,
+        texts: Sequence[str],
+        contexts: Sequence[str | None] | None = None,
+        *,
+        features: TurnFeatures | None = None,
+    ) -> np.ndarray:
+        """P(code) per turn, shape (turns, codes)."""
+        import torch
+
+        if self.head is None:
+            raise RuntimeError("the agent-turn model is not trained")
+        if not texts:
+            return np.zeros((0, len(self.codes)), dtype=np.float32)
+        features = features if features is not None else self._features(texts, contexts)
+        with torch.inference_mode():
+            logits = _turn_logits(
+                self.head, torch.from_numpy(features.x), torch.from_numpy(features.owner), features.n_turns
+            )
+        return torch.sigmoid(logits).numpy()
+
+    def scores(self, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[dict[str, float]]:
+        p = self.probs(texts, contexts)
+        return [{c: float(p[i, j]) for j, c in enumerate(self.codes)} for i in range(len(texts))]
+
+    def predict_codes(self, probs: np.ndarray) -> np.ndarray:
+        t = np.array([self.thresholds.get(c, 0.5) for c in self.codes], dtype=np.float32)
+        return probs >= t
+
+    def detect(self, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[AgentTurn]:
+        """Steps and mistakes per agent turn; ``contexts``: the customer's turn before each (or None)."""
+        p = self.probs(texts, contexts)
+        on = self.predict_codes(p)
+        out = []
+        for i in range(len(texts)):
+            steps = [c for j, c in enumerate(self.codes) if on[i, j] and c in STEP_CODES]
+            mistakes = [c for j, c in enumerate(self.codes) if on[i, j] and c not in STEP_CODES]
+            if Mistake.INTERROGATED in mistakes and Step.ASK_DETAILS not in steps:
+                steps.append(Step.ASK_DETAILS)  # CONTRACT.md: interrogated is always also ask_details
+                steps = [c for c in STEP_CODES if c in steps]
+            scores = {c: round(float(p[i, j]), 4) for j, c in enumerate(self.codes)}
+            out.append(AgentTurn(steps=steps, mistakes=mistakes, scores=scores))
+        return out
+
+    # ------------------------------------------------------------ save / load
+    def save(self, path: str | Path, *, metrics: dict[str, Any] | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}
+        save_file(state, str(path / HEADS_FILE))
+        cfg = {
+            "kind": self.kind,
+            "codes": list(self.codes),
+            "thresholds": self.thresholds,
+            "n_in": self.n_in,
+            "encoder": self.encoder_name,
+            "units": {"split": CLAUSE_SPLIT.pattern, "max_clauses": MAX_CLAUSES, "min_clause_chars": MIN_CLAUSE_CHARS},
+            "features": "[unit, context, unit * context, has_context]; unit = whole turn or one clause",
+            "settings": self.settings.to_dict(),
+            "info": self.info,
+        }
+        (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if metrics is not None:
+            (path / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, encoder: TextEncoder | None = None) -> AgentTurnModel:
+        """The heads of ``path``; without ``encoder`` the default backbone is loaded (needs PyTorch)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        settings = HeadSettings(**cfg.get("settings", {}))
+        codes = tuple(cfg["codes"])
+        head = _build_head(int(cfg["n_in"]), len(codes), settings)
+        head.load_state_dict(load_file(str(path / HEADS_FILE)))
+        head.eval()
+        if encoder is None:
+            encoder = E5Encoder()
+        if encoder.dim * 3 + 1 != int(cfg["n_in"]):
+            raise ValueError(f"{path}: heads expect {cfg['n_in']} inputs, the encoder gives {encoder.dim * 3 + 1}")
+        return cls(
+            encoder=encoder,
+            settings=settings,
+            codes=codes,
+            thresholds={c: float(v) for c, v in cfg["thresholds"].items()},
+            head=head,
+            n_in=int(cfg["n_in"]),
+            encoder_name=str(cfg.get("encoder", "")),
+            info=dict(cfg.get("info", {})),
+        )
+
+
+# ------------------------------------------------------------------ evaluation
+def evaluate_codes(y_true: np.ndarray, y_pred: np.ndarray, codes: Sequence[str] = CODES) -> dict[str, Any]:
+    """Per-code precision/recall/F1/support and micro-F1 for steps, for mistakes and over all codes."""
+
+    def prf(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
+        tp = float((t & p).sum())
+        n_pred, n_true = float(p.sum()), float(t.sum())
+        prec = tp / n_pred if n_pred else 0.0
+        rec = tp / n_true if n_true else 0.0
+        f1 = 2 * tp / (n_pred + n_true) if (n_pred + n_true) else 0.0
+        return {"precision": round(prec, 4), "recall": round(rec, 4), "f1": round(f1, 4), "support": int(n_true)}
+
+    t = y_true.astype(bool)
+    p = y_pred.astype(bool)
+    steps = [j for j, c in enumerate(codes) if c in STEP_CODES]
+    mistakes = [j for j, c in enumerate(codes) if c not in STEP_CODES]
+    return {
+        "n": len(t),
+        "steps_micro": prf(t[:, steps], p[:, steps]),
+        "mistakes_micro": prf(t[:, mistakes], p[:, mistakes]),
+        "all_micro": prf(t, p),
+        "exact_match": round(float((t == p).all(axis=1).mean()), 4) if len(t) else 0.0,
+        "turns_without_any_code_predicted": int((~p.any(axis=1)).sum()),
+        "per_code": {c: prf(t[:, j], p[:, j]) for j, c in enumerate(codes)},
+    }
+
+
+def is_real(row: dict[str, Any]) -> bool:
+    return row.get("source") != "calmfirst_written"
+
+
+# ------------------------------------------------------------------ loading for the service
+def load_agent_detector(
+    model_dir: str | Path | None = None, *, encoder: TextEncoder | None = None, fallback: bool = True
+) -> Any:
+    """The agent-turn detector the service uses: the e5 heads when they and the backbone load, else
+    the TF-IDF detector fitted from the shipped labels (with a warning saying why)."""
+    path = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
+    try:
+        started = time.perf_counter()
+        model = AgentTurnModel.load(path, encoder=encoder)
+        logger.info("agent-turn model %s loaded in %.1f s", path, time.perf_counter() - started)
+        return model
+    except Exception as e:
+        if not fallback:
+            raise
+        from service.routing.agent_steps import AgentStepDetector
+
+        logger.warning(
+            "agent-turn model unavailable (%s: %s); using the TF-IDF detector", type(e).__name__, str(e)[:200]
+        )
+        return AgentStepDetector.from_data()
+
+
+# ------------------------------------------------------------------ commands
+def _stc3_dialogue(row_id: str) -> int | None:
+    """The numeric STC-3 dialogue id of an agent-turn id ``<dialogue>-t<turn>`` (None for other sources)."""
+    head = row_id.split("-t")[0]
+    return int(head) if head.isdigit() else None
+
+
+def stc3_holdout(row: dict[str, Any]) -> bool:
+    """True for a turn of an STC-3 dialogue whose id % 5 == 0: the handling score's held-out dialogues.
+    The shipped agent model is trained without them so that nothing fitted has seen those chats."""
+    if row.get("source") != "stc3":
+        return False
+    d = _stc3_dialogue(str(row["id"]))
+    return d is not None and d % 5 == 0
+
+
+def training_rows(path: Path | None = None, *, exclude_stc3_holdout: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """The labelled agent turns by stored split (text and context joined from ../shared/data)."""
+    from service.routing.agent_steps import read_examples
+
+    rows = read_examples(path) if path is not None else read_examples()
+    out: dict[str, list[dict[str, Any]]] = {"train": [], "dev": [], "test": []}
+    for r in rows:
+        split = r.get("split", "train")
+        if split != "test" and exclude_stc3_holdout and stc3_holdout(r):
+            continue
+        out.setdefault(split, []).append(r)
+    return out
+
+
+def _cached_encoder(cache: Path | None, threads: int | None) -> TextEncoder:
+    enc: TextEncoder = E5Encoder(threads=threads)
+    return CachedEncoder(enc, EmbeddingCache(cache)) if cache is not None else enc
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    started = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - started, 1e-6)
+        logger.info("%s: %d/%d embedded (%.1f/s)", label, done, total, rate)
+
+    return report
+
+
+def _cmd_embed(args: Any) -> int:
+    """Fill the embedding cache with every unit and context of the labelled turns (and, with --stc3, of
+    every STC-3 helpdesk turn): later train/validate runs then only read the cache."""
+    enc = _cached_encoder(args.cache, args.threads)
+    assert isinstance(enc, CachedEncoder)
+    texts: list[str] = []
+    rows = [r for split in training_rows(exclude_stc3_holdout=False).values() for r in split]
+    for r in rows:
+        texts.extend(units(r["text"]))
+        if r.get("context"):
+            texts.append(str(r["context"]).strip())
+    if args.stc3:
+        from data.tools.stc3_transcripts import dialogues
+
+        last = ""
+        for dia in dialogues():
+            for t in dia["turns"]:
+                if t["role"] == "customer":
+                    last = t["text"]
+                else:
+                    texts.extend(units(t["text"]))
+                    if last:
+                        texts.append(last.strip())
+    uniq = list(dict.fromkeys(texts))
+    logger.info("%d units to embed (%d distinct)", len(texts), len(uniq))
+    enc.encode(uniq, progress=_progress("embed"))
+    return 0
+
+
+def train_and_evaluate(
+    encoder: TextEncoder,
+    splits: dict[str, list[dict[str, Any]]],
+    settings: HeadSettings,
+    *,
+    log: Callable[[str], None] | None = None,
+    measure_test: bool = True,
+) -> tuple[AgentTurnModel, dict[str, Any]]:
+    """Train on ``train``, thresholds on ``dev``; metrics on dev and (real turns of) test."""
+    model = AgentTurnModel(encoder=encoder, settings=settings)
+    train = splits["train"]
+    model.fit(train, log=log)
+    dev = splits.get("dev", [])
+    if dev:
+        model.fit_thresholds(dev)
+    metrics: dict[str, Any] = {"train_turns": len(train), "dev_turns": len(dev)}
+    for name, part in (("dev", dev), ("test", splits.get("test", []) if measure_test else [])):
+        if not part:
+            continue
+        probs = model.probs([r["text"] for r in part], [r.get("context") for r in part])
+        pred = model.predict_codes(probs)
+        y = label_matrix(part, model.codes)
+        real = np.array([is_real(r) for r in part])
+        metrics[name] = {"all": evaluate_codes(y, pred, model.codes)}
+        if real.any():
+            metrics[name]["real"] = evaluate_codes(y[real], pred[real], model.codes)
+        if (~real).any():
+            metrics[name]["written"] = evaluate_codes(y[~real], pred[~real], model.codes)
+    return model, metrics
+
+
+def _cmd_train(args: Any) -> int:
+    settings = HeadSettings(
+        hidden=args.hidden, epochs=args.epochs, lr=args.lr, dropout=args.dropout, real_weight=args.real_weight,
+        seed=args.seed,
+    )  # fmt: skip
+    enc = _cached_encoder(args.cache, args.threads)
+    splits = training_rows(args.data, exclude_stc3_holdout=not args.keep_stc3_holdout)
+    started = time.perf_counter()
+    model, metrics = train_and_evaluate(enc, splits, settings, log=logger.info, measure_test=not args.no_test)
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    model.info = {
+        "trained_on": "train split of data/agent_steps/agent_turns.jsonl (real + written)"
+        + ("" if args.keep_stc3_holdout else ", without the STC-3 dialogues whose id % 5 == 0"),
+        "thresholds_on": "dev split (all turns), best F1 per code",
+        "measured_on": "test split (held out), real turns reported apart",
+        "encoder": enc.name,
+    }
+    model.encoder_name = enc.name
+    if args.output is not None:
+        model.save(args.output, metrics=metrics)
+        logger.info("saved %s", args.output)
+    summary = {
+        k: {
+            part: {m: v[part][m]["f1"] for m in ("steps_micro", "mistakes_micro")}
+            for part in ("all", "real", "written")
+            if part in v
+        }
+        for k, v in metrics.items()
+        if k in ("dev", "test")
+    }
+    print(json.dumps(summary, indent=2))  # noqa: T201
+    return 0
+
+
+def _cmd_evaluate(args: Any) -> int:
+    enc = _cached_encoder(args.cache, args.threads)
+    model = AgentTurnModel.load(args.model, encoder=enc)
+    test = training_rows(args.data)["test"]
+    probs = model.probs([r["text"] for r in test], [r.get("context") for r in test])
+    pred = model.predict_codes(probs)
+    y = label_matrix(test, model.codes)
+    real = np.array([is_real(r) for r in test])
+    out = {"real": evaluate_codes(y[real], pred[real], model.codes), "all": evaluate_codes(y, pred, model.codes)}
+    print(json.dumps(out, indent=2))  # noqa: T201
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exercised by hand
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m service.routing.agent_model", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("embed", "train", "evaluate"):
+        p = sub.add_parser(name)
+        p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="embedding cache (SQLite)")
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--data", type=Path, default=None, help="agent_turns.jsonl (default: the shipped one)")
+        if name == "embed":
+            p.add_argument("--stc3", action="store_true", help="also every STC-3 helpdesk turn (for validation)")
+        if name == "train":
+            p.add_argument("--output", type=Path, default=DEFAULT_MODEL_DIR)
+            p.add_argument("--hidden", type=int, default=HeadSettings.hidden)
+            p.add_argument("--epochs", type=int, default=HeadSettings.epochs)
+            p.add_argument("--lr", type=float, default=HeadSettings.lr)
+            p.add_argument("--dropout", type=float, default=HeadSettings.dropout)
+            p.add_argument("--real-weight", type=float, default=HeadSettings.real_weight)
+            p.add_argument("--seed", type=int, default=HeadSettings.seed)
+            p.add_argument("--keep-stc3-holdout", action="store_true", help="train on the held-out STC-3 chats too")
+            p.add_argument("--no-test", action="store_true", help="dev figures only (for choosing settings)")
+        if name == "evaluate":
+            p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.cmd == "train" and args.output is not None and str(args.output) in ("-", "none"):
+        args.output = None
+    return {"embed": _cmd_embed, "train": _cmd_train, "evaluate": _cmd_evaluate}[args.cmd](args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""The e5 agent-turn model end to end on a tiny BERT: units, features, training, thresholds, save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.routing.agent_model import (
+    CODES,
+    AgentTurnModel,
+    CachedEncoder,
+    E5Encoder,
+    EmbeddingCache,
+    HeadSettings,
+    clauses,
+    evaluate_codes,
+    featurize,
+    fit_thresholds,
+    label_matrix,
+    load_agent_detector,
+    stc3_holdout,
+    train_and_evaluate,
+    units,
+)
+from service.routing.agent_steps import AgentTurn
+from tests.conftest import build_tiny_tokenizer
+
+TURNS = [
+    ("謝謝您的耐心等候", None, ["thank"], []),
+    ("非常抱歉造成您的困擾", "你們怎麼搞的", ["apologize"], []),
+    ("麻煩提供訂單號碼", "東西還沒到", ["ask_details"], []),
+    ("系統顯示您已經簽收了", "我根本沒收到", [], ["argued"]),
+    ("谢谢您的反馈", None, ["thank"], []),
+    ("不好意思让您久等了", "等好久", ["apologize"], []),
+    ("请提供您的手机号码", "帐单有问题", ["ask_details"], []),
+    ("我们这边没有问题", "你们系统有问题", [], ["argued"]),
+    ("謝謝您。非常抱歉！", "太慢了", ["thank", "apologize"], []),
+    ("請提供訂單號碼；謝謝", "還沒到", ["thank", "ask_details"], []),
+]
+
+
+def _rows(turns=TURNS, split="train"):  # type: ignore[no-untyped-def]
+    return [
+        {"id": f"r{i}", "text": t, "context": c, "steps": s, "mistakes": m, "split": split, "source": "stc3"}
+        for i, (t, c, s, m) in enumerate(turns)
+    ]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> E5Encoder:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tok = build_tiny_tokenizer()
+    cfg = BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    return E5Encoder(module=BertModel(cfg, add_pooling_layer=False), tokenizer=tok, prefix="query: ", backbone="tiny")
+
+
+def test_clauses_and_units() -> None:
+    text = "不好意思讓您久等了。已經幫您重新下單！請問還有其他需要嗎？\n好"
+    assert clauses(text) == ["不好意思讓您久等了", "已經幫您重新下單", "請問還有其他需要嗎"]
+    assert units(text) == [text, *clauses(text)]
+    assert units("謝謝您") == ["謝謝您"]  # one clause: the turn alone
+    assert clauses("a;b；cc!dd?ee") == ["cc", "dd", "ee"]  # 1-character pieces are dropped
+
+
+def test_encoder_is_normalised_and_cached(encoder: E5Encoder, tmp_path: Path) -> None:
+    v = encoder.encode(["謝謝", "抱歉讓您久等"])
+    assert v.shape == (2, 32) and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    cache = EmbeddingCache(tmp_path / "e.sqlite")
+    cached = CachedEncoder(encoder, cache)
+    first = cached.encode(["謝謝", "抱歉讓您久等", "謝謝"])
+    assert np.allclose(first[0], first[2]) and np.allclose(first[:2], v, atol=1e-5)
+
+    class _Broken:
+        name, dim = encoder.name, encoder.dim
+
+        def encode(self, texts):  # type: ignore[no-untyped-def]
+            raise AssertionError("cache miss")
+
+    again = CachedEncoder(_Broken(), EmbeddingCache(tmp_path / "e.sqlite")).encode(["抱歉讓您久等"])  # type: ignore[arg-type]
+    assert np.allclose(again[0], v[1])
+
+
+def test_features_units_and_context(encoder: E5Encoder) -> None:
+    f = featurize(encoder, ["謝謝您。非常抱歉！", "好的"], ["太慢了", None])
+    assert f.n_turns == 2 and list(f.owner) == [0, 0, 0, 1]
+    assert f.x.shape == (4, 3 * 32 + 1)
+    assert f.x[0, -1] == 1.0 and f.x[3, -1] == 0.0  # has_context
+    assert np.allclose(f.x[3, 32:64], 0.0)  # no context: zeros
+
+
+def test_train_predict_save_load_end_to_end(encoder: E5Encoder, tmp_path: Path) -> None:
+    settings = HeadSettings(hidden=16, epochs=60, lr=1e-2, batch_size=4, dropout=0.0)
+    splits = {"train": _rows(), "dev": _rows(split="dev"), "test": _rows(split="test")}
+    model, metrics = train_and_evaluate(encoder, splits, settings)
+    assert set(model.thresholds) == set(CODES)
+    probs = model.probs([r["text"] for r in splits["train"]], [r["context"] for r in splits["train"]])
+    assert probs.shape == (len(TURNS), len(CODES)) and ((probs >= 0) & (probs <= 1)).all()
+    # a handful of turns is learnt (training data, so this checks the plumbing, not generalisation)
+    y = label_matrix(splits["train"]) > 0
+    assert probs[y].mean() > probs[~y].mean() + 0.2
+    assert {"steps_micro", "mistakes_micro", "per_code"} <= set(metrics["test"]["real"])
+    out = model.detect(["謝謝您的耐心等候", "系統顯示您已經簽收了"], [None, "我根本沒收到"])
+    assert all(isinstance(t, AgentTurn) for t in out)
+    assert "thank" in out[0].steps and set(out[0].scores) == set(CODES)
+    model.save(tmp_path / "agent", metrics=metrics)
+    assert {p.name for p in (tmp_path / "agent").iterdir()} == {
+        "agent_heads.safetensors", "agent_model.json", "metrics.json",
+    }  # fmt: skip
+    again = AgentTurnModel.load(tmp_path / "agent", encoder=encoder)
+    p2 = again.probs([r["text"] for r in splits["train"]], [r["context"] for r in splits["train"]])
+    assert np.allclose(probs, p2, atol=1e-6) and again.thresholds == model.thresholds
+
+
+def test_interrogated_is_always_also_ask_details(encoder: E5Encoder) -> None:
+    model = AgentTurnModel(encoder=encoder, settings=HeadSettings(hidden=8, epochs=1)).fit(_rows())
+    model.thresholds = {c: (0.0 if c == "interrogated" else 1.01) for c in CODES}
+    (turn,) = model.detect(["帳號？身分證？講清楚"])
+    assert turn.mistakes == ["interrogated"] and turn.steps == ["ask_details"]
+
+
+def test_fit_thresholds_best_f1_per_code() -> None:
+    codes = ("a", "b", "c")
+    probs = np.array([[0.9, 0.3, 0.1], [0.7, 0.35, 0.2], [0.2, 0.12, 0.3], [0.1, 0.1, 0.4]])
+    y = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0]])
+    t = fit_thresholds(probs, y, codes)
+    assert 0.2 < t["a"] <= 0.7  # separates 0.7/0.9 from 0.1/0.2; ties go to the one nearest 0.5
+    assert t["a"] == 0.5
+    assert t["b"] == 0.3  # perfect from 0.15 to 0.30: the one nearest 0.5
+    assert t["c"] == 0.5  # no positive example: the default
+
+
+def test_evaluate_codes_micro_and_per_code() -> None:
+    codes = ("thank", "apologize", "argued")
+    y = np.array([[1, 0, 1], [1, 1, 0], [0, 0, 1]], dtype=bool)
+    p = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 1]], dtype=bool)
+    m = evaluate_codes(y, p, codes)
+    assert m["per_code"]["thank"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
+    assert m["per_code"]["apologize"]["precision"] == 0.0 and m["per_code"]["apologize"]["support"] == 1
+    assert m["steps_micro"]["f1"] == round(2 * 2 / (3 + 3), 4)
+    assert m["mistakes_micro"] == {"precision": 1.0, "recall": 0.5, "f1": round(2 / 3, 4), "support": 2}
+    assert m["exact_match"] == 0.0
+
+
+def test_label_matrix_and_holdout() -> None:
+    y = label_matrix(_rows()[:4])
+    assert y.shape == (4, len(CODES)) and y[3, CODES.index("argued")] == 1
+    assert stc3_holdout({"source": "stc3", "id": "3830401296796825-t1"})
+    assert not stc3_holdout({"source": "stc3", "id": "3830401296796826-t1"})
+    assert not stc3_holdout({"source": "tw_hospital_reviews", "id": "15:reply"})
+
+
+def test_fallback_to_tfidf_without_heads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.routing import agent_steps
+
+    sentinel = object()
+    monkeypatch.setattr(agent_steps.AgentStepDetector, "from_data", classmethod(lambda cls, *a, **k: sentinel))
+    assert load_agent_detector(tmp_path / "missing") is sentinel
+    with pytest.raises(FileNotFoundError):
+        load_agent_detector(tmp_path / "missing", fallback=False)
