@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import IO, Any
 
 logger = logging.getLogger("calmfirst")
 
@@ -30,6 +31,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     except InputFormatError as e:
         print(f"calmfirst score: {e}", file=sys.stderr)
         return 2
+    if args.engine == "ray":
+        return _score_ray(args, settings, out, fmt)
     analyzer = Analyzer.from_settings(settings, model_path=args.model)
     try:
         report = score_file(
@@ -43,6 +46,34 @@ def _cmd_score(args: argparse.Namespace) -> int:
             progress=False if args.no_progress else None,
         )
     except InputFormatError as e:
+        print(f"calmfirst score: {e}", file=sys.stderr)
+        return 2
+    finally:
+        out.flush()
+        if args.output not in (None, "-"):
+            out.close()
+    print(f"calmfirst score: {report.scored} scored, {len(report.bad)} skipped", file=sys.stderr)
+    return 0 if report.scored > 0 else 1
+
+
+def _score_ray(args: argparse.Namespace, settings: Any, out: IO[str], fmt: str) -> int:
+    from service.io.readers import InputFormatError
+    from service.ray_engine import RayOptions, score_file_ray
+
+    options = RayOptions(address=args.ray_address, progress=not args.no_progress and sys.stderr.isatty())
+    try:
+        report = score_file_ray(
+            settings,
+            args.input,
+            out,
+            model_path=args.model,
+            out_format=fmt,
+            text_field=args.text_field,
+            id_field=args.id_field,
+            lang=args.lang,
+            options=options,
+        )
+    except (InputFormatError, RuntimeError) as e:
         print(f"calmfirst score: {e}", file=sys.stderr)
         return 2
     finally:
@@ -67,20 +98,25 @@ def _cmd_qa(args: argparse.Namespace) -> int:
         print(f"calmfirst qa: {e}", file=sys.stderr)
         return 2
     settings = Settings(batch_size=args.batch_size) if args.batch_size else Settings()
-    analyzer = Analyzer.from_settings(settings, model_path=args.model)
-    detector = AgentStepDetector.from_data()
+    options = {
+        "batch_conversations": args.chunk,
+        "progress": False if args.no_progress else None,
+        "keep_text": args.keep_text,
+        "lang": args.lang,
+    }
     try:
-        report = run_qa(
-            args.input,
-            args.output,
-            analyzer=analyzer,
-            detector=detector,
-            batch_conversations=args.chunk,
-            progress=False if args.no_progress else None,
-            keep_text=args.keep_text,
-            lang=args.lang,
-        )
-    except InputFormatError as e:
+        if args.engine == "ray":
+            from service.ray_engine import RayOptions, run_qa_ray
+
+            ray_options = RayOptions(address=args.ray_address, progress=False)
+            report = run_qa_ray(
+                settings, args.input, args.output, model_path=args.model, options=ray_options, **options
+            )
+        else:
+            analyzer = Analyzer.from_settings(settings, model_path=args.model)
+            detector = AgentStepDetector.from_data()
+            report = run_qa(args.input, args.output, analyzer=analyzer, detector=detector, **options)
+    except (InputFormatError, RuntimeError) as e:
         print(f"calmfirst qa: {e}", file=sys.stderr)
         return 2
     print(
@@ -147,6 +183,20 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process; ray: Ray Data actors, one per CPU (needs calmfirst[ray]; same output)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --engine ray: an existing cluster (e.g. HEAD:6379 or auto); default: start a local Ray",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="calmfirst", description="Anger, complaint type and next step for Chinese customer messages."
@@ -154,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("score", help="score messages from a .jsonl/.csv/.txt file or - (stdin)")
-    p.add_argument("input")
+    p = sub.add_parser("score", help="score messages from a .jsonl/.csv/.txt file, a folder or glob of them, or -")
+    p.add_argument("input", help=".jsonl/.csv/.txt file, a folder or a quoted glob of them, or - (stdin)")
     p.add_argument("-o", "--output", help=".jsonl (default: stdout) or .csv")
     p.add_argument("--text-field", default="text")
     p.add_argument("--id-field", default="id")
@@ -163,10 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--lang", choices=["zh-Hant", "zh-Hans", "en"], default=None, help="next-step language")
     p.add_argument("--no-progress", action="store_true")
+    _engine_options(p)
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("qa", help="QA over transcripts: per-turn, per-conversation and per-agent scores + HTML report")
-    p.add_argument("input", help=".jsonl (one conversation a line) or .csv (one turn a row)")
+    p.add_argument(
+        "input", help=".jsonl (one conversation a line) or .csv (one turn a row), or a folder or quoted glob of them"
+    )
     p.add_argument("-o", "--output", required=True, help="output folder (re-running resumes where it stopped)")
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--batch-size", type=int, default=None, help="model batch size (as for score)")
@@ -174,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-text", action="store_true", help="store redacted message text in turns.* (default: none)")
     p.add_argument("--lang", choices=["zh-Hant", "zh-Hans", "en"], default=None, help="next-step language")
     p.add_argument("--no-progress", action="store_true")
+    _engine_options(p)
     p.set_defaults(func=_cmd_qa)
 
     p = sub.add_parser("serve", help="run the HTTP API")

@@ -64,7 +64,7 @@ def score_file(
         for item in read_records(source, text_field=text_field, id_field=id_field, stdin=stdin):
             if isinstance(item, BadLine):
                 report.bad.append(item)
-                err.write(f"{source}: line {item.line}: {item.reason} (skipped)\n")
+                err.write(item.report(source))  # names the file, also inside a folder or glob
                 continue
             pending.append(item)
             if len(pending) >= chunk_size:

@@ -3,14 +3,21 @@
 Bad lines are yielded as :class:`BadLine` (with their line number), never raised: the callers
 report them and go on, so one broken line never stops a batch. Only a file that cannot be read
 as a whole (unknown format, missing CSV column) raises :class:`InputFormatError`.
+
+An input may also be a folder or a glob (``calls/2026-11-*.jsonl``, ``calls/**/*.csv``): its files
+are read one after the other in sorted order, each exactly as it would be alone; a bad line is
+reported with its own file's name and line number, and a record without an id gets
+``"<file>:<0-based line>"`` (the file's path as globbed, or relative to the folder), so ids stay
+unique across files.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +33,12 @@ class BadLine:
 
     line: int
     reason: str
+    #: the file it is in, when the input is a folder or glob of files (else the input itself)
+    path: str | None = None
+
+    def report(self, source: str | Path) -> str:
+        """``PATH: line N: reason (skipped)``, naming the file the line is in."""
+        return f"{self.path or source}: line {self.line}: {self.reason} (skipped)\n"
 
 
 @dataclass
@@ -74,7 +87,50 @@ def message_format(name: str) -> str:
     raise InputFormatError(f"{name}: unknown input format {suffix!r} (use .jsonl, .csv or .txt)")
 
 
-def _jsonl_records(lines: Iterable[str], *, text_field: str, id_field: str) -> Iterator[Record | BadLine]:
+#: File name endings read from a folder of messages.
+MESSAGE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".txt")
+_GLOB_CHARS = frozenset("*?[")
+
+
+def input_files(source: str | Path, suffixes: Sequence[str] = MESSAGE_SUFFIXES) -> list[Path] | None:
+    """The files of a folder or glob input, sorted; None when ``source`` is one file (or stdin).
+
+    A folder contributes its files (not sub-folders) with one of ``suffixes``; a glob every file it
+    matches (``**`` recurses). Raises :class:`InputFormatError` when there is none.
+    """
+    text = str(source)
+    if text == "-":
+        return None
+    path = Path(text)
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
+        if not files:
+            raise InputFormatError(f"{source}: no input files in this folder ({', '.join(suffixes)})")
+        return files
+    if path.exists() or not (_GLOB_CHARS & set(text)):
+        return None
+    files = sorted(Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file())
+    if not files:
+        raise InputFormatError(f"{source}: no files match")
+    return files
+
+
+def file_label(file: Path, source: str | Path) -> str:
+    """How a file of a folder input is named in ids: relative to the folder; as globbed otherwise."""
+    base = Path(source)
+    return file.relative_to(base).as_posix() if base.is_dir() else file.as_posix()
+
+
+DefaultId = Callable[[int], Any]
+
+
+def _line_id(n: int) -> Any:
+    return n
+
+
+def _jsonl_records(
+    lines: Iterable[str], *, text_field: str, id_field: str, default_id: DefaultId = _line_id
+) -> Iterator[Record | BadLine]:
     for item in read_jsonl(lines):
         if isinstance(item, BadLine):
             yield item
@@ -84,17 +140,19 @@ def _jsonl_records(lines: Iterable[str], *, text_field: str, id_field: str) -> I
         if not isinstance(text, str) or not text.strip():
             yield BadLine(n, f"field {text_field!r} missing or not a non-empty string")
             continue
-        yield Record(n, obj.get(id_field, n - 1), text)
+        yield Record(n, obj[id_field] if id_field in obj else default_id(n - 1), text)
 
 
-def _txt_records(lines: Iterable[str]) -> Iterator[Record | BadLine]:
+def _txt_records(lines: Iterable[str], *, default_id: DefaultId = _line_id) -> Iterator[Record | BadLine]:
     for n, line in enumerate(lines, start=1):
         text = line.rstrip("\r\n")
         if text.strip():
-            yield Record(n, n - 1, text)
+            yield Record(n, default_id(n - 1), text)
 
 
-def _csv_records(f: IO[str], *, text_field: str, id_field: str, delimiter: str) -> Iterator[Record | BadLine]:
+def _csv_records(
+    f: IO[str], *, text_field: str, id_field: str, delimiter: str, default_id: DefaultId = _line_id
+) -> Iterator[Record | BadLine]:
     reader = csv.DictReader(f, delimiter=delimiter)
     if reader.fieldnames is None:
         return
@@ -117,7 +175,7 @@ def _csv_records(f: IO[str], *, text_field: str, id_field: str, delimiter: str) 
         if not text or not text.strip():
             yield BadLine(reader.line_num, f"column {text_field!r} empty")
             continue
-        yield Record(reader.line_num, row.get(id_field) or row_no - 1, text)
+        yield Record(reader.line_num, row.get(id_field) or default_id(row_no - 1), text)
 
 
 def _chain(first: list[str], rest: Iterable[str]) -> Iterator[str]:
@@ -128,7 +186,20 @@ def _chain(first: list[str], rest: Iterable[str]) -> Iterator[str]:
 def read_records(
     source: str, *, text_field: str = "text", id_field: str = "id", stdin: IO[str] | None = None
 ) -> Iterator[Record | BadLine]:
-    """Yield records (or bad lines) from a path or ``-`` (stdin, JSONL or plain lines)."""
+    """Yield records (or bad lines) from a path, a folder or glob of files, or ``-`` (stdin, JSONL or plain lines)."""
+    files = input_files(source)
+    if files is not None:
+        for file in files:
+            label = file_label(file, source)
+
+            def file_id(i: int, label: str = label) -> str:
+                return f"{label}:{i}"
+
+            for item in _read_file(str(file), text_field=text_field, id_field=id_field, default_id=file_id):
+                if isinstance(item, BadLine):
+                    item.path = str(file)
+                yield item
+        return
     if source == "-":
         stream = stdin or sys.stdin
         first = stream.readline()
@@ -140,24 +211,37 @@ def read_records(
         else:
             yield from _txt_records(lines)
         return
+    yield from _read_file(source, text_field=text_field, id_field=id_field)
+
+
+def _read_file(
+    source: str, *, text_field: str, id_field: str, default_id: DefaultId = _line_id
+) -> Iterator[Record | BadLine]:
     fmt = message_format(source)
     path = Path(source)
     if not path.exists():
         raise InputFormatError(f"{source}: no such file")
     with open(path, encoding="utf-8-sig", errors="replace", newline="" if fmt in {"csv", "tsv"} else None) as f:
         if fmt == "jsonl":
-            yield from _jsonl_records(f, text_field=text_field, id_field=id_field)
+            yield from _jsonl_records(f, text_field=text_field, id_field=id_field, default_id=default_id)
         elif fmt in {"csv", "tsv"}:
             yield from _csv_records(
-                f, text_field=text_field, id_field=id_field, delimiter="," if fmt == "csv" else "\t"
+                f,
+                text_field=text_field,
+                id_field=id_field,
+                delimiter="," if fmt == "csv" else "\t",
+                default_id=default_id,
             )
         else:
-            yield from _txt_records(f)
+            yield from _txt_records(f, default_id=default_id)
 
 
 def count_lines(source: str) -> int | None:
-    """Lines in a file (for progress bars); None for stdin."""
+    """Lines in a file, or in all files of a folder or glob (for progress bars); None for stdin."""
     if source == "-":
         return None
+    files = input_files(source)
+    if files is not None:
+        return sum(count_lines(str(f)) or 0 for f in files)
     with open(source, "rb") as f:
         return sum(buf.count(b"\n") for buf in iter(lambda: f.read(1 << 20), b""))

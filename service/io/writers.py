@@ -15,11 +15,11 @@ from service.results import CSV_COLUMNS, MessageResult
 class ResultWriter:
     """``calmfirst score`` output: one JSON line per result, or one CSV row (``CSV_COLUMNS``)."""
 
-    def __init__(self, out: IO[str], fmt: str) -> None:
+    def __init__(self, out: IO[str], fmt: str, *, header: bool = True) -> None:
         self.out = out
         self.fmt = fmt
         self._csv = csv.DictWriter(out, fieldnames=list(CSV_COLUMNS)) if fmt == "csv" else None
-        if self._csv is not None:
+        if self._csv is not None and header:  # header=False: a part of a file (``service.ray_engine``)
             self._csv.writeheader()
 
     def write(self, result: MessageResult) -> None:

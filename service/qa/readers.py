@@ -6,6 +6,10 @@ unknown role, empty text) skips only that turn, and the conversation's ``skipped
 score rests on partial data. CSV rows of one conversation must be contiguous (exports are sorted;
 buffering a whole file to regroup it would defeat streaming); a conversation_id that comes back
 later is reported and those rows are skipped. Turns are ordered by ``turn_index``.
+
+The input may also be a folder or glob of such files (``service.io.readers.input_files``): they are
+read in sorted order, each as it would be alone; a JSONL conversation without an id gets
+``"<file>:<0-based line>"`` and a problem names its own file.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from data.vocab import Role
-from service.io.readers import BadLine, InputFormatError, read_jsonl
+from service.io.readers import BadLine, InputFormatError, file_label, input_files, read_jsonl
 from service.routing.conversation import Turn
 
 CSV_REQUIRED = ("conversation_id", "turn_index", "role", "text")
+#: File name endings read from a folder of transcripts.
+TRANSCRIPT_SUFFIXES = (".jsonl", ".ndjson", ".csv")
 
 
 @dataclass
@@ -34,6 +40,8 @@ class SourceConversation:
     indices: list[int] = field(default_factory=list)
     skipped_turns: int = 0
     last_line: int = 0
+    #: the file it is in, when the input is a folder or glob of files
+    path: str | None = None
 
     @property
     def key(self) -> str:
@@ -72,20 +80,25 @@ def transcript_format(path: str | Path) -> str:
 
 
 def check_input(path: str | Path) -> str:
-    """The input's format; raises :class:`InputFormatError` before any model is loaded."""
+    """The input's format (``files`` for a folder or glob); raises :class:`InputFormatError` before any model loads."""
+    files = input_files(path, TRANSCRIPT_SUFFIXES)
+    if files is not None:
+        for f in files:
+            check_input(f)
+        return "files"
     fmt = transcript_format(path)
     if not Path(path).is_file():
         raise InputFormatError(f"{path}: no such file")
     return fmt
 
 
-def _jsonl_conversations(f: IO[str]) -> Iterator[SourceConversation | BadLine]:
+def _jsonl_conversations(f: IO[str], *, id_prefix: str | None = None) -> Iterator[SourceConversation | BadLine]:
     for item in read_jsonl(f):
         if isinstance(item, BadLine):
             yield item
             continue
         n, obj = item
-        conv_id = obj.get("id", n - 1)
+        conv_id = obj["id"] if "id" in obj else (n - 1 if id_prefix is None else f"{id_prefix}:{n - 1}")
         if isinstance(conv_id, bool) or not isinstance(conv_id, str | int) or conv_id == "":
             yield BadLine(n, "field 'id' must be a non-empty string or an integer")
             continue
@@ -187,10 +200,21 @@ def _csv_conversations(f: IO[str]) -> Iterator[SourceConversation | BadLine]:
 
 
 def read_conversations(path: str | Path) -> Iterator[SourceConversation | BadLine]:
-    """Conversations (or reported problems) from a .jsonl or .csv transcript file, streamed."""
+    """Conversations (or reported problems) from a .jsonl or .csv transcript file (or a folder or glob), streamed."""
     fmt = check_input(path)
+    if fmt == "files":
+        for file in input_files(path, TRANSCRIPT_SUFFIXES) or []:
+            for item in _read_file(file, id_prefix=file_label(file, path)):
+                item.path = str(file)
+                yield item
+        return
+    yield from _read_file(Path(path))
+
+
+def _read_file(path: Path, *, id_prefix: str | None = None) -> Iterator[SourceConversation | BadLine]:
+    fmt = transcript_format(path)
     with open(path, encoding="utf-8-sig", errors="replace", newline="" if fmt == "csv" else None) as f:
         if fmt == "jsonl":
-            yield from _jsonl_conversations(f)
+            yield from _jsonl_conversations(f, id_prefix=id_prefix)
         else:
             yield from _csv_conversations(f)

@@ -31,17 +31,25 @@ Why it is built this way
   to regroup it would defeat streaming); a conversation_id that comes back later is reported and
   those rows are skipped. Turns are ordered by ``turn_index`` inside a conversation.
 
+- **One loop, two engines.** Reading, resuming, chunking, writing and reporting happen here, in
+  this process, for both engines; only scoring a chunk (:func:`score_chunk`: the model, the
+  conversation rules, the rows) is handed to a :class:`ChunkScorer`. The local one scores each
+  chunk as it is read; ``service.ray_engine`` sends chunks to Ray actors and gives the outputs
+  back in input order, so the files, the problems reported and resuming are the same.
+
 The handling score is in :mod:`service.qa.scoring`, the rows in :mod:`service.qa.rows`, resuming in
 :mod:`service.qa.resume`, aggregates in :mod:`service.qa.aggregate`, the report in :mod:`service.qa.report`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Protocol
 
 from tqdm import tqdm
 
@@ -53,9 +61,10 @@ from service.qa.aggregate import QASummary, summarize, write_agents
 from service.qa.readers import SourceConversation, check_input, read_conversations, short
 from service.qa.report import write_report
 from service.qa.resume import prepare_output
-from service.qa.rows import CONVERSATION_COLUMNS, TURN_COLUMNS, ConversationRow, TurnRow, conversation_row, turn_rows
+from service.qa.rows import CONVERSATION_COLUMNS, TURN_COLUMNS, conversation_row, turn_rows
 from service.results import ConversationResult
 from service.routing.agent_steps import AgentStepDetector
+from service.routing.conversation import Turn
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +85,105 @@ class QAReport:
         return self.summary.conversations
 
 
+@dataclass
+class ChunkOutput:
+    """What scoring one chunk of conversations produced, already serialised (it may come from another process)."""
+
+    turns_json: list[str] = field(default_factory=list)
+    turns_csv: list[dict[str, Any]] = field(default_factory=list)
+    conversations_json: list[str] = field(default_factory=list)
+    conversations_csv: list[dict[str, Any]] = field(default_factory=list)
+    #: conversations that could not be scored, reported like a bad line
+    problems: list[BadLine] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> ChunkOutput:
+        data = json.loads(text)
+        data["problems"] = [BadLine(**p) for p in data["problems"]]
+        return cls(**data)
+
+
+def score_chunk(
+    conv_an: ConversationAnalyzer, chunk: list[SourceConversation], *, keep_text: bool, lang: str | None
+) -> ChunkOutput:
+    """Score a chunk in one model pass; when that fails, one conversation at a time (a bad one is a problem)."""
+    out = ChunkOutput()
+
+    def score(part: list[SourceConversation]) -> list[tuple[SourceConversation, ConversationResult]]:
+        try:
+            results = conv_an.analyze_many([(c.id, c.turns) for c in part], lang=lang)
+            return list(zip(part, results, strict=True))
+        except Exception as e:  # one bad conversation must not sink its chunk
+            if len(part) == 1:
+                out.problems.append(
+                    BadLine(part[0].line, f"could not be scored ({type(e).__name__})", path=part[0].path)
+                )
+                return []
+            logger.warning(
+                "chunk of %d conversations failed (%s); scoring them one by one", len(part), type(e).__name__
+            )
+            return [pair for c in part for pair in score([c])]
+
+    for conv, result in score(chunk):
+        for row in turn_rows(conv, result, keep_text=keep_text):
+            out.turns_json.append(row.to_json())
+            out.turns_csv.append(row.csv_row())
+        summary = conversation_row(conv, result)
+        out.conversations_json.append(summary.to_json())
+        out.conversations_csv.append(summary.csv_row())
+    return out
+
+
+def chunk_to_json(chunk: list[SourceConversation]) -> str:
+    """A chunk of conversations as JSON, for scoring in another process (``chunk_from_json`` reads it)."""
+    return json.dumps(
+        [
+            {
+                "id": c.id,
+                "line": c.line,
+                "agent_id": c.agent_id,
+                "turns": [[t.role, t.text, t.ts] for t in c.turns],
+                "indices": c.indices,
+                "skipped_turns": c.skipped_turns,
+                "last_line": c.last_line,
+                "path": c.path,
+            }
+            for c in chunk
+        ],
+        ensure_ascii=False,
+    )
+
+
+def chunk_from_json(text: str) -> list[SourceConversation]:
+    out = []
+    for c in json.loads(text):
+        turns = [Turn(role=Role(role), text=t, ts=ts) for role, t, ts in c.pop("turns")]
+        out.append(SourceConversation(**c, turns=turns))
+    return out
+
+
+class ChunkScorer(Protocol):
+    """Scores chunks of conversations; outputs come back in the chunks' order, one per chunk."""
+
+    def score_chunks(self, chunks: Iterable[list[SourceConversation]]) -> Iterator[ChunkOutput]: ...
+
+
+class LocalScorer:
+    """This process: each chunk scored as soon as it is read."""
+
+    def __init__(self, conv_an: ConversationAnalyzer, *, keep_text: bool, lang: str | None) -> None:
+        self.conv_an = conv_an
+        self.keep_text = keep_text
+        self.lang = lang
+
+    def score_chunks(self, chunks: Iterable[list[SourceConversation]]) -> Iterator[ChunkOutput]:
+        for chunk in chunks:
+            yield score_chunk(self.conv_an, chunk, keep_text=self.keep_text, lang=self.lang)
+
+
 class _Writers:
     """The four incremental outputs, opened for appending; a chunk is flushed before the next is read."""
 
@@ -85,18 +193,18 @@ class _Writers:
         self.conv_csv = AppendingCsv(out_dir / "conversations.csv", CONVERSATION_COLUMNS)
         self.conv_jsonl, _ = open_append(out_dir / "conversations.jsonl")
 
-    def write_chunk(self, turns: list[TurnRow], summaries: list[ConversationRow]) -> None:
+    def write_chunk(self, chunk: ChunkOutput) -> None:
         # Order matters for resuming: turns first, the commit log (conversations.jsonl) last.
-        for row in turns:
-            self.turns_jsonl.write(row.to_json() + "\n")
-            self.turns_csv.write(row.csv_row())
+        for line, row in zip(chunk.turns_json, chunk.turns_csv, strict=True):
+            self.turns_jsonl.write(line + "\n")
+            self.turns_csv.write(row)
         self.turns_jsonl.flush()
         self.turns_csv.flush()
-        for s in summaries:
-            self.conv_csv.write(s.csv_row())
+        for summary in chunk.conversations_csv:
+            self.conv_csv.write(summary)
         self.conv_csv.flush()
-        for s in summaries:
-            self.conv_jsonl.write(s.to_json() + "\n")
+        for line in chunk.conversations_json:
+            self.conv_jsonl.write(line + "\n")
         self.conv_jsonl.flush()
 
     def close(self) -> None:
@@ -108,8 +216,9 @@ def run_qa(
     input_path: str | Path,
     out_dir: str | Path,
     *,
-    analyzer: Analyzer,
-    detector: AgentStepDetector,
+    analyzer: Analyzer | None = None,
+    detector: AgentStepDetector | None = None,
+    scorer: ChunkScorer | None = None,
     batch_conversations: int = 64,
     max_customer_turns: int = 512,
     progress: bool | None = None,
@@ -120,27 +229,30 @@ def run_qa(
 ) -> QAReport:
     """Score every conversation of ``input_path`` into ``out_dir`` (resuming), then aggregate and report.
 
+    ``input_path`` is a .jsonl or .csv file, or a folder or glob of them. Conversations are scored by
+    ``scorer`` (default: :class:`LocalScorer` over ``analyzer`` and ``detector`` in this process).
     ``progress=None`` shows the bar for inputs of 200 lines or more. Problems in the input go to
     ``err`` (default stderr) as ``PATH: line N: reason (skipped)`` and into ``QAReport.bad``.
     """
     err = err or sys.stderr
     check_input(input_path)
+    if scorer is None:
+        if analyzer is None or detector is None:
+            raise ValueError("run_qa needs an analyzer and a detector, or a scorer")
+        scorer = LocalScorer(ConversationAnalyzer(analyzer, detector), keep_text=keep_text, lang=lang)
     out = Path(out_dir)
     done = prepare_output(out)
     report = QAReport(out_dir=out, resumed=0)
-    conv_an = ConversationAnalyzer(analyzer, detector)
     total = count_lines(str(input_path))
     show = progress if progress is not None else (total or 0) >= 200
     bar = tqdm(total=total, unit="line", file=err, disable=not show, dynamic_ncols=True, desc="qa")
     seen: set[str] = set()
-    pending: list[SourceConversation] = []
-    pending_customer = 0
     read_to = 0
     writers = _Writers(out)
 
     def problem(item: BadLine) -> None:
         report.bad.append(item)
-        err.write(f"{input_path}: line {item.line}: {item.reason} (skipped)\n")
+        err.write(item.report(input_path))
 
     def advance(line: int) -> None:
         nonlocal read_to
@@ -148,42 +260,18 @@ def run_qa(
             bar.update(line - read_to)
             read_to = line
 
-    def score(chunk: list[SourceConversation]) -> list[tuple[SourceConversation, ConversationResult]]:
-        try:
-            results = conv_an.analyze_many([(c.id, c.turns) for c in chunk], lang=lang)
-            return list(zip(chunk, results, strict=True))
-        except Exception as e:  # one bad conversation must not sink its chunk
-            if len(chunk) == 1:
-                problem(BadLine(chunk[0].line, f"could not be scored ({type(e).__name__})"))
-                return []
-            logger.warning(
-                "chunk of %d conversations failed (%s); scoring them one by one", len(chunk), type(e).__name__
-            )
-            return [pair for c in chunk for pair in score([c])]
+    last_lines: list[int] = []  # of the chunks handed to the scorer and not yet written
 
-    def flush() -> None:
-        nonlocal pending_customer
-        if not pending:
-            return
-        turns: list[TurnRow] = []
-        summaries: list[ConversationRow] = []
-        for conv, result in score(pending):
-            turns.extend(turn_rows(conv, result, keep_text=keep_text))
-            summaries.append(conversation_row(conv, result))
-        writers.write_chunk(turns, summaries)
-        report.scored += len(summaries)
-        report.turns_scored += len(turns)
-        advance(pending[-1].last_line)
-        pending.clear()
+    def chunks() -> Iterator[list[SourceConversation]]:
+        """The input read, checked and resumed, cut into chunks (64 conversations or 512 customer turns)."""
+        pending: list[SourceConversation] = []
         pending_customer = 0
-
-    try:
         for item in read_conversations(input_path):
             if isinstance(item, BadLine):
                 problem(item)
                 continue
             if item.key in seen:
-                problem(BadLine(item.line, f"conversation id {short(item.key)} repeated"))
+                problem(BadLine(item.line, f"conversation id {short(item.key)} repeated", path=item.path))
                 continue
             seen.add(item.key)
             if item.key in done:
@@ -193,13 +281,26 @@ def run_qa(
                 continue
             n_customer = sum(t.role == Role.CUSTOMER for t in item.turns)
             if n_customer == 0:
-                problem(BadLine(item.line, "no customer turn to score"))
+                problem(BadLine(item.line, "no customer turn to score", path=item.path))
                 continue
             pending.append(item)
             pending_customer += n_customer
             if len(pending) >= batch_conversations or pending_customer >= max_customer_turns:
-                flush()
-        flush()
+                last_lines.append(pending[-1].last_line)
+                yield pending
+                pending, pending_customer = [], 0
+        if pending:
+            last_lines.append(pending[-1].last_line)
+            yield pending
+
+    try:
+        for output in scorer.score_chunks(chunks()):
+            for bad in output.problems:
+                problem(bad)
+            writers.write_chunk(output)
+            report.scored += len(output.conversations_json)
+            report.turns_scored += len(output.turns_json)
+            advance(last_lines.pop(0))
         if total:
             advance(total)
     finally:
@@ -207,7 +308,7 @@ def run_qa(
         writers.close()
     report.summary = summarize(out / "conversations.jsonl", worst_n=worst_n)
     write_agents(report.summary, out)
-    write_report(report.summary, out / "report.html", title=f"CalmFirst QA: {Path(input_path).name}")
+    write_report(report.summary, out / "report.html", title=f"CalmFirst QA: {Path(str(input_path)).name}")
     logger.info(
         "qa: %d conversations scored (%d turns), %d already done, %d problems; %d in %s",
         report.scored,

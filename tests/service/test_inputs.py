@@ -1,0 +1,62 @@
+"""Folder and glob inputs (``service.io.readers.input_files``): files in sorted order, ids and problems per file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.io.readers import BadLine, InputFormatError, Record, count_lines, input_files, read_records
+from service.qa.readers import SourceConversation, check_input, read_conversations
+
+
+def test_single_file_unchanged(tmp_path: Path) -> None:
+    f = tmp_path / "m.jsonl"
+    f.write_text('{"text": "a"}\n{"id": 7, "text": "b"}\n{"id": null, "text": "c"}\n', encoding="utf-8")
+    assert input_files(str(f)) is None and input_files("-") is None
+    got = list(read_records(str(f)))
+    assert [(r.line, r.id, r.text) for r in got if isinstance(r, Record)] == [(1, 0, "a"), (2, 7, "b"), (3, None, "c")]
+
+
+def test_folder_and_glob(tmp_path: Path) -> None:
+    (tmp_path / "b.txt").write_text("x\n\ny\n", encoding="utf-8")
+    (tmp_path / "a.jsonl").write_text('{"text": "p"}\nnot json\n{"id": "k", "text": "q"}\n', encoding="utf-8")
+    (tmp_path / "c.csv").write_text("id,text\n,r\n", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("ignored\n", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.txt").write_text("s\n", encoding="utf-8")
+    assert [p.name for p in input_files(str(tmp_path)) or []] == ["a.jsonl", "b.txt", "c.csv"]
+    items = list(read_records(str(tmp_path)))
+    records = [(r.id, r.text) for r in items if isinstance(r, Record)]
+    assert records == [("a.jsonl:0", "p"), ("k", "q"), ("b.txt:0", "x"), ("b.txt:2", "y"), ("c.csv:0", "r")]
+    bad = [b for b in items if isinstance(b, BadLine)]
+    assert len(bad) == 1 and bad[0].path == str(tmp_path / "a.jsonl") and bad[0].line == 2
+    assert bad[0].report(tmp_path).startswith(f"{tmp_path / 'a.jsonl'}: line 2: not valid JSON")
+    assert count_lines(str(tmp_path)) == 3 + 3 + 2
+
+    pattern = str(tmp_path / "**" / "*.txt")
+    assert [p.name for p in input_files(pattern) or []] == ["b.txt", "d.txt"]
+    ids = [r.id for r in read_records(pattern) if isinstance(r, Record)]
+    assert ids == [f"{tmp_path / 'b.txt'}:0", f"{tmp_path / 'b.txt'}:2", f"{tmp_path / 'sub' / 'd.txt'}:0"]
+
+
+def test_no_files(tmp_path: Path) -> None:
+    with pytest.raises(InputFormatError, match="no input files"):
+        list(read_records(str(tmp_path)))
+    with pytest.raises(InputFormatError, match="no files match"):
+        list(read_records(str(tmp_path / "*.jsonl")))
+
+
+def test_transcript_folder(tmp_path: Path) -> None:
+    conv = {"turns": [{"role": "customer", "text": "退款"}]}
+    (tmp_path / "one.jsonl").write_text(json.dumps(conv) + "\n" + json.dumps({"id": "x", **conv}) + "\n")
+    (tmp_path / "two.csv").write_text("conversation_id,turn_index,role,text\nz,0,customer,好\nz,1,robot,?\n")
+    (tmp_path / "skip.txt").write_text("not a transcript\n")
+    assert check_input(tmp_path) == "files"
+    items = list(read_conversations(tmp_path))
+    convs = [c for c in items if isinstance(c, SourceConversation)]
+    assert [c.id for c in convs] == ["one.jsonl:0", "x", "z"]
+    assert all(c.path for c in convs)
+    bad = [b for b in items if isinstance(b, BadLine)]
+    assert [(Path(b.path or "").name, b.line) for b in bad] == [("two.csv", 3)]
