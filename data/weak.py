@@ -25,7 +25,6 @@ from data.sources import SourceText, read_source, shared_data_dir
 from data.splits import text_key
 
 
-
 @dataclass(frozen=True)
 class WeakRow:
     id: str
@@ -54,8 +53,15 @@ def _ewect(root: Path) -> Iterator[tuple[SourceText, int, int]]:
             yield row, 1, 0
 
 
-STAR_SOURCES = ("tw_hospital_reviews", "tw_taipei_restaurant_reviews", "tw_venue_reviews", "tw_icook_app_reviews",
-                "tw_restaurant_chain_reviews", "hk_bank_app_reviews", "hk_openrice_senti")
+STAR_SOURCES = (
+    "tw_hospital_reviews",
+    "tw_taipei_restaurant_reviews",
+    "tw_venue_reviews",
+    "tw_icook_app_reviews",
+    "tw_restaurant_chain_reviews",
+    "hk_bank_app_reviews",
+    "hk_openrice_senti",
+)
 
 
 def _stars(root: Path) -> Iterator[tuple[SourceText, int, int]]:

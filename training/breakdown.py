@@ -59,7 +59,9 @@ def bootstrap(
         m = compute_metrics([golds[i] for i in idx], [preds[i] for i in idx])
         for k in INTERVAL_METRICS:
             draws[k].append(m[k])
-    return {k: [round(float(np.percentile(v, 2.5)), 3), round(float(np.percentile(v, 97.5)), 3)] for k, v in draws.items()}
+    return {
+        k: [round(float(np.percentile(v, 2.5)), 3), round(float(np.percentile(v, 97.5)), 3)] for k, v in draws.items()
+    }
 
 
 def breakdown(
@@ -91,11 +93,18 @@ def confident_mistakes(
         if g["complaint_type"] != p["complaint_type"]:
             wrong.append(("type", g["complaint_type"], p["complaint_type"], p["type_confidence"]))
         for what, gold, pred, conf in wrong:
-            rows.append({
-                "id": g["id"], "source": g["source"], "region": g["region"], "what": what, "gold": gold, "pred": pred,
-                "confidence": round(float(conf), 3),
-                "text": g.get("text", "") if g["source"] == WRITTEN_SOURCE else "",
-            })
+            rows.append(
+                {
+                    "id": g["id"],
+                    "source": g["source"],
+                    "region": g["region"],
+                    "what": what,
+                    "gold": gold,
+                    "pred": pred,
+                    "confidence": round(float(conf), 3),
+                    "text": g.get("text", "") if g["source"] == WRITTEN_SOURCE else "",
+                }
+            )
     rows.sort(key=lambda r: -r["confidence"])
     return rows[:k]
 
@@ -103,29 +112,52 @@ def confident_mistakes(
 def gold_record(ex: Any) -> dict[str, Any]:
     """The fields ``breakdown`` needs from a ``training.data.Example``."""
     return {
-        "id": ex.id, "source": ex.source, "region": ex.meta.get("region") or region_of(ex.source),
-        "script": ex.script, "anger_level": ex.anger_level, "complaint_type": ex.complaint_type, "threat": ex.threat,
+        "id": ex.id,
+        "source": ex.source,
+        "region": ex.meta.get("region") or region_of(ex.source),
+        "script": ex.script,
+        "anger_level": ex.anger_level,
+        "complaint_type": ex.complaint_type,
+        "threat": ex.threat,
         "text": ex.text,
     }
 
 
 def markdown(bd: dict[str, dict[str, Any]], mistakes: Sequence[dict[str, Any]]) -> list[str]:
-    lines = ["## Real and written apart, per region, script and source", "",
-             "95% bootstrap intervals (200 resamples of the records) in brackets; sources without one.", "",
-             "| group | n | calm_first F1 | anger QWK | type macro-F1 | type acc. | threat F1 | ECE |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Real and written apart, per region, script and source",
+        "",
+        "95% bootstrap intervals (200 resamples of the records) in brackets; sources without one.",
+        "",
+        "| group | n | calm_first F1 | anger QWK | type macro-F1 | type acc. | threat F1 | ECE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in bd.items():
         ci = r.get("ci95", {})
 
         def cell(k: str, r: dict[str, Any] = r, ci: dict[str, Any] = ci) -> str:
             return f"{r[k]:.3f}" + (f" [{ci[k][0]:.2f}, {ci[k][1]:.2f}]" if k in ci else "")
 
-        lines.append(f"| {name} | {r['n']} | " + " | ".join(cell(k) for k in (
-            "calm_first_f1", "anger_qwk", "type_macro_f1", "type_accuracy", "threat_f1", "calm_first_ece")) + " |")
-    lines += ["", "## The 20 most confident mistakes", "",
-              "Shared-source texts are not reproduced (ids only); written messages are the project's own.", "",
-              "| id | source | region | what | gold | predicted | confidence | text |", "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {r['n']} | "
+            + " | ".join(
+                cell(k)
+                for k in ("calm_first_f1", "anger_qwk", "type_macro_f1", "type_accuracy", "threat_f1", "calm_first_ece")
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "## The 20 most confident mistakes",
+        "",
+        "Shared-source texts are not reproduced (ids only); written messages are the project's own.",
+        "",
+        "| id | source | region | what | gold | predicted | confidence | text |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m in mistakes:
-        lines.append(f"| {m['id']} | {m['source']} | {m['region']} | {m['what']} | {m['gold']} | {m['pred']} | "
-                     f"{m['confidence']:.3f} | {m['text'][:60]} |")
+        lines.append(
+            f"| {m['id']} | {m['source']} | {m['region']} | {m['what']} | {m['gold']} | {m['pred']} | "
+            f"{m['confidence']:.3f} | {m['text'][:60]} |"
+        )
     return lines

@@ -187,11 +187,23 @@ def load_weak(src: DataSource, *, shared_dir: str | None = None) -> list[Example
     """``weak:<name>`` sources (``data.weak``): real texts whose only label is an anger bound."""
     from data.weak import weak_rows
 
-    rows = weak_rows(src.path.removeprefix("weak:"), shared_dir=Path(shared_dir) if shared_dir else None, limit=src.limit)
+    rows = weak_rows(
+        src.path.removeprefix("weak:"), shared_dir=Path(shared_dir) if shared_dir else None, limit=src.limit
+    )
     return [
         Example(
-            text=r.text, anger_level=None, complaint_type=None, types=[], threat=None, script=detect_script(r.text),
-            split="train", source=r.source, id=r.id, weak=True, weight=src.weight, anger_bound=(r.k, r.y),
+            text=r.text,
+            anger_level=None,
+            complaint_type=None,
+            types=[],
+            threat=None,
+            script=detect_script(r.text),
+            split="train",
+            source=r.source,
+            id=r.id,
+            weak=True,
+            weight=src.weight,
+            anger_bound=(r.k, r.y),
         )
         for r in rows
     ]

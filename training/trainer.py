@@ -117,8 +117,13 @@ class Collator:
             text = ex.text
             if self.train:
                 text = augment(
-                    text, ex.script, self.rng, opencc_prob=aug.opencc_prob, opencc_configs=aug.opencc_configs,
-                    t2s_prob=aug.t2s_prob, noise_prob=aug.noise_prob,
+                    text,
+                    ex.script,
+                    self.rng,
+                    opencc_prob=aug.opencc_prob,
+                    opencc_configs=aug.opencc_configs,
+                    t2s_prob=aug.t2s_prob,
+                    noise_prob=aug.noise_prob,
                 )
             # context: kept at evaluation; dropped now and then in training so a later turn
             # sent alone (no context) is still read well

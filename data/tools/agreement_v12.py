@@ -60,9 +60,16 @@ def build() -> tuple[int, int]:
             b_lab = {k: b[k] for k in keys}
             agreed = _same(a_lab, b_lab, agent)
             row = {
-                "id": b["id"], "source": m["source"], "script": m["script"], "region": m["region"], "schema": "1.2",
-                "annotator_a_id": a_who, "annotator_b_id": b.get("annotator"),
-                "annotator_a": a_lab, "annotator_b": b_lab, "agreed": agreed,
+                "id": b["id"],
+                "source": m["source"],
+                "script": m["script"],
+                "region": m["region"],
+                "schema": "1.2",
+                "annotator_a_id": a_who,
+                "annotator_b_id": b.get("annotator"),
+                "annotator_a": a_lab,
+                "annotator_b": b_lab,
+                "agreed": agreed,
                 "adjudicated": (old or {}).get("adjudicated") or (a_lab if agreed else None),
                 "reason": (old or {}).get("reason"),
             }
@@ -88,9 +95,20 @@ def to_adjudicate(out: Path) -> int:
         with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for r in todo:
                 t = texts[r["id"]]
-                f.write(json.dumps({**{k: r[k] for k in ("id", "source", "script", "region")}, "selection": "adjudication",
-                                    "text": t["text"], "context": t.get("context"),
-                                    "label_1": r["annotator_a"], "label_2": r["annotator_b"]}, ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            **{k: r[k] for k in ("id", "source", "script", "region")},
+                            "selection": "adjudication",
+                            "text": t["text"],
+                            "context": t.get("context"),
+                            "label_1": r["annotator_a"],
+                            "label_2": r["annotator_b"],
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
         n += len(todo)
     return n
 
@@ -158,10 +176,17 @@ def agent_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
         either = sum(x or y for x, y in zip(a, b, strict=True))
         tp_all += tp
         fp_fn += either - tp
-        out["codes"][code] = {"a": sum(a), "b": sum(b), "both": tp, "f1": round(2 * tp / max(1, sum(a) + sum(b)), 3),
-                              "kappa": _kappa(a, b)}
+        out["codes"][code] = {
+            "a": sum(a),
+            "b": sum(b),
+            "both": tp,
+            "f1": round(2 * tp / max(1, sum(a) + sum(b)), 3),
+            "kappa": _kappa(a, b),
+        }
     out["micro_f1"] = round(2 * tp_all / max(1, 2 * tp_all + fp_fn), 3)
-    out["exact_match"] = round(sum(_same(r["annotator_a"], r["annotator_b"], True) for r in rows) / max(1, len(rows)), 3)
+    out["exact_match"] = round(
+        sum(_same(r["annotator_a"], r["annotator_b"], True) for r in rows) / max(1, len(rows)), 3
+    )
     return out
 
 
@@ -174,9 +199,11 @@ def metrics() -> dict[str, Any]:
         "tw": lambda r: r["region"] == "tw",
         "hk": lambda r: r["region"] == "hk",
     }
-    res = {"customer": {g: customer_metrics([r for r in rows if f(r)]) for g, f in groups.items()},
-           "agent": agent_metrics(read_jsonl(AGENT_AGREEMENT_FILE)),
-           "disagreements_adjudicated": sum(not r["agreed"] for r in rows)}
+    res = {
+        "customer": {g: customer_metrics([r for r in rows if f(r)]) for g, f in groups.items()},
+        "agent": agent_metrics(read_jsonl(AGENT_AGREEMENT_FILE)),
+        "disagreements_adjudicated": sum(not r["agreed"] for r in rows),
+    }
     METRICS_FILE.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return res
 
@@ -187,15 +214,24 @@ def markdown(res: dict[str, Any]) -> str:
     def f(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
-    out = ["| group | n | anger QWK | anger exact | calm_first agreement | calm_first kappa | calm_first F1 | type kappa | threat kappa (threats) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| group | n | anger QWK | anger exact | calm_first agreement | calm_first kappa | calm_first F1 | type kappa | threat kappa (threats) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for g, m in res["customer"].items():
-        out.append(f"| {g} | {m['n']} | {f(m['anger_qwk'])} | {f(m['anger_exact'])} | {f(m['calm_first_agreement'])} | "
-                   f"{f(m['calm_first_kappa'])} | {f(m['calm_first_f1'])} | {f(m['type_kappa'])} | {f(m['threat_kappa'])} ({m['threats']}) |")
+        out.append(
+            f"| {g} | {m['n']} | {f(m['anger_qwk'])} | {f(m['anger_exact'])} | {f(m['calm_first_agreement'])} | "
+            f"{f(m['calm_first_kappa'])} | {f(m['calm_first_f1'])} | {f(m['type_kappa'])} | {f(m['threat_kappa'])} ({m['threats']}) |"
+        )
     a = res["agent"]
-    out += ["", f"Agent turns ({a['n']} real): micro-F1 between the two annotators **{a['micro_f1']:.3f}**, "
-            f"all codes of a turn equal in {a['exact_match']:.1%}.", "",
-            "| code | A | B | both | F1 | kappa |", "|---|---|---|---|---|---|"]
+    out += [
+        "",
+        f"Agent turns ({a['n']} real): micro-F1 between the two annotators **{a['micro_f1']:.3f}**, "
+        f"all codes of a turn equal in {a['exact_match']:.1%}.",
+        "",
+        "| code | A | B | both | F1 | kappa |",
+        "|---|---|---|---|---|---|",
+    ]
     for code, m in a["codes"].items():
         out.append(f"| {code} | {m['a']} | {m['b']} | {m['both']} | {f(m['f1'])} | {f(m['kappa'])} |")
     return "\n".join(out) + "\n"
@@ -219,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         write_card(args.card, markdown(metrics()), begin="<!-- agreement: begin -->", end="<!-- agreement: end -->")
         return 0
     if args.cmd == "build":
-        print("customer rows %d, agent rows %d" % build())
+        rows, arows = build()
+        print(f"customer rows {rows}, agent rows {arows}")
     elif args.cmd == "to-adjudicate":
         print(to_adjudicate(args.out), "records to adjudicate")
     elif args.cmd == "apply":

@@ -120,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 # ---------------------------------------------------------------------------- merge
 ANNOTATIONS = ROOT / "data" / "annotations"
 BATCH_LABELS = ANNOTATIONS / "batches"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -218,7 +217,7 @@ def agent_candidates(n_stc3: int, exclude: set[str], rng: random.Random) -> list
                         "region": "tw",
                         "selection": "all_replies",
                         "text": reply,
-                        "context": [{"role": "customer", "text": row.text[:MAX_CHARS * 2]}],
+                        "context": [{"role": "customer", "text": row.text[: MAX_CHARS * 2]}],
                     }
                 )
     hosp = [r for r in out if r["source"] == "tw_hospital_reviews"]
@@ -301,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         tw = [r for r in recs if r["region"] == "tw"]
         rng.shuffle(hk)
         rng.shuffle(tw)
-        paths = write_batches(hk, args.out, f"hk-{tag}", args.size) + write_batches(tw, args.out, f"tw-{tag}", args.size)
+        paths = write_batches(hk, args.out, f"hk-{tag}", args.size) + write_batches(
+            tw, args.out, f"tw-{tag}", args.size
+        )
     elif args.what == "stc3":
         recs = stc3_candidates(round(args.n_first * args.scale), round(args.n_later * args.scale), exclude, rng, scores)
         paths = write_batches(recs, args.out, f"stc3-{tag}", args.size)

@@ -49,8 +49,12 @@ def test_weak_bound_loss_uses_one_threshold_and_its_weight(tiny_model) -> None: 
     assert batch["weak_k"].tolist() == [-1, 1] and batch["weak_y"].tolist() == [0.0, 1.0]
     assert batch["anger"].tolist() == [2, -1]
     logits = torch.zeros(2, 3)
-    out = {"anger_logits": logits, "type_logits": torch.zeros(2, 10), "multi_logits": torch.zeros(2, 10),
-           "threat_logits": torch.zeros(2)}
+    out = {
+        "anger_logits": logits,
+        "type_logits": torch.zeros(2, 10),
+        "multi_logits": torch.zeros(2, 10),
+        "threat_logits": torch.zeros(2),
+    }
     base = trainer.loss(out, batch).item()
     # raising only the weak row's threshold-1 logit (towards its target "level > 1") lowers the loss
     logits2 = logits.clone()
@@ -97,8 +101,16 @@ def test_collator_feeds_context_at_evaluation_and_drops_it_sometimes_in_training
     from training.data import Example
     from training.trainer import Collator, model_input
 
-    ex = Example("还是不行", 1, "account_technical", ["account_technical"], False, "hans", "dev",
-                 context=[("agent", "请重启试试")])
+    ex = Example(
+        "还是不行",
+        1,
+        "account_technical",
+        ["account_technical"],
+        False,
+        "hans",
+        "dev",
+        context=[("agent", "请重启试试")],
+    )
     assert "请重启试试" in model_input(ex) and model_input(ex, use_context=False) == "还是不行"
     args = TrainingArguments(epochs=1, augment={"opencc_prob": 0.0, "context_drop": 0.5})
     seen = []

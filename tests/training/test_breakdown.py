@@ -6,15 +6,29 @@ from training.breakdown import bootstrap, breakdown, confident_mistakes, groups,
 
 
 def _g(i: int, source: str, region: str, level: int, ctype: str, script: str = "hant") -> dict:
-    return {"id": f"r{i}", "source": source, "region": region, "script": script, "anger_level": level,
-            "complaint_type": ctype, "threat": False, "text": f"text {i}"}
+    return {
+        "id": f"r{i}",
+        "source": source,
+        "region": region,
+        "script": script,
+        "anger_level": level,
+        "complaint_type": ctype,
+        "threat": False,
+        "text": f"text {i}",
+    }
 
 
 def _p(level: int, ctype: str, conf: float = 0.9) -> dict:
     probs = [0.0] * 4
     probs[level] = conf
-    return {"anger_level": level, "complaint_type": ctype, "threat": False, "calm_first_prob": 1.0 if level >= 2 else 0.0,
-            "anger_probs": probs, "type_confidence": conf}
+    return {
+        "anger_level": level,
+        "complaint_type": ctype,
+        "threat": False,
+        "calm_first_prob": 1.0 if level >= 2 else 0.0,
+        "anger_probs": probs,
+        "type_confidence": conf,
+    }
 
 
 GOLD = [
