@@ -205,21 +205,25 @@ def read_tw_hospital(root: Path) -> Iterator[SourceText]:
             yield SourceText(rid, "tw_hospital_reviews", text, hash_split(rid), meta)
 
 
-def read_tw_taipei_restaurant(root: Path) -> Iterator[SourceText]:
-    for row_no, row in _csv_rows(root / "tw_taipei_restaurant_reviews" / "taipei_restaurant_reviews.csv"):
-        text = _clean(row.get("comment_text") or "")
+def _star_reviews(
+    path: Path, source: str, prefix: str, text_column: str, extra: tuple[str, ...] = ()
+) -> Iterator[SourceText]:
+    """Rows of a review CSV with a ``rating`` column; id ``<prefix>:<0-based data row>``."""
+    for row_no, row in _csv_rows(path):
+        text = _clean(row.get(text_column) or "")
         if text:
-            rid = f"tpe:{row_no}"
-            meta = {"star": row["rating"], "service_kw_hit": row.get("service_kw_hit", "")}
-            yield SourceText(rid, "tw_taipei_restaurant_reviews", text, hash_split(rid), meta)
+            rid = f"{prefix}:{row_no}"
+            meta = {"star": row["rating"], **{k: row.get(k, "") for k in extra}}
+            yield SourceText(rid, source, text, hash_split(rid), meta)
+
+
+def read_tw_taipei_restaurant(root: Path) -> Iterator[SourceText]:
+    path = root / "tw_taipei_restaurant_reviews" / "taipei_restaurant_reviews.csv"
+    yield from _star_reviews(path, "tw_taipei_restaurant_reviews", "tpe", "comment_text", ("service_kw_hit",))
 
 
 def read_tw_venue(root: Path) -> Iterator[SourceText]:
-    for row_no, row in _csv_rows(root / "tw_venue_reviews" / "venue_reviews.csv"):
-        text = _clean(row.get("text") or "")
-        if text:
-            rid = f"venue:{row_no}"
-            yield SourceText(rid, "tw_venue_reviews", text, hash_split(rid), {"star": row["rating"]})
+    yield from _star_reviews(root / "tw_venue_reviews" / "venue_reviews.csv", "tw_venue_reviews", "venue", "text")
 
 
 def read_tw_restaurant_chain(root: Path) -> Iterator[SourceText]:
@@ -235,11 +239,8 @@ def read_tw_restaurant_chain(root: Path) -> Iterator[SourceText]:
 
 
 def read_tw_icook(root: Path) -> Iterator[SourceText]:
-    for row_no, row in _csv_rows(root / "tw_icook_app_reviews" / "icook_reviews.csv"):
-        text = _clean(row.get("review_text") or "")
-        if text:
-            rid = f"icook:{row_no}"
-            yield SourceText(rid, "tw_icook_app_reviews", text, hash_split(rid), {"star": row["rating"]})
+    path = root / "tw_icook_app_reviews" / "icook_reviews.csv"
+    yield from _star_reviews(path, "tw_icook_app_reviews", "icook", "review_text")
 
 
 def read_hk_bank(root: Path) -> Iterator[SourceText]:
