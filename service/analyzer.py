@@ -58,8 +58,9 @@ class Analyzer:
         playbook: Playbook | None = None,
         batch_size: int = 32,
         default_script: str = "hans",
-        microbatch_wait_ms: float = 2.0,
+        microbatch_wait_ms: float = 0.0,
         microbatch_max_size: int = 1,
+        microbatch_concurrency: int = 2,
     ) -> None:
         self.model = model
         self.policy = policy or Policy()
@@ -72,7 +73,10 @@ class Analyzer:
         self.observers: list[AnalysisObserver] = []
         if microbatch_max_size > 1:
             self.microbatcher = MicroBatcher(
-                self._predict_many, max_wait_ms=microbatch_wait_ms, max_size=microbatch_max_size
+                self._predict_many,
+                max_wait_ms=microbatch_wait_ms,
+                max_size=microbatch_max_size,
+                max_concurrent=microbatch_concurrency,
             )
 
     @classmethod
@@ -98,8 +102,9 @@ class Analyzer:
             playbook=playbook,
             batch_size=settings.batch_size,
             default_script=settings.default_script,
-            microbatch_wait_ms=getattr(settings, "microbatch_wait_ms", 2.0),
+            microbatch_wait_ms=getattr(settings, "microbatch_wait_ms", 0.0),
             microbatch_max_size=getattr(settings, "microbatch_max_size", 1),
+            microbatch_concurrency=getattr(settings, "microbatch_concurrency", 2),
         )
 
     def close(self) -> None:

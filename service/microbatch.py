@@ -6,21 +6,22 @@ API receives one text per request. Each request thread hands its item to one
 worker thread and blocks; the worker takes everything that is queued (up to
 ``max_size``) and runs it as one batch.
 
-Waiting costs latency, so the worker waits up to ``max_wait_ms`` for company only
-when there is evidence of concurrent traffic: more items were already queued, or
-the previous batch had more than one item. A lone client (concurrency 1) never
-waits and never hands off: when nothing is running or queued, the caller's own
-thread runs the forward. Under load, batches fill naturally because requests pile
-up while a forward runs, and the next forward starts only when the previous one
-ends (two forwards would just fight over the same cores). ``adaptive=False``
-always queues and always waits (deterministic batching, used in tests).
+Never slower than no batching: a request that finds a free forward slot (at most
+``max_concurrent`` forwards run at once) and nobody queued runs at once, in its own
+thread, with no hand-off; only requests that arrive while every slot is busy queue,
+and a worker takes *what is already waiting* (up to ``max_size``) as soon as a slot
+frees. Under load, batches fill naturally because requests pile up while forwards
+run. Waiting for company (``max_wait_ms``, default 0 in the service) is opt-in, and
+even then only when there is evidence of concurrent traffic: more items were already
+queued, or the previous batch had more than one item. ``adaptive=False`` always
+queues and always waits (deterministic batching, used in tests).
 
-When it pays: only where a batch of k texts costs much less than k single forwards
-(many cores, a GPU). On the 2-core CPU of ``make bench`` it does not: a single short
-text already keeps the matrix kernels busy, batch-mates must be padded or split by
-length, and one serial forward at a time leaves gaps that concurrent single forwards
-fill. There, concurrency 8 ran at 47 requests/s with micro-batching and 61 without,
-so the service default (``microbatch_max_size=1``) leaves it off.
+Two slots by default in the service: while one forward runs, the next batch's Python
+work (tokenizing, scores, the HTTP layer) overlaps it instead of leaving the cores idle.
+
+When it pays: where a batch of k texts costs much less than k single forwards (many
+cores, a GPU, int8 kernels that want tall matrices); ``make bench`` measures it against
+no batching at concurrency 8 on the same server (``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -73,24 +74,33 @@ class MicroBatcher(Generic[T, R]):
         max_wait_ms: float = 2.0,
         max_size: int = 16,
         adaptive: bool = True,
+        max_concurrent: int = 1,
         name: str = "calmfirst-microbatch",
     ) -> None:
         if max_size < 1:
             raise ValueError(f"max_size must be at least 1, got {max_size}")
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must not be negative, got {max_wait_ms}")
         self.fn = fn
         self.max_wait = max_wait_ms / 1000.0
         self.max_size = max_size
         self.adaptive = adaptive
+        self.max_concurrent = max_concurrent
         self.name = name
         self.stats = BatchStats()
         self._cond = threading.Condition()
         self._queue: list[_Slot[T, R]] = []
-        self._busy = False  # a forward is running (in the worker or inline in a caller)
-        self._thread: threading.Thread | None = None
+        self._running = 0  # forwards running now (in workers or inline in callers)
+        self._threads: list[threading.Thread] = []
         self._closed = False
         self._last_size = 1
+
+    @property
+    def _busy(self) -> bool:
+        """Every forward slot is taken."""
+        return self._running >= self.max_concurrent
 
     def submit(self, item: T, *, timeout: float | None = None) -> R:
         """Run ``item`` in the next batch and return its result (re-raises the batch's error)."""
@@ -98,11 +108,11 @@ class MicroBatcher(Generic[T, R]):
         with self._cond:
             if self._closed:
                 raise RuntimeError("micro-batcher is closed")
-            # Fast path: nothing running, nothing queued, no recent concurrency. Run in the caller's
-            # thread, so a lone client pays no hand-off; requests arriving meanwhile queue for the worker.
-            inline = self.adaptive and not self._busy and not self._queue and self._last_size <= 1
+            # Fast path: a free slot and nobody queued. Run in the caller's thread, so a lone client
+            # pays no hand-off; requests arriving while every slot is busy queue for the workers.
+            inline = self.adaptive and not self._busy and not self._queue
             if inline:
-                self._busy = True
+                self._running += 1
             else:
                 self._queue.append(slot)
                 self._ensure_worker()
@@ -116,30 +126,31 @@ class MicroBatcher(Generic[T, R]):
         return slot.result  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Stop the worker after the queued items; later submits fail."""
+        """Stop the workers after the queued items; later submits fail."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(timeout=10)
-            self._thread = None
+        self._threads = []
 
     # ------------------------------------------------------------------ worker
     def _ensure_worker(self) -> None:
-        if self._thread is None:  # called with the lock held
-            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-            self._thread.start()
+        if len(self._threads) < self.max_concurrent:  # called with the lock held
+            thread = threading.Thread(target=self._run, name=f"{self.name}-{len(self._threads)}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def _next_batch(self) -> list[_Slot[T, R]] | None:
-        """Wait for work, let a running forward finish, then gather company for up to ``max_wait``."""
+        """Wait for work and a free slot, then (if configured) gather company for up to ``max_wait``."""
         with self._cond:
             while not self._queue or self._busy:
                 if self._closed and not self._queue:
                     return None
                 self._cond.wait(0.5 if self._closed else None)
             concurrent = len(self._queue) > 1 or self._last_size > 1
-            if concurrent or not self.adaptive:
+            if self.max_wait > 0 and (concurrent or not self.adaptive):
                 deadline = time.monotonic() + self.max_wait
                 while len(self._queue) < self.max_size and not self._closed:
                     remaining = deadline - time.monotonic()
@@ -148,7 +159,7 @@ class MicroBatcher(Generic[T, R]):
                     self._cond.wait(remaining)
             batch = self._queue[: self.max_size]
             del self._queue[: self.max_size]
-            self._busy = True
+            self._running += 1
             return batch
 
     def _run(self) -> None:
@@ -172,7 +183,7 @@ class MicroBatcher(Generic[T, R]):
                 slot.error = e
         finally:
             with self._cond:
-                self._busy = False
+                self._running -= 1
                 self._last_size = len(batch)
                 self.stats.record(len(batch))
                 self._cond.notify_all()

@@ -50,10 +50,14 @@ class Settings(BaseSettings):
         default=None, ge=1, description="threads per forward pass; default: torch_threads (= cores) / workers"
     )
     microbatch_wait_ms: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0.0,
         le=1000.0,
-        description="how long concurrent single-text requests may wait to share a forward",
+        description="how long concurrent single-text requests may wait to share a forward; 0 (default): "
+        "never wait, batch only what is already queued",
+    )
+    microbatch_concurrency: int = Field(
+        default=2, ge=1, description="forwards that may run at once with micro-batching on (service.microbatch)"
     )
     microbatch_max_size: int = Field(
         default=1,

@@ -173,3 +173,37 @@ def test_microbatch_analyzer_results_identical_to_unbatched_and_in_order(tiny_mo
     # several texts in one call are a batch already: straight to the model, in order
     many = batched.analyze(TEXTS, ids=list(range(len(TEXTS))))
     assert [r.id for r in many] == list(range(len(TEXTS)))
+
+
+def test_microbatch_never_waits_when_a_slot_is_free_and_batches_only_what_waits() -> None:
+    """Two slots: two requests run at once, each alone; the ones arriving meanwhile share the next forward."""
+    calls: list[list[int]] = []
+    running = threading.Semaphore(0)
+    release = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        running.release()
+        release.wait(5)
+        return items
+
+    batcher = MicroBatcher(slow, max_wait_ms=0, max_size=16, max_concurrent=2)
+    try:
+        first = [threading.Thread(target=batcher.submit, args=(i,)) for i in (0, 1)]
+        for t in first:
+            t.start()
+        assert running.acquire(timeout=5) and running.acquire(timeout=5)  # both running, neither waited
+        later = [threading.Thread(target=batcher.submit, args=(i,)) for i in (2, 3, 4)]
+        for t in later:
+            t.start()
+        deadline = time.time() + 5
+        while len(batcher._queue) < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        release.set()
+        for t in first + later:
+            t.join(5)
+    finally:
+        batcher.close()
+    assert sorted(map(sorted, calls)) == [[0], [1], [2, 3, 4]]
+    with pytest.raises(ValueError, match="max_concurrent"):
+        MicroBatcher(CountingFn(), max_concurrent=0)
