@@ -68,6 +68,8 @@ class CalmFirstConfig:
     temperature: float = 1.0
     type_threshold: float = 0.5
     threat_threshold: float = 0.5
+    #: trained on ``model.context`` inputs (later turns with the turns before them); v1 was not
+    context_input: bool = False
     name: str = "calmfirst-model"
     version: str = "0.0.0"
     format_version: int = FORMAT_VERSION

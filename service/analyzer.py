@@ -197,6 +197,9 @@ class ConversationAnalyzer:
         if rules is None:  # pragma: no cover - Playbook always fills the defaults
             raise ValueError("playbook has no conversation rules")
         self.rules: ConversationRules = rules
+        #: whether customer turns are scored with their context: only for a model trained on that format
+        #: (``context_input`` in its config); the v1 release was not, and reads a turn alone
+        self.reads_context = bool(getattr(analyzer.model.config, "context_input", False))
 
     def analyze(
         self,
@@ -238,7 +241,9 @@ class ConversationAnalyzer:
             for i, t in enumerate(turns):
                 if t.role == Role.CUSTOMER:
                     cust_texts.append(t.text)
-                    cust_inputs.append(with_context(t.text, previous_turns(pairs, i)))
+                    # only a model trained on the context format reads it; others (v1) see the turn alone
+                    ctx = previous_turns(pairs, i) if self.reads_context else None
+                    cust_inputs.append(with_context(t.text, ctx))
                     last_customer = t.text
                 else:
                     agent_texts.append(t.text)

@@ -241,6 +241,8 @@ class CalmFirstTrainer:
         is_main = accelerator.is_main_process
         out_dir = Path(args.output_dir)
         model = self.model
+        # the saved model tells the service whether to feed conversation context (model.context)
+        model.config.context_input = bool(args.use_context and any(e.context for e in self.train_examples))
         model.train()
         heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
         body = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
