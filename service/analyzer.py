@@ -20,6 +20,7 @@ from model.loading import load_model
 from model.scores import Prediction, ScoringModel
 from service.explain import occlusion_explanation
 from service.microbatch import MicroBatcher
+from service.model_check import check_model_dir
 from service.redact import redact as mask
 from service.results import (
     Anger,
@@ -83,6 +84,7 @@ class Analyzer:
     def from_settings(cls, settings: Any, *, model_path: str | Path | None = None) -> Analyzer:
         threads = settings.threads() if hasattr(settings, "threads") else settings.torch_threads
         path = Path(model_path or settings.model_path)
+        check_model_dir(path)  # a missing or corrupt file is an error naming it, before anything loads
         started = time.perf_counter()
         backend, quantize = getattr(settings, "backend", "auto"), getattr(settings, "quantize", True)
         model = load_model(path, backend=backend, quantize=quantize, threads=threads)

@@ -26,6 +26,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from service.settings import Settings
 
     settings = Settings(batch_size=args.batch_size) if args.batch_size else Settings()
+    if args.output not in (None, "-") and getattr(args, "engine", "local") == "local":
+        return _score_to_file(args, settings)  # complete or absent; a re-run resumes
     try:
         out, fmt = open_output(args.output)
     except InputFormatError as e:
@@ -84,6 +86,37 @@ def _score_ray(args: argparse.Namespace, settings: Any, out: IO[str], fmt: str) 
     return 0 if report.scored > 0 else 1
 
 
+def _score_to_file(args: argparse.Namespace, settings: Any) -> int:
+    from service.analyzer import Analyzer
+    from service.io.readers import InputFormatError
+    from service.score import output_format, score_to_file
+
+    try:
+        output_format(args.output)  # before the model loads
+    except InputFormatError as e:
+        print(f"calmfirst score: {e}", file=sys.stderr)
+        return 2
+    analyzer = Analyzer.from_settings(settings, model_path=args.model)
+    try:
+        report = score_to_file(
+            analyzer,
+            args.input,
+            args.output,
+            text_field=args.text_field,
+            id_field=args.id_field,
+            chunk_size=args.chunk,
+            lang=args.lang,
+            model=str(args.model or settings.model_path),
+            progress=False if args.no_progress else None,
+        )
+    except InputFormatError as e:
+        print(f"calmfirst score: {e}", file=sys.stderr)
+        return 2
+    done = f", {report.resumed} already done (resumed)" if report.resumed else ""
+    print(f"calmfirst score: {report.scored} scored, {len(report.bad)} skipped{done}", file=sys.stderr)
+    return 0 if report.scored + report.resumed > 0 else 1
+
+
 def _cmd_qa(args: argparse.Namespace) -> int:
     from service.analyzer import Analyzer
     from service.io.readers import InputFormatError
@@ -133,12 +166,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api import create_app
+    from service.api.logs import log_config
+    from service.model_check import check_model_dir
     from service.settings import Settings
 
     overrides = {"host": args.host, "port": args.port, "workers": args.workers}
     if args.model:
         overrides["model_path"] = args.model
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    check_model_dir(settings.model_path)  # refuse to start, before the port is bound, rather than half-loaded
     if settings.workers > 1:
         # uvicorn starts fresh processes that build the app from the environment; each loads the model
         os.environ["CALMFIRST_MODEL_PATH"] = str(settings.model_path)
@@ -154,9 +190,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.workers,
             log_level="info",
+            log_config=log_config(),  # request ids on every line
         )
         return 0
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", log_config=log_config())
     return 0
 
 
@@ -212,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--lang", choices=["zh-Hant", "zh-Hans", "en"], default=None, help="next-step language")
+    p.add_argument(
+        "--chunk", type=int, default=2048, help="messages per model call; an interrupted -o FILE resumes per chunk"
+    )
     p.add_argument("--no-progress", action="store_true")
     _engine_options(p)
     p.set_defaults(func=_cmd_score)
@@ -274,7 +314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return int(args.func(args) or 0)
+    from service.model_check import ModelFolderError
+
+    try:
+        return int(args.func(args) or 0)
+    except ModelFolderError as e:
+        print(f"calmfirst {args.command}: model folder: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ texts are normalised and scored, as undecodable bytes already were.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 #: Characters a text must not hold: lone surrogates, and C0/C1 control characters except \t \n \r.
 _UNSAFE = re.compile("[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -59,3 +60,14 @@ def printable(value: str) -> str:
     if not has_surrogate(value):
         return value
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def replace_surrogates(value: Any) -> Any:
+    """``value`` (parsed JSON) with every lone surrogate in its strings and keys replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(REPLACEMENT, value) if has_surrogate(value) else value
+    if isinstance(value, list):
+        return [replace_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {replace_surrogates(k): replace_surrogates(v) for k, v in value.items()}
+    return value

@@ -2,20 +2,29 @@
 
 :data:`REQUEST_ID` holds the id while a request is served (set by the request-id middleware; it
 follows the request into the thread pool, since contextvars are copied there). Every log record
-gets it as ``record.request_id`` (``-`` outside a request), so a format can say ``%(request_id)s``;
+gets it as ``record.request_id`` (``-`` outside a request; masked like every log line: a client may
+send a phone number as its id), so a format can say ``%(request_id)s``;
 :func:`log_config` is uvicorn's logging config with the id in every line, used by ``calmfirst serve``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from contextvars import ContextVar
 from typing import Any
 
+from service.redact import redact
+
 REQUEST_ID: ContextVar[str] = ContextVar("calmfirst_request_id", default="-")
 
 _installed = False
+
+
+@functools.lru_cache(maxsize=4096)
+def _masked(request_id: str) -> str:
+    return redact(request_id)
 
 
 def install_request_id_logging() -> None:
@@ -27,7 +36,7 @@ def install_request_id_logging() -> None:
 
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
         record = previous(*args, **kwargs)  # type: ignore[arg-type]
-        record.request_id = REQUEST_ID.get()
+        record.request_id = _masked(REQUEST_ID.get())
         return record
 
     logging.setLogRecordFactory(factory)

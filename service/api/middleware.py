@@ -279,6 +279,7 @@ class BodyGuard:
         limit = self.settings.max_body_bytes
         too_big = BodyProblem(413, {"detail": f"body: larger than the limit of {limit} bytes"})
         declared = _header(scope, b"content-length")
+        size = 0
         if declared is not None:
             try:
                 size = int(declared)
@@ -291,6 +292,10 @@ class BodyGuard:
             if size > limit:
                 await self._reject(scope, receive, send, too_big, pending=True)
                 return
+        no_body = size == 0 if declared is not None else _header(scope, b"transfer-encoding") is None
+        if no_body:
+            await self.app(scope, receive, send)  # no body: the route says what is missing (or 405)
+            return
         content_type = _header(scope, b"content-type")
         if content_type is None or not _is_json(content_type):
             given = content_type.decode("latin-1") if content_type is not None else "none"
@@ -299,7 +304,7 @@ class BodyGuard:
             return
 
         chunks: list[bytes] = []
-        size = 0
+        size = 0  # now: what was read
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -313,9 +318,9 @@ class BodyGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        problem = inspect_json(body)
-        if problem is not None:
-            await self._reject(scope, receive, send, problem, pending=False)
+        found = inspect_json(body)
+        if found is not None:
+            await self._reject(scope, receive, send, found, pending=False)
             return
 
         replayed = False

@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
 from data.vocab import AngerLabel, ComplaintType, Flag, Lang, Role
@@ -49,7 +49,14 @@ def _not_blank(v: str) -> str:
 
 #: A message text: any string with at least one non-space character, valid Unicode, no control characters
 #: other than tab, newline and carriage return.
-Text = Annotated[str, AfterValidator(_not_blank)]
+_CONTROL = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f"
+#: The schema says so too (a non-space character, no control characters), for clients and for fuzzers that
+#: generate from it; the validator, not the schema, is what rejects (with the messages above).
+Text = Annotated[
+    str,
+    AfterValidator(_not_blank),
+    WithJsonSchema({"type": "string", "minLength": 1, "pattern": f"^[^{_CONTROL}]*[^{_CONTROL}\\s][^{_CONTROL}]*$"}),
+]
 
 
 def _finite(v: Any) -> Any:
@@ -112,7 +119,12 @@ class TurnIn(_Request):
 
 class ConversationRequest(_Request):
     id: str | int | None = None
-    turns: list[TurnIn] = Field(..., min_length=1)
+    turns: list[TurnIn] = Field(
+        ...,
+        min_length=1,
+        description="the chat in order; at least one customer turn",
+        json_schema_extra={"contains": {"type": "object", "properties": {"role": {"const": "customer"}}}},
+    )
     lang: Lang | None = None
     redact: bool = False
     explain: bool = Field(False, description="explain the last customer turn's anger score")

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from service.text import replace_surrogates
+
 
 class InputFormatError(ValueError):
     """The input as a whole cannot be read (unknown format, missing CSV column)."""
@@ -60,9 +62,17 @@ def read_jsonl(lines: Iterable[str], *, start: int = 1) -> Iterator[tuple[int, d
         except json.JSONDecodeError as e:
             yield BadLine(n, f"not valid JSON ({e.msg})")
             continue
+        except RecursionError:
+            yield BadLine(n, "not valid JSON (nested too deeply)")
+            continue
+        except ValueError as e:  # an integer of more than 4300 digits
+            yield BadLine(n, f"not valid JSON ({str(e).split(':')[0]})")
+            continue
         if not isinstance(obj, dict):
             yield BadLine(n, "expected a JSON object")
             continue
+        if "\\u" in line:  # a "\\ud800" escape is a lone surrogate no UTF-8 writer accepts: U+FFFD, as for bad bytes
+            obj = replace_surrogates(obj)
         yield n, obj
 
 
@@ -202,6 +212,8 @@ def read_records(
         return
     if source == "-":
         stream = stdin or sys.stdin
+        if stream is sys.stdin and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")  # undecodable bytes become U+FFFD, as in files
         first = stream.readline()
         if not first:
             return

@@ -481,3 +481,11 @@ def test_middleware_unexpected_error_is_json_500_with_masked_log(
         assert exploding.get("/healthz").status_code == 200
     assert "RuntimeError" in caplog.text and "[PHONE]" in caplog.text
     assert "0912345678" not in caplog.text and "A123456789" not in caplog.text
+
+
+def test_middleware_request_id_is_masked_in_logs(exploding: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        r = exploding.get("/readyz", headers={"x-request-id": "A123456789"})
+    assert r.headers["x-request-id"] == "A123456789"  # the client gets its own id back
+    ids = {getattr(rec, "request_id", None) for rec in caplog.records if rec.name == "uvicorn.access"}
+    assert "[ID]" in ids and "A123456789" not in ids
