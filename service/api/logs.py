@@ -1,9 +1,10 @@
 """Request ids in the server's logs: the id of the request being served, on every log record.
 
-:data:`REQUEST_ID` holds the id while a request is served (set by the request-id middleware; it
-follows the request into the thread pool, since contextvars are copied there). Every log record
-gets it as ``record.request_id`` (``-`` outside a request; masked like every log line: a client may
-send a phone number as its id), so a format can say ``%(request_id)s``;
+:data:`REQUEST_ID` holds the id while a request is served (set by the request-id middleware through
+:func:`bind_request_id`; it follows the request into the thread pool, since contextvars are copied
+there). Every log record gets it as ``record.request_id`` (``-`` outside a request; a client's own
+id masked like every log line, since a client may send a phone number as its id), so a format can
+say ``%(request_id)s``;
 :func:`log_config` is uvicorn's logging config with the id in every line, used by ``calmfirst serve``.
 """
 
@@ -12,12 +13,14 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from service.redact import redact
 
 REQUEST_ID: ContextVar[str] = ContextVar("calmfirst_request_id", default="-")
+#: the id as log lines show it: a client's own id masked like any logged text, the server's own as it is
+LOGGED_ID: ContextVar[str] = ContextVar("calmfirst_logged_request_id", default="-")
 
 _installed = False
 
@@ -25,6 +28,20 @@ _installed = False
 @functools.lru_cache(maxsize=4096)
 def _masked(request_id: str) -> str:
     return redact(request_id)
+
+
+def bind_request_id(request_id: str, *, generated: bool) -> tuple[Token[str], Token[str]]:
+    """Make ``request_id`` the current request's (undo with :func:`unbind_request_id`).
+
+    An id the client chose is masked in the logs (it may be a phone number); a generated one is not
+    (masking random hex that happens to hold eight digits would only make it unsearchable).
+    """
+    return REQUEST_ID.set(request_id), LOGGED_ID.set(request_id if generated else _masked(request_id))
+
+
+def unbind_request_id(tokens: tuple[Token[str], Token[str]]) -> None:
+    REQUEST_ID.reset(tokens[0])
+    LOGGED_ID.reset(tokens[1])
 
 
 def install_request_id_logging() -> None:
@@ -36,7 +53,7 @@ def install_request_id_logging() -> None:
 
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
         record = previous(*args, **kwargs)  # type: ignore[arg-type]
-        record.request_id = _masked(REQUEST_ID.get())
+        record.request_id = LOGGED_ID.get()
         return record
 
     logging.setLogRecordFactory(factory)

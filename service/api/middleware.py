@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.middleware.cors import CORSMiddleware
 
-from service.api.logs import REQUEST_ID
+from service.api.logs import bind_request_id, unbind_request_id
 from service.api.schemas import ACTIVE_LIMITS, Limits
 from service.settings import Settings
 from service.text import has_surrogate, printable
@@ -130,8 +130,9 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = _header(scope, b"x-request-id")
-        rid = given.decode("ascii") if given and _VALID_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        token = REQUEST_ID.set(rid)
+        honoured = given is not None and _VALID_REQUEST_ID.fullmatch(given) is not None
+        rid = given.decode("ascii") if given is not None and honoured else uuid.uuid4().hex
+        tokens = bind_request_id(rid, generated=not honoured)
         started = False
 
         async def send_with_id(message: Message) -> None:
@@ -161,7 +162,7 @@ class RequestIdMiddleware:
                 await send_with_id({"type": "http.response.body", "body": body, "more_body": False})
             raise
         finally:
-            REQUEST_ID.reset(token)
+            unbind_request_id(tokens)
 
 
 # ------------------------------------------------------------------ API key
