@@ -6,16 +6,19 @@ once to ONNX and then
 
 * fused by onnxruntime's transformer optimizer (attention, GELU and the residual
   LayerNorms each become one kernel),
-* the attention projections run in int8 (``quantize_dynamic``: weights quantized
-  once, activations per call); the FFN and the task heads stay fp32 because
-  per-tensor activation scales lose too much there (measurements at
-  ``QUANTIZE_GROUPS``),
+* the attention projections run in int8 (``quantize_dynamic``: per-channel weights
+  quantized once, activations per call), and the feed-forward network as 8-bit
+  ``MatMulNBits`` whose int8 kernel scales its input per row and block (one
+  per-tensor scale lost too much there: measurements at ``QUANTIZE_GROUPS``); the
+  task heads stay fp32,
 * the 250k-row word-embedding table, which alone would be 384 MB of fp32 in every
   serving process, is stored as int8 with one scale per 32 values (96 MB). The
   shipped backbone was itself rebuilt from 4-bit blocks of 32, so this loses next
   to nothing, and only the looked-up rows are ever dequantized,
 * texts are tokenized once, sorted by token count and padded per batch only to
-  that batch's longest text, with the input order restored afterwards.
+  that batch's longest text, with the input order restored afterwards; the
+  tokenizer runs as a SentencePiece model when it is one (``spm``: the same ids,
+  a fifth of the memory of ``tokenizer.json`` loaded by ``tokenizers``).
 
 The export is cached next to the model (``<model>/onnx/<key>/``), or under
 ``~/.cache/calmfirst/onnx/<key>`` when the model folder is read-only. ``key`` hashes
@@ -29,10 +32,10 @@ text's scores can move in the third decimal depending on which texts share its
 batch. The benchmark (``bench/run.py``) checks the task metrics on the test split.
 
 The package: ``cache`` (export key, where exports live, the build lock), ``export`` (PyTorch ->
-ONNX, fused, verified; the only module that imports PyTorch), ``quantize`` (int8 attention and
-word-embedding table), ``runtime`` (``OnnxCalmFirstModel``); ``model.loading.load_model`` picks
-the backend. Serving from a cached export imports ``runtime`` and ``cache`` only: no PyTorch in
-the process.
+ONNX, fused, verified; the only module that imports PyTorch), ``quantize`` (int8 attention, FFN and
+word-embedding table), ``spm`` (the SentencePiece tokenizer), ``runtime`` (``OnnxCalmFirstModel``);
+``model.loading.load_model`` picks the backend. Serving from a cached export imports ``runtime``,
+``spm`` and ``cache`` only: no PyTorch in the process.
 """
 
 from __future__ import annotations

@@ -20,16 +20,18 @@ from filelock import FileLock
 
 from model.backbone import DEFAULT_BACKBONE, cache_dir, default_backbone_dir, sha256_file
 from model.config import BACKBONE_SUBDIR, CONFIG_NAME, WEIGHTS_NAME
-from model.onnx.quantize import QUANTIZE_GROUPS
+from model.onnx.quantize import NBITS_ACCURACY, NBITS_BITS, NBITS_BLOCK, NBITS_GROUPS, QUANTIZE_GROUPS
 
 logger = logging.getLogger(__name__)
 
 #: Bump when the export steps change: every cached export is then rebuilt.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: per-channel attention, MatMulNBits FFN, a SentencePiece copy of the tokenizer
 EXPORT_SUBDIR = "onnx"
 MODEL_FILE = "model.onnx"
 META_FILE = "export.json"
 TOKENIZER_FILE = "tokenizer.json"
+#: The same tokenizer as a SentencePiece model (when it is one): a fifth of the memory, several times faster.
+SPM_FILE = "tokenizer.spm"
 INPUT_NAMES = ("input_ids", "attention_mask")
 
 
@@ -57,7 +59,7 @@ def export_key(model_dir: str | Path, *, quantize: bool) -> str:
     h = hashlib.sha256()
     for label, data in (
         ("recipe", str(RECIPE_VERSION).encode()),
-        ("quantize", ("int8:" + ",".join(QUANTIZE_GROUPS)).encode() if quantize else b"fp32"),
+        ("quantize", _quantize_spec().encode() if quantize else b"fp32"),
         ("onnxruntime", onnxruntime.__version__.encode()),
         ("config", config_bytes),
         ("heads", sha256_file(model_dir / WEIGHTS_NAME).encode()),
@@ -65,6 +67,11 @@ def export_key(model_dir: str | Path, *, quantize: bool) -> str:
     ):
         h.update(label.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
     return h.hexdigest()[:20]
+
+
+def _quantize_spec() -> str:
+    nbits = f"nbits{NBITS_BITS}/{NBITS_BLOCK}/{NBITS_ACCURACY}:" + ",".join(NBITS_GROUPS)
+    return "int8-per-channel:" + ",".join(QUANTIZE_GROUPS) + ";" + nbits
 
 
 def export_parents(model_dir: str | Path) -> list[Path]:

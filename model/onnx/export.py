@@ -38,6 +38,7 @@ from model.onnx.cache import (
 )
 from model.onnx.quantize import quantize_linear, quantize_word_embedding, quiet
 from model.onnx.runtime import OnnxCalmFirstModel
+from model.onnx.spm import write_spm
 from model.scores import OUTPUT_NAMES
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ def build_export(model: CalmFirstModel, out_dir: Path, *, quantize: bool = True)
         meta["embedding"] = "fp32"
     del proto
     save_tokenizer(model.tokenizer, out_dir / TOKENIZER_FILE)
+    meta |= write_spm(out_dir, out_dir / TOKENIZER_FILE)
     meta["verify_max_abs_diff"] = _verify(model, out_dir, strict=not quantize)
     return meta
 

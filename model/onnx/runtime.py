@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from model.config import CalmFirstConfig
-from model.onnx.cache import META_FILE, MODEL_FILE, TOKENIZER_FILE
+from model.onnx.cache import META_FILE, MODEL_FILE
+from model.onnx.spm import load_tokenizer
 from model.scores import OUTPUT_NAMES, predict_texts
 
 logger = logging.getLogger(__name__)
@@ -85,9 +86,7 @@ class OnnxCalmFirstModel:
 
     @classmethod
     def load(cls, export_dir: Path, config: CalmFirstConfig, *, threads: int | None = None) -> OnnxCalmFirstModel:
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(export_dir / TOKENIZER_FILE))
+        tokenizer = load_tokenizer(export_dir)  # tokenizer.spm (SentencePiece) when there is one, else the JSON
         return cls(_session(export_dir / MODEL_FILE, threads=threads), tokenizer, config, export_dir=export_dir)
 
     @property
