@@ -1,6 +1,7 @@
 """The HTTP API: ``create_app`` builds it; ``routes/`` holds one router per concern.
 
-``app`` (factory, lifespan, body limit) · ``deps`` (settings, API key, the loaded analyzer) ·
+``app`` (factory, lifespan) · ``middleware`` (request ids, API key, CORS, the body guard: limits,
+draining, encoding) · ``logs`` (request ids on log lines) · ``deps`` (settings, the loaded analyzer) ·
 ``schemas`` (request and response models) · ``errors`` (the one 422 format) · ``routes/``.
 """
 

@@ -14,8 +14,8 @@ from tests.service.test_score import calmfirst, cli_env, kill_when, lines_in
 
 __all__ = ["cli_env"]  # the fixture, imported
 
-N_CONVERSATIONS = 480
-CHUNK = 16
+N_CONVERSATIONS = 240
+CHUNK = 8
 OUTPUTS = ("conversations.jsonl", "turns.jsonl", "turns.csv", "conversations.csv", "agents.json", "agents.csv")
 
 
