@@ -1,7 +1,9 @@
-"""Customer turns after the first are scored with their context; single messages and agent turns as they are."""
+"""Customer turns after the first are scored with their context (for a model trained on that format:
+``context_input`` in its config); single messages, and every turn for other models, as they are."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from model.context import CONTEXT_MARK, previous_turns, with_context
@@ -13,9 +15,9 @@ from service.routing.conversation import Turn
 class _Recording:
     """Wraps the tiny model and records what the model is asked to score."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, *, context_input: bool = False) -> None:
         self.model = model
-        self.config = model.config
+        self.config = dataclasses.replace(model.config, context_input=context_input)
         self.backend = model.backend
         self.seen: list[str] = []
 
@@ -36,16 +38,19 @@ class _Detector:
         return [AgentTurn(steps=[], mistakes=[], scores={}) for _ in texts]
 
 
+TURNS = [
+    Turn("customer", "帳單怎麼多了三百?"),
+    Turn("agent", "不好意思，我幫您查一下"),
+    Turn("customer", "還是不對"),
+    Turn("agent", "已經幫您退回了"),
+]
+
+
 def test_customer_turns_after_the_first_carry_their_context(tiny_model) -> None:  # type: ignore[no-untyped-def]
-    model = _Recording(tiny_model)
+    model = _Recording(tiny_model, context_input=True)
     detector = _Detector()
     conv = ConversationAnalyzer(Analyzer(model), detector)  # type: ignore[arg-type]
-    turns = [
-        Turn("customer", "帳單怎麼多了三百?"),
-        Turn("agent", "不好意思，我幫您查一下"),
-        Turn("customer", "還是不對"),
-        Turn("agent", "已經幫您退回了"),
-    ]
+    turns = TURNS
     out = conv.analyze(turns, id="c")
     pairs = [(t.role, t.text) for t in turns]
     assert model.seen == ["帳單怎麼多了三百?", with_context("還是不對", previous_turns(pairs, 2))]
@@ -57,6 +62,14 @@ def test_customer_turns_after_the_first_carry_their_context(tiny_model) -> None:
 
 
 def test_single_messages_unchanged(tiny_model) -> None:  # type: ignore[no-untyped-def]
-    model = _Recording(tiny_model)
+    model = _Recording(tiny_model, context_input=True)
     Analyzer(model).analyze(["帳單怎麼多了三百?", "還是不對"])  # type: ignore[arg-type]
     assert model.seen == ["帳單怎麼多了三百?", "還是不對"]
+
+
+def test_a_model_not_trained_on_context_reads_each_turn_alone(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    model = _Recording(tiny_model, context_input=False)
+    detector = _Detector()
+    ConversationAnalyzer(Analyzer(model), detector).analyze(TURNS)  # type: ignore[arg-type]
+    assert model.seen == ["帳單怎麼多了三百?", "還是不對"]
+    assert detector.seen[1] == ("已經幫您退回了", "還是不對")  # agent turns still read with the customer's turn
