@@ -10,10 +10,13 @@ machine, at the same time, on the same texts. The run measures
 (c) HTTP latency of single messages at concurrency 1 and 8 against ``calmfirst serve``
     started as a subprocess on a free loopback port (a threads + httpx load generator),
 (d) the server's peak memory (VmHWM from /proc/<pid>/status),
-(e) quality of the optimised path vs PyTorch on the project's test split,
+(e) quality of the optimised path vs PyTorch on the project's test split, overall and per script,
+(f) ``calmfirst score --engine ray`` on a local Ray against the one-process run (same texts,
+    same output), so the overhead of Ray on one machine is on record,
 
 plus the bound that FLOPs per message and the CPU's peak put on throughput. It
-writes ``bench/results.json`` and ``bench/RESULTS.md``. Message texts are read
+writes ``bench/results.json``, ``bench/RESULTS.md`` and the README's speed tables (between the
+``bench:start`` / ``bench:end`` markers). Message texts are read
 through ``data/sources.py`` into ``bench/work/`` (git-ignored) and never committed.
 """
 
@@ -47,13 +50,21 @@ DEFAULT_MODEL = ROOT / "model" / "default"
 BENCH_SOURCES = ("stc3", "waimai_10k", "online_shopping_10_cats", "chnsenticorp_htl", "smp2020_ewect", "osmdataset2022")
 
 TARGETS = {
-    "score_speedup_vs_torch": (">=", 3.0),
-    "latency_c1_p50_ms": ("<=", 15.0),
-    "latency_c1_p99_ms": ("<=", 50.0),
-    "server_rss_mb": ("<=", 1200.0),
+    "score_speedup_vs_torch": (">=", 6.0),
+    "latency_c1_p50_ms": ("<=", 10.0),
+    "latency_c1_p99_ms": ("<=", 30.0),
+    "c8_throughput_vs_score": (">=", 0.8),
+    "latency_c8_p99_ms": ("<=", 250.0),
+    "microbatch_c8_vs_none": (">=", 1.0),
+    "server_rss_mb": ("<=", 500.0),
+    # the largest |delta| over all texts, Traditional and Simplified
     "calm_first_f1_abs_delta": ("<=", 0.01),
     "type_macro_f1_abs_delta": ("<=", 0.01),
 }
+README = ROOT / "README.md"
+MICROBATCH_ON = "micro-batching on (16, no wait, 2 slots)"
+MICROBATCH_OFF = "no micro-batching"
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 logger = logging.getLogger("bench")
 
@@ -233,10 +244,22 @@ def calmfirst_bin() -> str:
     return str(exe) if exe.exists() else "calmfirst"
 
 
-def run_score(model_dir: Path, src: Path, n: int, *, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """``calmfirst score`` as a user runs it; throughput from its own log line (model load excluded)."""
+def run_score(
+    model_dir: Path,
+    src: Path,
+    n: int,
+    *,
+    env: dict[str, str] | None = None,
+    extra: Sequence[str] = (),
+    keep: Path | None = None,
+) -> dict[str, Any]:
+    """``calmfirst score`` as a user runs it; throughput from its own log line (model load excluded).
+
+    ``keep``: move the output there (for comparing engines) instead of deleting it.
+    """
     out = WORK / "scored.jsonl"
     cmd = [calmfirst_bin(), "-v", "score", str(src), "-o", str(out), "--model", str(model_dir), "--no-progress"]
+    cmd += list(extra)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(env), check=False)
     wall = time.perf_counter() - t0
@@ -248,7 +271,10 @@ def run_score(model_dir: Path, src: Path, n: int, *, env: dict[str, str] | None 
         raise RuntimeError(f"no timing line in calmfirst score output: {proc.stderr[-2000:]}")
     scored, seconds = int(m.group(1)), float(m.group(2))
     ids = [json.loads(line)["id"] for line in out.read_text(encoding="utf-8").splitlines()]
-    out.unlink()
+    if keep is not None:
+        out.replace(keep)
+    else:
+        out.unlink()
     return {
         "command": " ".join(["calmfirst", *cmd[1:]]).replace(str(ROOT) + "/", ""),
         "scored": scored,
@@ -256,6 +282,7 @@ def run_score(model_dir: Path, src: Path, n: int, *, env: dict[str, str] | None 
         "seconds": seconds,
         "messages_per_s": round(scored / seconds, 1),
         "model_load_seconds": float(load.group(1)) if load else None,
+        "throughput_basis": "scoring only (model load excluded)" if load else "whole run (start, loads, scoring)",
         "backend": load.group(2) if load else None,
         "threads": int(load.group(3)) if load else None,
         "process_wall_seconds": round(wall, 2),
@@ -420,20 +447,51 @@ def serve_and_measure(
 
 
 # --------------------------------------------------------------------- quality
+def _metrics(model: Any, examples: Sequence[Any], texts: Sequence[str]) -> tuple[dict[str, Any], list[Any]]:
+    """Test-split metrics (overall and per script) through ``model.predict``, which both backends have."""
+    from training.metrics import compute_all
+
+    preds = model.predict(list(texts), batch_size=64)
+    rows = [
+        {
+            "anger_level": p.anger_level,
+            "complaint_type": p.complaint_type,
+            "threat": p.threat,
+            "calm_first_prob": p.calm_first_prob,
+            "anger_probs": p.anger_probs,
+            "type_confidence": max(p.type_scores.values()),
+        }
+        for p in preds
+    ]
+    return compute_all([e.as_gold() for e in examples], rows), preds
+
+
 def quality(model_dir: Path, optimised: Any) -> dict[str, Any]:
-    """Test-split metrics of PyTorch fp32 and of the optimised path, and how often they decide alike."""
+    """Test-split metrics of PyTorch fp32 and of the optimised path (overall, per script), and agreement."""
     from model.classifier import CalmFirstModel
     from training.run import load_eval_examples
-    from training.trainer import evaluate_model, predictions
+    from training.trainer import model_input
 
-    examples = load_eval_examples("annotations", split="test")
+    examples = [
+        e
+        for e in load_eval_examples("annotations", split="test")
+        if e.anger_level is not None and e.complaint_type and e.threat is not None
+    ]
+    texts = [model_input(e) for e in examples]  # with the conversation context, as evaluation reads them
     ref = CalmFirstModel.from_pretrained(model_dir, merge_adapters=True)
     keys = ("calm_first_f1", "type_macro_f1", "anger_qwk", "anger_accuracy", "type_accuracy", "threat_f1", "n")
-    m_ref = evaluate_model(ref, examples)
-    m_opt = evaluate_model(optimised, examples)
-    texts = [e.text for e in examples]
-    p_ref = predictions(ref, texts)
-    p_opt = predictions(optimised, texts)
+    m_ref, p_ref = _metrics(ref, examples, texts)
+    m_opt, p_opt = _metrics(optimised, examples, texts)
+    per_script = {
+        script: {
+            "n": m_ref["per_script"][script]["n"],
+            "delta": {
+                k: round(m_opt["per_script"][script][k] - m_ref["per_script"][script][k], 4)
+                for k in ("calm_first_f1", "type_macro_f1")
+            },
+        }
+        for script in m_ref["per_script"]
+    }
     n = len(texts)
     agree = {
         "anger_level": sum(a.anger_level == b.anger_level for a, b in zip(p_ref, p_opt, strict=True)) / n,
@@ -448,9 +506,59 @@ def quality(model_dir: Path, optimised: Any) -> dict[str, Any]:
         "torch_fp32": {k: m_ref[k] for k in keys},
         "optimised": {k: m_opt[k] for k in keys},
         "delta": {k: round(m_opt[k] - m_ref[k], 4) for k in keys if k != "n"},
+        "per_script": per_script,
+        "max_abs_delta": {
+            k: max([abs(m_opt[k] - m_ref[k])] + [abs(v["delta"][k]) for v in per_script.values()])
+            for k in ("calm_first_f1", "type_macro_f1")
+        },
         "agreement": {k: round(v, 4) for k, v in agree.items()},
         "max_anger_score_diff": round(max_score_diff, 4),
     }
+
+
+# ------------------------------------------------------------------------- ray
+def compare_outputs(local: Path, other: Path) -> dict[str, Any]:
+    """Two ``calmfirst score`` outputs of the same input: same ids in the same order, decisions, scores."""
+    a = [json.loads(x) for x in local.read_text(encoding="utf-8").splitlines()]
+    b = [json.loads(x) for x in other.read_text(encoding="utf-8").splitlines()]
+    pairs = list(zip(a, b, strict=False))
+
+    def decision(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["anger"]["level"], r["complaint"]["type"], r["threat"]["detected"], r["route"]["flag"])
+
+    return {
+        "rows": [len(a), len(b)],
+        "same_ids_in_order": [r["id"] for r in a] == [r["id"] for r in b],
+        "same_decisions": sum(decision(x) == decision(y) for x, y in pairs),
+        "identical_lines": sum(x == y for x, y in pairs),
+        "max_anger_score_diff": round(
+            max((abs(x["anger"]["score"] - y["anger"]["score"]) for x, y in pairs), default=0.0), 6
+        ),
+    }
+
+
+def ray_vs_local(model_dir: Path, src: Path, n: int, local_out: Path, local: dict[str, Any]) -> dict[str, Any]:
+    """``calmfirst score --engine ray`` on a local Ray (started by the command) against the one-process run."""
+    ray_out = WORK / "scored-ray.jsonl"
+    ray = run_score(model_dir, src, n, extra=["--engine", "ray"], keep=ray_out)
+    out = {
+        "one_process": {
+            "process_wall_seconds": local["process_wall_seconds"],
+            "messages_per_s_wall": round(n / local["process_wall_seconds"], 1),
+            "scoring_seconds": local["seconds"],
+            "messages_per_s_scoring": local["messages_per_s"],
+        },
+        "local_ray": {
+            "process_wall_seconds": ray["process_wall_seconds"],
+            "messages_per_s_wall": round(n / ray["process_wall_seconds"], 1),
+            "run_seconds": ray["seconds"],
+            "messages_per_s_run": ray["messages_per_s"],
+        },
+        "same_output": compare_outputs(local_out, ray_out),
+    }
+    out["ray_overhead_seconds"] = round(ray["process_wall_seconds"] - local["process_wall_seconds"], 1)
+    ray_out.unlink(missing_ok=True)
+    return out
 
 
 # ----------------------------------------------------------------------- bound
@@ -490,14 +598,27 @@ def flops_bound(config: Any, lengths: Sequence[int], machine: dict[str, Any]) ->
 
 
 # ---------------------------------------------------------------------- report
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
 def check_targets(results: dict[str, Any]) -> dict[str, Any]:
+    lat = results["latency"]
+    default = lat["default"]
+    c8 = default.get("c8", {}).get("requests_per_s")
+    default_batches = results["settings"]["microbatch_max_size"] > 1
+    other = lat.get(MICROBATCH_OFF if default_batches else MICROBATCH_ON, {}).get("c8", {}).get("requests_per_s")
+    batched, unbatched = (c8, other) if default_batches else (other, c8)
     values = {
         "score_speedup_vs_torch": results["throughput"].get("speedup_score_vs_baseline"),
-        "latency_c1_p50_ms": results["latency"]["default"].get("c1", {}).get("p50_ms"),
-        "latency_c1_p99_ms": results["latency"]["default"].get("c1", {}).get("p99_ms"),
-        "server_rss_mb": results["latency"]["default"].get("memory", {}).get("vmhwm_mb"),
-        "calm_first_f1_abs_delta": abs(results["quality"]["delta"]["calm_first_f1"]),
-        "type_macro_f1_abs_delta": abs(results["quality"]["delta"]["type_macro_f1"]),
+        "latency_c1_p50_ms": default.get("c1", {}).get("p50_ms"),
+        "latency_c1_p99_ms": default.get("c1", {}).get("p99_ms"),
+        "c8_throughput_vs_score": _ratio(c8, results["throughput"]["calmfirst_score"]["messages_per_s"]),
+        "latency_c8_p99_ms": default.get("c8", {}).get("p99_ms"),
+        "microbatch_c8_vs_none": _ratio(batched, unbatched),
+        "server_rss_mb": default.get("memory", {}).get("vmhwm_mb"),
+        "calm_first_f1_abs_delta": round(results["quality"]["max_abs_delta"]["calm_first_f1"], 4),
+        "type_macro_f1_abs_delta": round(results["quality"]["max_abs_delta"]["type_macro_f1"], 4),
     }
     out = {}
     for name, (op, limit) in TARGETS.items():
@@ -505,6 +626,32 @@ def check_targets(results: dict[str, Any]) -> dict[str, Any]:
         met = v is not None and (v >= limit if op == ">=" else v <= limit)
         out[name] = {"value": v, "target": f"{op} {limit}", "met": bool(met)}
     return out
+
+
+def ray_markdown(r: dict[str, Any]) -> list[str]:
+    ray = r.get("ray")
+    if not ray:
+        return []
+    one, loc, same = ray["one_process"], ray["local_ray"], ray["same_output"]
+    n = r["throughput"]["messages"]
+    return [
+        f"## `calmfirst score --engine ray` on this machine ({n} messages)",
+        "",
+        "| engine | process wall s | messages/s (wall) | scoring s | messages/s (scoring) |",
+        "|---|---|---|---|---|",
+        f"| one process (`--engine local`) | {one['process_wall_seconds']} | {one['messages_per_s_wall']} | "
+        f"{one['scoring_seconds']} | {one['messages_per_s_scoring']} |",
+        f"| local Ray, {r['machine']['cores']} actors x 1 thread (`--engine ray`) | {loc['process_wall_seconds']} | "
+        f"{loc['messages_per_s_wall']} | {loc['run_seconds']} (Ray start, actor loads, scoring) | "
+        f"{loc['messages_per_s_run']} |",
+        "",
+        f"Ray costs {ray['ray_overhead_seconds']} s more wall time here (starting Ray, one model per actor, "
+        "moving chunks through the object store); on one machine it buys nothing, it is there for clusters. "
+        f"Same output: ids in the same order {same['same_ids_in_order']}, same decisions "
+        f"{same['same_decisions']}/{same['rows'][0]}, identical lines {same['identical_lines']}, largest "
+        f"anger.score difference {same['max_anger_score_diff']}.",
+        "",
+    ]
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -588,18 +735,28 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     for k, d in q["delta"].items():
         lines.append(f"| {k} | {q['torch_fp32'][k]:.4f} | {q['optimised'][k]:.4f} | {d:+.4f} |")
+    for script, v in q.get("per_script", {}).items():
+        d = v["delta"]
+        lines.append(
+            f"| {script} ({v['n']}): calm_first_f1 / type_macro_f1 | | | "
+            f"{d['calm_first_f1']:+.4f} / {d['type_macro_f1']:+.4f} |"
+        )
     agree = ", ".join(f"{k} {v:.1%}" for k, v in q["agreement"].items())
     lines += [
         "",
         f"Same decision as PyTorch: {agree}; largest anger.score difference {q['max_anger_score_diff']}.",
         "",
+        *ray_markdown(r),
         "## Theoretical bound",
         "",
         f"A message of L tokens costs {b['layers']} x (2L(4H^2 + 2HI) + 4L^2 H) FLOPs with H={b['hidden']}, "
         f"I={b['intermediate']}: **{b['mean_gflop_per_message']} GFLOP** for the mean message here "
         f"({b['mean_tokens']} tokens; embeddings and heads are negligible). Peak of this CPU: {m['cores']} cores x "
-        f"{b['ghz_assumed']} GHz x {b['fp32_flop_per_cycle_per_core']} FLOP/cycle (AVX2 FMA) = "
-        f"**{b['peak_fp32_gflops']} GFLOP/s fp32**; int8 without VNNI gives at most about 2x that in practice "
+        f"{b['ghz_assumed']} GHz x {b['fp32_flop_per_cycle_per_core']} FLOP/cycle "
+        f"({'AVX-512' if b['fp32_flop_per_cycle_per_core'] == 64 else 'AVX2'} FMA) = "
+        f"**{b['peak_fp32_gflops']} GFLOP/s fp32**; int8 gives at most "
+        f"{'4x (VNNI)' if b['peak_int8_gops_effective'] >= 4 * b['peak_fp32_gflops'] else 'about 2x (no VNNI)'} "
+        "that in practice "
         f"({b['peak_int8_gops_effective']} GOP/s).",
         "",
         "| bound | fp32 | int8 |",
@@ -631,13 +788,17 @@ def _cpu_ticks() -> tuple[int, int]:
 INTERFERENCE: dict[str, float] = {}
 
 
-def timed(label: str, fn: Callable[[], Any], *, retries: int = 2, max_foreign: float = 0.10) -> Any:
+RETRIES = [2]  # repeats of a shared-CPU phase (--retries)
+
+
+def timed(label: str, fn: Callable[[], Any], *, retries: int | None = None, max_foreign: float = 0.10) -> Any:
     """Run a measurement; repeat it when other processes took more than ``max_foreign`` of the CPU meanwhile.
 
     The machine is shared (other jobs start and stop), and a phase that competed for the two
     cores measures nothing. Foreign CPU = machine busy time minus this process and its children.
     """
     cores = os.cpu_count() or 1
+    retries = RETRIES[0] if retries is None else retries
     for attempt in range(retries + 1):
         log(label + (f" (repeat {attempt}: the CPU was shared)" if attempt else ""))
         busy0, own0 = _cpu_ticks()
@@ -665,7 +826,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--c8-requests", type=int, default=800)
     parser.add_argument("--wait-quiet", type=float, default=1800, help="seconds to wait for an idle CPU first")
     parser.add_argument("--quick", action="store_true", help="skip the extra server variants and the torch CLI run")
+    parser.add_argument("--no-ray", action="store_true", help="skip the --engine ray comparison")
+    parser.add_argument("--retries", type=int, default=2, help="repeats of a phase the CPU was shared during")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's speed tables")
     args = parser.parse_args(argv)
+    RETRIES[0] = args.retries
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -696,7 +861,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": versions(),
         "settings": {
             k: getattr(settings, k)
-            for k in ("backend", "quantize", "batch_size", "microbatch_wait_ms", "microbatch_max_size", "workers")
+            for k in (
+                "backend",
+                "quantize",
+                "batch_size",
+                "microbatch_wait_ms",
+                "microbatch_max_size",
+                "microbatch_concurrency",
+                "workers",
+            )
         }
         | {"threads": settings.threads()},
         "warnings": warnings_,
@@ -756,7 +929,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import gc
 
     gc.collect()
-    score = timed("calmfirst score (optimised, default settings)", lambda: run_score(model_dir, src, len(texts)))
+    local_out = WORK / "scored-local.jsonl"
+    score = timed(
+        "calmfirst score (optimised, default settings)",
+        lambda: run_score(model_dir, src, len(texts), keep=local_out),
+        retries=args.retries,
+    )
     throughput: dict[str, Any] = {
         "messages": len(texts),
         "baseline_torch_fp32_eager": base,
@@ -794,26 +972,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runs = [(1, args.c1_requests), (8, args.c8_requests)]
     latency: dict[str, Any] = {}
-    latency["default"] = timed("server, default settings", lambda: serve_and_measure(model_dir, texts, runs=runs))
+    latency["default"] = timed(
+        "server, default settings", lambda: serve_and_measure(model_dir, texts, runs=runs), retries=args.retries
+    )
     if not args.quick:
-        latency["micro-batching on (16, 2 ms)"] = timed(
-            "server, micro-batching on",
-            lambda: serve_and_measure(
-                model_dir,
-                texts,
-                runs=[(8, args.c8_requests)],
-                env={"CALMFIRST_MICROBATCH_MAX_SIZE": "16", "CALMFIRST_MICROBATCH_WAIT_MS": "2"},
-            ),
+        batching_default = settings.microbatch_max_size > 1
+        label = MICROBATCH_OFF if batching_default else MICROBATCH_ON
+        env = {"CALMFIRST_MICROBATCH_MAX_SIZE": "1" if batching_default else "16", "CALMFIRST_MICROBATCH_WAIT_MS": "0"}
+        latency[label] = timed(
+            f"server, {label}",
+            lambda: serve_and_measure(model_dir, texts, runs=[(8, args.c8_requests)], env=env),
+            retries=args.retries,
         )
         latency["2 workers x 1 thread"] = timed(
             "server, --workers 2", lambda: serve_and_measure(model_dir, texts, runs=runs, workers=2)
         )
     results["latency"] = latency
     results["latency_model_only_c1"] = forward
+    if not args.no_ray:
+        try:
+            results["ray"] = timed(
+                "calmfirst score --engine ray (local Ray) vs one process",
+                lambda: ray_vs_local(model_dir, src, len(texts), local_out, score),
+                retries=0,
+            )
+        except RuntimeError as e:  # Ray not installed, or it failed: the rest of the run still counts
+            warnings_.append(f"--engine ray comparison failed: {str(e)[:300]}")
+    local_out.unlink(missing_ok=True)
     results["interference"] = dict(INTERFERENCE)
     noisy = [k for k, v in INTERFERENCE.items() if v > 0.10]
     if noisy:
         warnings_.append(f"other processes took >10% of the CPU during: {noisy} (see interference)")
+    results["machine_state"] = {
+        "background_cpu_busy_at_start": results["background_cpu_busy_at_start"],
+        "other_heavy_processes": busy,
+        "load_average_at_end": os.getloadavg(),
+    }
     results["targets"] = check_targets(results)
     results["notes"] = notes(results)
 
@@ -822,11 +1016,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     md = Path(args.markdown) if args.markdown else out.with_name("RESULTS.md")
     md.write_text(markdown(results), encoding="utf-8")
+    if not args.no_readme:
+        update_readme(results)
     src.unlink(missing_ok=True)  # the texts stay out of the repository
     log(f"wrote {out} and {md}")
     for name, v in results["targets"].items():
         log(f"  {name}: {v['value']} (target {v['target']}) {'met' if v['met'] else 'MISSED'}")
     return 0
+
+
+def readme_block(r: dict[str, Any]) -> str:
+    """The README's speed tables: targets, throughput, latency, memory, Ray (the rest is in bench/RESULTS.md)."""
+    full = markdown(r).splitlines()
+
+    def section(title: str) -> list[str]:
+        start = next((i for i, line in enumerate(full) if line.startswith(f"## {title}")), None)
+        if start is None:
+            return []
+        end = next((i for i in range(start + 1, len(full)) if full[i].startswith("## ")), len(full))
+        return ["#" + full[start], *full[start + 1 : end]]
+
+    m = r["machine"]
+    head = [
+        f"Measured {r['date']} by `make bench` on this machine ({m['cpu']}, {m['cores']} cores, "
+        f"{m['memory_gb']} GB RAM), commit `{r['versions'].get('git_commit', '?')}`; "
+        f"CPU busy with other work at the start: {r['background_cpu_busy_at_start']:.0%}. "
+        "Full tables: [bench/RESULTS.md](bench/RESULTS.md).",
+        "",
+    ]
+    if r["warnings"]:
+        head += ["**Machine state:** " + "; ".join(r["warnings"]), ""]
+    body: list[str] = []
+    for title in ("Targets", "Throughput", "HTTP latency", "Server memory", "`calmfirst score --engine ray`"):
+        body += section(title)
+    return "\n".join(head + body).rstrip() + "\n"
+
+
+def update_readme(r: dict[str, Any], path: Path = README) -> bool:
+    """Replace what is between the README's bench markers; False (and a log line) when they are missing."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if README_START not in text or README_END not in text:
+        log(f"no {README_START} / {README_END} markers in {path}; README not updated")
+        return False
+    before, rest = text.split(README_START, 1)
+    _, after = rest.split(README_END, 1)
+    path.write_text(before + README_START + "\n" + readme_block(r) + README_END + after, encoding="utf-8")
+    log(f"updated the speed tables in {path}")
+    return True
 
 
 def notes(r: dict[str, Any]) -> list[str]:

@@ -156,6 +156,7 @@ def ray_session(options: RayOptions) -> Iterator[int]:
     import ray
 
     started_here = not ray.is_initialized()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from contact-center machines
     if started_here:
         kwargs: dict[str, Any] = {
             "logging_level": logging.WARNING,
