@@ -8,6 +8,7 @@ heap of the N worst, never all conversations.
 from __future__ import annotations
 
 import csv
+import hashlib
 import heapq
 import json
 from collections import Counter
@@ -15,14 +16,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 
-from data.vocab import Step
+from data.vocab import Mistake, Step, values
 from service.io.readers import read_jsonl_file
 from service.qa.rows import ConversationRow
-from service.qa.scoring import MISTAKE_PENALTY
 
 UNASSIGNED = "(unassigned)"
+#: bootstrap resamples for each agent's interval
+BOOTSTRAP = 2000
+
+
+def bootstrap_mean_interval(
+    hist: Counter[int], *, key: str, n_boot: int = BOOTSTRAP, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over conversations, from a histogram of their scores.
+
+    Resampling n conversations with replacement is a multinomial draw over the distinct scores, so
+    an agent's scores are kept as counts per score (at most 101 numbers), never as a list. The
+    seed comes from ``key`` (the agent id): the same conversations always give the same interval.
+    """
+    n = sum(hist.values())
+    if n == 0:
+        return (0.0, 0.0)
+    scores = np.array(sorted(hist), dtype=float)
+    if n == 1 or len(scores) == 1:
+        return (float(scores[0]), float(scores[-1])) if n == 1 else (float(scores[0]), float(scores[0]))
+    p = np.array([hist[int(v)] for v in scores], dtype=float) / n
+    seed = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "little")
+    draws = np.random.default_rng(seed).multinomial(n, p, size=n_boot)
+    means = draws @ scores / n
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return (round(float(lo), 1), round(float(hi), 1))
 
 
 class AgentRow(BaseModel):
@@ -32,6 +58,11 @@ class AgentRow(BaseModel):
     conversations: int
     mean_handling_score: float
     min_handling_score: int
+    #: 95% bootstrap interval of the mean over the agent's conversations, and the rank by the mean (1 = best);
+    #: two agents whose intervals overlap are not told apart by the score
+    ci95_low: float = 0.0
+    ci95_high: float = 0.0
+    rank: int = 0
     escalations: int
     escalations_unhandled: int
     threats: int
@@ -80,17 +111,22 @@ class AgentStats:
     threats: int = 0
     mistakes: Counter[str] = field(default_factory=Counter)
     steps_missed: Counter[str] = field(default_factory=Counter)
+    scores: Counter[int] = field(default_factory=Counter)
 
     @property
     def mean_score(self) -> float:
         return round(self.score_sum / self.conversations, 1) if self.conversations else 0.0
 
-    def row(self) -> AgentRow:
+    def row(self, rank: int = 0) -> AgentRow:
+        lo, hi = bootstrap_mean_interval(self.scores, key=self.agent_id)
         return AgentRow(
             agent_id=self.agent_id,
             conversations=self.conversations,
             mean_handling_score=self.mean_score,
             min_handling_score=self.min_score,
+            ci95_low=lo,
+            ci95_high=hi,
+            rank=rank,
             escalations=self.escalations,
             escalations_unhandled=self.escalations_unhandled,
             threats=self.threats,
@@ -175,6 +211,7 @@ class QASummary:
             a = self.agents[agent_id] = AgentStats(agent_id)
         a.conversations += 1
         a.score_sum += score
+        a.scores[score] += 1
         a.min_score = min(a.min_score, score)
         a.escalations += s.escalate
         a.escalations_unhandled += unhandled
@@ -220,12 +257,22 @@ def summarize(path: Path, *, worst_n: int = 10) -> QASummary:
     return agg
 
 
+def agent_rows(agg: QASummary) -> list[AgentRow]:
+    """One row per agent (in agent id order), each with its rank by mean handling score (1 = best; ties share
+    the better rank) and the bootstrap interval of that mean."""
+    means = sorted((a.mean_score for a in agg.agents.values()), reverse=True)
+    rank_of = {}
+    for i, m in enumerate(means, start=1):
+        rank_of.setdefault(m, i)
+    return [a.row(rank=rank_of[a.mean_score]) for a in agg.agents.values()]
+
+
 def write_agents(agg: QASummary, out_dir: Path) -> None:
     """agents.json (totals + one object per agent) and agents.csv (one column per mistake/step code)."""
-    agents = [a.row() for a in agg.agents.values()]
+    agents = agent_rows(agg)
     doc = {"summary": agg.totals().model_dump(mode="json"), "agents": [a.model_dump(mode="json") for a in agents]}
     (out_dir / "agents.json").write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    mistake_codes = sorted(set(MISTAKE_PENALTY) | set(agg.mistakes))
+    mistake_codes = sorted(set(values(Mistake)) | set(agg.mistakes))
     step_codes = sorted(agg.steps_missed)
     base = [k for k in AgentRow.model_fields if k not in ("mistakes", "steps_missed")] if agents else ["agent_id"]
     columns = base + [f"mistake_{c}" for c in mistake_codes] + [f"missed_{c}" for c in step_codes]

@@ -29,6 +29,7 @@ CONVERSATION_COLUMNS = [
     "anger_series", "peak_anger", "final_anger", "anger_trend", "situation", "complaint_type", "types", "threat",
     "escalate", "flag", "steps_taken", "steps_missed", "mistakes", "mistake_counts", "next_step_code",
     "handling_score", "points_mistakes", "points_steps_missed", "points_escalation", "points_anger_outcome",
+    "points_base", "points_end", "anger_scores", "next_step_rule",
 ]  # fmt: skip
 
 
@@ -87,10 +88,16 @@ class SummaryStep(BaseModel):
 
 
 class HandlingPoints(BaseModel):
-    mistakes: int
-    steps_missed: int
-    escalation: int
-    anger_outcome: int
+    """The points behind a handling score (``service.qa.scoring``): from ``base`` (every step taken, no anger,
+    no mistake), points lost for steps never taken, for the customer's anger, for mistakes and for a threat not
+    handed over, and points won or lost at the end of the chat; they add up to the score before rounding."""
+
+    mistakes: float
+    steps_missed: float
+    escalation: float
+    anger_outcome: float
+    base: float | None = None
+    end: float | None = None
 
 
 class ConversationRow(BaseModel):
@@ -125,6 +132,9 @@ class ConversationRow(BaseModel):
     next_step: SummaryStep | None = None
     handling_score: int
     handling_points: HandlingPoints | None = None
+    #: each customer turn's anger score (0-1), and the rule that gave the next step: what the score reads
+    anger_scores: list[float] = []
+    next_step_rule: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), ensure_ascii=False)
@@ -133,8 +143,9 @@ class ConversationRow(BaseModel):
         data = self.model_dump(mode="json")
         out = {k: data.get(k, "") for k in CONVERSATION_COLUMNS}
         out["agent_id"] = self.agent_id or ""
-        for k in ("anger_series", "types", "steps_taken", "steps_missed", "mistakes"):
+        for k in ("anger_series", "types", "steps_taken", "steps_missed", "mistakes", "anger_scores"):
             out[k] = _join(data[k])
+        out["next_step_rule"] = self.next_step_rule or ""
         out["mistake_counts"] = json.dumps(self.mistake_counts)
         out["next_step_code"] = self.next_step.code if self.next_step else ""
         if self.handling_points is not None:
@@ -187,7 +198,7 @@ def conversation_row(conv: SourceConversation, result: ConversationResult) -> Co
     for t in result.turns:
         if isinstance(t, AgentTurnResult):
             counts.update(t.mistakes)
-    hs = handling_score(state, counts)
+    hs = handling_score(result)
     n_customer = len(result.customer_results())
     return ConversationRow(
         conversation_id=conv.id,
@@ -218,5 +229,9 @@ def conversation_row(conv: SourceConversation, result: ConversationResult) -> Co
             steps_missed=hs["steps_missed"],
             escalation=hs["escalation"],
             anger_outcome=hs["anger_outcome"],
+            base=hs["base"],
+            end=hs["end"],
         ),
+        anger_scores=[round(r.anger.score, 4) for r in result.customer_results()],
+        next_step_rule=state.next_step_rule,
     )

@@ -54,6 +54,7 @@ DEFAULT_CACHE = ROOT / "work" / "cache" / "agent_e5.sqlite"
 HEADS_FILE = "agent_heads.safetensors"
 CONFIG_FILE = "agent_model.json"
 METRICS_FILE = "metrics.json"
+NGRAMS_FILE = "agent_ngrams.json"
 
 MISTAKE_CODES: tuple[str, ...] = values(Mistake)
 #: Every code the model predicts: the ten steps, then the five mistakes.
@@ -260,6 +261,9 @@ class HeadSettings:
     max_pos_weight: float = 8.0
     real_weight: float = 1.0
     seed: int = 0
+    #: combine with character n-grams (``NgramModel``) through a per-code stack fitted out of fold
+    ngram: bool = True
+    folds: int = 5
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -279,6 +283,71 @@ def _turn_logits(head: Any, x: Any, owner: Any, n_turns: int) -> Any:
     out = torch.full((n_turns, unit_logits.shape[1]), -1e4, dtype=unit_logits.dtype)
     index = owner.unsqueeze(1).expand_as(unit_logits)
     return out.scatter_reduce(0, index, unit_logits, reduce="amax", include_self=True)
+
+
+def subset(features: TurnFeatures, turns: np.ndarray) -> TurnFeatures:
+    """The units of some turns, renumbered 0..len(turns)-1 in the order given."""
+    new_index = np.full(features.n_turns, -1, dtype=np.int64)
+    new_index[turns] = np.arange(len(turns))
+    keep = new_index[features.owner] >= 0
+    owner = new_index[features.owner[keep]]
+    return TurnFeatures(x=features.x[keep], owner=owner, n_turns=len(turns))
+
+
+def _train_head(
+    features: TurnFeatures,
+    y: np.ndarray,
+    weights: np.ndarray,
+    s: HeadSettings,
+    n_codes: int,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> Any:
+    """One head trained through the max over each turn's units (multiple-instance learning)."""
+    import torch
+
+    torch.manual_seed(s.seed)
+    rng = np.random.default_rng(s.seed)
+    n = features.n_turns
+    n_pos = y.sum(0)
+    pos_weight = np.clip(np.sqrt((n - n_pos) / np.maximum(n_pos, 1.0)), 1.0, s.max_pos_weight)
+    head = _build_head(features.x.shape[1], n_codes, s)
+    opt = torch.optim.AdamW(head.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, dtype=torch.float32), reduction="none")
+    order = np.argsort(features.owner, kind="stable")
+    bounds = np.searchsorted(features.owner[order], np.arange(n + 1))
+    by_turn = [order[bounds[i] : bounds[i + 1]] for i in range(n)]
+    x_all = torch.from_numpy(features.x)
+    steps_per_epoch = math.ceil(n / s.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.epochs * steps_per_epoch)
+    head.train()
+    for epoch in range(s.epochs):
+        perm = rng.permutation(n)
+        total = 0.0
+        for start in range(0, n, s.batch_size):
+            batch = perm[start : start + s.batch_size]
+            unit_idx = np.concatenate([by_turn[i] for i in batch])
+            owner = np.concatenate([np.full(len(by_turn[i]), k) for k, i in enumerate(batch)])
+            logits = _turn_logits(head, x_all[unit_idx], torch.from_numpy(owner), len(batch))
+            loss = loss_fn(logits, torch.from_numpy(y[batch]))
+            loss = (loss.mean(1) * torch.from_numpy(weights[batch])).sum() / float(weights[batch].sum())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(batch)
+        if log is not None and (epoch + 1) % 10 == 0:
+            log(f"epoch {epoch + 1}/{s.epochs}: loss {total / n:.4f}")
+    head.eval()
+    return head
+
+
+def _head_probs(head: Any, features: TurnFeatures) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        logits = _turn_logits(head, torch.from_numpy(features.x), torch.from_numpy(features.owner), features.n_turns)
+    return np.asarray(torch.sigmoid(logits).numpy(), dtype=np.float64)
 
 
 def label_matrix(rows: Sequence[dict[str, Any]], codes: Sequence[str] = CODES) -> np.ndarray:
@@ -312,6 +381,121 @@ def fit_thresholds(
     return out
 
 
+class NgramModel:
+    """Character 1-3-gram TF-IDF and one logistic regression per code, stored as plain arrays (no pickle).
+
+    The lexical half of the agent-turn model: thanks, apologies and requests for details are words, and
+    character n-grams read them in both scripts (Traditional text is also seen in its Simplified form).
+    """
+
+    NGRAMS = (1, 3)
+
+    def __init__(
+        self, vocabulary: Sequence[str], idf: np.ndarray, coef: np.ndarray, intercept: np.ndarray, codes: Sequence[str]
+    ) -> None:
+        self.vocabulary = list(vocabulary)
+        self.index = {g: i for i, g in enumerate(self.vocabulary)}
+        self.idf = np.asarray(idf, dtype=np.float32)
+        self.coef = np.asarray(coef, dtype=np.float32)
+        self.intercept = np.asarray(intercept, dtype=np.float32)
+        self.codes = tuple(codes)
+
+    @staticmethod
+    def _analyzer() -> Callable[[str], list[str]]:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        analyze: Callable[[str], list[str]] = TfidfVectorizer(
+            analyzer="char_wb", ngram_range=NgramModel.NGRAMS
+        ).build_analyzer()
+        return analyze
+
+    @staticmethod
+    def view(text: str) -> str:
+        from data.script import convert
+
+        return text + " " + convert(text, "t2s")
+
+    @classmethod
+    def fit(
+        cls, texts: Sequence[str], y: np.ndarray, codes: Sequence[str], *, c: float = 8.0, seed: int = 0
+    ) -> NgramModel:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
+
+        vec = TfidfVectorizer(analyzer="char_wb", ngram_range=cls.NGRAMS, min_df=2, sublinear_tf=True)
+        x = vec.fit_transform([cls.view(t) for t in texts])
+        vocab = [""] * len(vec.vocabulary_)
+        for g, i in vec.vocabulary_.items():
+            vocab[i] = g
+        coef = np.zeros((len(codes), x.shape[1]), dtype=np.float32)
+        intercept = np.full(len(codes), -10.0, dtype=np.float32)  # a code never seen is never predicted
+        for j in range(len(codes)):
+            yj = y[:, j] > 0.5
+            if yj.sum() == 0 or yj.all():
+                continue
+            clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed, solver="liblinear")
+            with threadpool_limits(1):
+                clf.fit(x, yj.astype(int))
+            coef[j] = clf.coef_[0]
+            intercept[j] = clf.intercept_[0]
+        return cls(vocab, vec.idf_, coef, intercept, codes)
+
+    def transform(self, texts: Sequence[str]) -> Any:
+        """The TF-IDF rows (sublinear tf, idf, L2-normalised), as the fitted vectoriser would give them."""
+        from scipy.sparse import csr_matrix
+
+        analyze = self._analyzer()
+        rows, cols, vals = [], [], []
+        for r, t in enumerate(texts):
+            counts: dict[int, int] = {}
+            for g in analyze(self.view(t)):
+                i = self.index.get(g)
+                if i is not None:
+                    counts[i] = counts.get(i, 0) + 1
+            if not counts:
+                continue
+            idx = np.fromiter(counts, dtype=np.int64)
+            v = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64))) * self.idf[idx]
+            v /= np.linalg.norm(v) or 1.0
+            rows.extend([r] * len(idx))
+            cols.extend(idx.tolist())
+            vals.extend(v.tolist())
+        return csr_matrix((vals, (rows, cols)), shape=(len(texts), len(self.vocabulary)), dtype=np.float32)
+
+    def probs(self, texts: Sequence[str]) -> np.ndarray:
+        z = self.transform(texts) @ self.coef.T + self.intercept
+        return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def fit_stack(parts: Sequence[np.ndarray], y: np.ndarray) -> np.ndarray:
+    """Per code, a logistic regression on the parts' logits (out-of-fold scores): weights (codes, parts + 1)."""
+    from sklearn.linear_model import LogisticRegression
+
+    k = len(parts)
+    w = np.zeros((y.shape[1], k + 1))
+    for j in range(y.shape[1]):
+        yj = y[:, j] > 0.5
+        if yj.sum() < 2 or yj.all():
+            w[j, :k] = 1.0 / k  # nothing to learn from: the mean logit
+            continue
+        clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
+        clf.fit(np.stack([_logit(p[:, j]) for p in parts], axis=1), yj.astype(int))
+        w[j, :k] = clf.coef_[0]
+        w[j, k] = clf.intercept_[0]
+    return w
+
+
+def apply_stack(parts: Sequence[np.ndarray], w: np.ndarray) -> np.ndarray:
+    z = sum(w[:, i] * _logit(p) for i, p in enumerate(parts)) + w[:, len(parts)]
+    return np.asarray(1.0 / (1.0 + np.exp(-z)))
+
+
 @dataclass
 class AgentTurnModel:
     """Heads over the frozen encoder; implements the detector interface (``detect``, ``scores``, ``codes``)."""
@@ -325,6 +509,8 @@ class AgentTurnModel:
     encoder_name: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     kind: str = "e5-heads"
+    ngram: NgramModel | None = None
+    stack: np.ndarray | None = None
 
     # -------------------------------------------------------------- train
     def fit(
@@ -334,52 +520,35 @@ class AgentTurnModel:
         features: TurnFeatures | None = None,
         log: Callable[[str], None] | None = None,
     ) -> AgentTurnModel:
-        """Train the head on labelled turns (``text``, ``context``, ``steps``, ``mistakes``)."""
-        import torch
-
+        """Train on labelled turns (``text``, ``context``, ``steps``, ``mistakes``): the e5 head on every turn,
+        and with ``settings.ngram`` the n-gram model and the per-code stack of the two (fitted on out-of-fold
+        scores of ``settings.folds`` folds, so the stack never sees a score of a turn its part was trained on)."""
         if features is None:
             features = self._features([r["text"] for r in rows], [r.get("context") for r in rows])
         s = self.settings
-        torch.manual_seed(s.seed)
-        rng = np.random.default_rng(s.seed)
         y = label_matrix(rows, self.codes)
-        n_pos = y.sum(0)
-        pos_weight = np.clip(np.sqrt((len(y) - n_pos) / np.maximum(n_pos, 1.0)), 1.0, s.max_pos_weight)
         weights = np.array(
             [s.real_weight if r.get("source") != "calmfirst_written" else 1.0 for r in rows], dtype=np.float32
         )
         self.n_in = features.x.shape[1]
-        self.head = _build_head(self.n_in, len(self.codes), s)
-        opt = torch.optim.AdamW(self.head.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-        loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, dtype=torch.float32), reduction="none")
-        # units of each turn, for mini-batches of turns
-        by_turn: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(rows)
-        order = np.argsort(features.owner, kind="stable")
-        bounds = np.searchsorted(features.owner[order], np.arange(len(rows) + 1))
-        for i in range(len(rows)):
-            by_turn[i] = order[bounds[i] : bounds[i + 1]]
-        x_all = torch.from_numpy(features.x)
-        steps_per_epoch = math.ceil(len(rows) / s.batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.epochs * steps_per_epoch)
-        self.head.train()
-        for epoch in range(s.epochs):
-            perm = rng.permutation(len(rows))
-            total = 0.0
-            for start in range(0, len(rows), s.batch_size):
-                batch = perm[start : start + s.batch_size]
-                unit_idx = np.concatenate([by_turn[i] for i in batch])
-                owner = np.concatenate([np.full(len(by_turn[i]), k) for k, i in enumerate(batch)])
-                logits = _turn_logits(self.head, x_all[unit_idx], torch.from_numpy(owner), len(batch))
-                loss = loss_fn(logits, torch.from_numpy(y[batch]))
-                loss = (loss.mean(1) * torch.from_numpy(weights[batch])).sum() / float(weights[batch].sum())
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(batch)
-            if log is not None and (epoch + 1) % 10 == 0:
-                log(f"epoch {epoch + 1}/{s.epochs}: loss {total / len(rows):.4f}")
-        self.head.eval()
+        self.head = _train_head(features, y, weights, s, len(self.codes), log=log)
+        self.ngram = None
+        self.stack = None
+        if s.ngram:
+            texts = [r["text"] for r in rows]
+            oof_e5 = np.zeros_like(y)
+            oof_ng = np.zeros_like(y)
+            fold = np.random.default_rng(s.seed).integers(0, s.folds, len(rows))
+            for k in range(s.folds):
+                train_idx, test_idx = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+                head = _train_head(subset(features, train_idx), y[train_idx], weights[train_idx], s, len(self.codes))
+                oof_e5[test_idx] = _head_probs(head, subset(features, test_idx))
+                ng = NgramModel.fit([texts[i] for i in train_idx], y[train_idx], self.codes, seed=s.seed)
+                oof_ng[test_idx] = ng.probs([texts[i] for i in test_idx])
+                if log is not None:
+                    log(f"fold {k + 1}/{s.folds} done")
+            self.stack = fit_stack([oof_e5, oof_ng], y)
+            self.ngram = NgramModel.fit(texts, y, self.codes, seed=s.seed)
         self.thresholds = {c: self.thresholds.get(c, 0.5) for c in self.codes}
         self.encoder_name = getattr(self.encoder, "name", "")
         return self
@@ -406,18 +575,15 @@ class AgentTurnModel:
         features: TurnFeatures | None = None,
     ) -> np.ndarray:
         """P(code) per turn, shape (turns, codes)."""
-        import torch
-
         if self.head is None:
             raise RuntimeError("the agent-turn model is not trained")
         if not texts:
             return np.zeros((0, len(self.codes)), dtype=np.float32)
         features = features if features is not None else self._features(texts, contexts)
-        with torch.inference_mode():
-            logits = _turn_logits(
-                self.head, torch.from_numpy(features.x), torch.from_numpy(features.owner), features.n_turns
-            )
-        return torch.sigmoid(logits).numpy()
+        p = _head_probs(self.head, features)
+        if self.ngram is not None and self.stack is not None:
+            p = apply_stack([p, self.ngram.probs(texts)], self.stack)
+        return p.astype(np.float32)
 
     def scores(self, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[dict[str, float]]:
         p = self.probs(texts, contexts)
@@ -448,7 +614,14 @@ class AgentTurnModel:
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}
+        import torch
+
+        state = {f"head.{k}": v.detach().contiguous() for k, v in self.head.state_dict().items()}
+        if self.ngram is not None:
+            state["ngram.idf"] = torch.from_numpy(self.ngram.idf)
+            state["ngram.coef"] = torch.from_numpy(self.ngram.coef)
+            state["ngram.intercept"] = torch.from_numpy(self.ngram.intercept)
+            (path / NGRAMS_FILE).write_text(json.dumps(self.ngram.vocabulary, ensure_ascii=False) + "\n", "utf-8")
         save_file(state, str(path / HEADS_FILE))
         cfg = {
             "kind": self.kind,
@@ -459,6 +632,8 @@ class AgentTurnModel:
             "units": {"split": CLAUSE_SPLIT.pattern, "max_clauses": MAX_CLAUSES, "min_clause_chars": MIN_CLAUSE_CHARS},
             "features": "[unit, context, unit * context, has_context]; unit = whole turn or one clause",
             "settings": self.settings.to_dict(),
+            "stack": None if self.stack is None else np.round(self.stack, 6).tolist(),
+            "stack_parts": ["e5 heads", "character n-grams"],
             "info": self.info,
         }
         (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -475,9 +650,20 @@ class AgentTurnModel:
         cfg = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         settings = HeadSettings(**cfg.get("settings", {}))
         codes = tuple(cfg["codes"])
+        tensors = load_file(str(path / HEADS_FILE))
         head = _build_head(int(cfg["n_in"]), len(codes), settings)
-        head.load_state_dict(load_file(str(path / HEADS_FILE)))
+        head.load_state_dict({k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")})
         head.eval()
+        ngram = None
+        if "ngram.coef" in tensors:
+            vocab = json.loads((path / NGRAMS_FILE).read_text(encoding="utf-8"))
+            ngram = NgramModel(
+                vocab,
+                tensors["ngram.idf"].numpy(),
+                tensors["ngram.coef"].numpy(),
+                tensors["ngram.intercept"].numpy(),
+                codes,
+            )
         if encoder is None:
             encoder = E5Encoder()
         if encoder.dim * 3 + 1 != int(cfg["n_in"]):
@@ -491,6 +677,8 @@ class AgentTurnModel:
             n_in=int(cfg["n_in"]),
             encoder_name=str(cfg.get("encoder", "")),
             info=dict(cfg.get("info", {})),
+            ngram=ngram,
+            stack=None if cfg.get("stack") is None else np.asarray(cfg["stack"], dtype=np.float64),
         )
 
 
@@ -688,6 +876,7 @@ def _cmd_train(args: Any) -> int:
 
 
 def _cmd_evaluate(args: Any) -> int:
+    """The saved model on the held-out test split; ``--write`` adds the figures to its metrics.json."""
     enc = _cached_encoder(args.cache, args.threads)
     model = AgentTurnModel.load(args.model, encoder=enc)
     test = training_rows(args.data)["test"]
@@ -695,7 +884,16 @@ def _cmd_evaluate(args: Any) -> int:
     pred = model.predict_codes(probs)
     y = label_matrix(test, model.codes)
     real = np.array([is_real(r) for r in test])
-    out = {"real": evaluate_codes(y[real], pred[real], model.codes), "all": evaluate_codes(y, pred, model.codes)}
+    out = {
+        "real": evaluate_codes(y[real], pred[real], model.codes),
+        "all": evaluate_codes(y, pred, model.codes),
+        "written": evaluate_codes(y[~real], pred[~real], model.codes),
+    }
+    if args.write:
+        path = Path(args.model) / METRICS_FILE
+        metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        metrics["test"] = out
+        path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(out, indent=2))  # noqa: T201
     return 0
 
@@ -724,6 +922,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exerci
             p.add_argument("--no-test", action="store_true", help="dev figures only (for choosing settings)")
         if name == "evaluate":
             p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+            p.add_argument("--write", action="store_true", help="record the test figures in the model's metrics.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.cmd == "train" and args.output is not None and str(args.output) in ("-", "none"):

@@ -12,6 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.analyzer import ConversationAnalyzer
@@ -22,7 +23,16 @@ from service.qa.readers import read_conversations
 from service.qa.report import render_report
 from service.qa.rows import TURN_COLUMNS
 from service.qa.run import run_qa
-from service.qa.scoring import anger_outcome, handling_score
+from service.qa.scoring import (
+    DEFAULT_WEIGHTS_FILE,
+    FEATURES,
+    SIGNS,
+    HandlingModel,
+    anger_outcome,
+    fit_handling_model,
+    formula_text,
+    handling_score,
+)
 from service.routing.agent_steps import AgentStepDetector
 
 PHONE = "0912345678"
@@ -441,25 +451,78 @@ def test_qa_anger_outcome(series, outcome) -> None:  # type: ignore[no-untyped-d
     assert anger_outcome(series) == outcome
 
 
-def test_qa_handling_score_formula_on_hand_built_states() -> None:
-    # perfect handling that calmed the customer: 100 + 10, clipped to 100
-    assert handling_score(_state([3, 1], taken=["apologize"])) == {
-        "score": 100, "mistakes": 0, "steps_missed": 0, "escalation": 0, "anger_outcome": 10,
-    }  # fmt: skip
-    # argued twice (15 each), interrogated once (10), two missed steps (5 each), anger rose (-10)
-    hs = handling_score(_state([1, 3], missed=["apologize", "promise_callback"]), {"argued": 2, "interrogated": 1})
-    assert hs == {"score": 100 - 30 - 10 - 10 - 10, "mistakes": -40, "steps_missed": -10, "escalation": 0,
-                  "anger_outcome": -10}  # fmt: skip
-    # without per-turn counts, each listed mistake counts once
-    assert handling_score(_state([2], mistakes=["blamed_customer", "solution_while_furious"]))["score"] == 75
-    # escalation needed and never handed over: -20, and the missed escalate_supervisor is not charged twice
-    hs = handling_score(_state([3], missed=["escalate_supervisor", "promise_callback"], escalate=True))
-    assert hs["score"] == 100 - 20 - 5 and hs["escalation"] == -20
-    # handed over: no escalation penalty
-    assert handling_score(_state([3, 2], taken=["escalate_supervisor"], escalate=True))["score"] == 100
-    # a playbook's own mistake code costs the default 10; the score never goes below 0
-    assert handling_score(_state([1], mistakes=["ignored_customer"]))["score"] == 90
-    assert handling_score(_state([1, 3], missed=["apologize"]), {"argued": 5, "last_word": 3})["score"] == 0
+def _model(**weights: float) -> HandlingModel:
+    return HandlingModel(weights=dict(weights), intercept=0.4)
+
+
+def test_qa_handling_score_points_on_hand_built_states() -> None:
+    m = _model(final_anger_score=-0.8, peak_anger=-0.1, step_apologize=0.2, step_thank=0.1, mistake_argued=-0.2,
+               unhandled_threat=-0.4, end_fix_reported=0.3)  # fmt: skip
+    # calm, apologised, thanked, a fix reported: 50 + 25 * (0.4 + 0.2 + 0.1 + 0.3) = 75
+    calm = {
+        **_state([0, 0], taken=["apologize", "thank"]),
+        "anger_scores": [0.0, 0.0],
+        "next_step_rule": "fix_reported",
+    }
+    hs = handling_score(calm, model=m)
+    assert hs == {"score": 75, "base": 67.5, "anger_outcome": 0.0, "steps_missed": 0.0, "mistakes": 0.0,
+                  "escalation": 0.0, "end": 7.5}  # fmt: skip
+    # furious at the end (score 1.0, level 3), argued twice, no step, a threat never handed over
+    bad = {**_state([1, 3], escalate=True), "anger_scores": [0.3, 1.0]}
+    hs = handling_score(bad, {"argued": 2}, model=m)
+    assert (hs["anger_outcome"], hs["steps_missed"], hs["mistakes"], hs["escalation"]) == (-27.5, -7.5, -10.0, -10.0)
+    assert hs["score"] == round(67.5 - 27.5 - 7.5 - 10 - 10)
+    # the parts add up to the unrounded score
+    m2 = _model(final_anger_score=-0.5, step_thank=0.1)
+    hs = handling_score({**_state([2]), "anger_scores": [0.6]}, model=m2)
+    assert abs(hs["base"] + hs["anger_outcome"] + hs["steps_missed"] - m2.raw({"final_anger_score": 0.6})) < 0.1
+    # a line written before anger_scores existed: level / 3 stands in for the score
+    assert handling_score(_state([3]), model=m2)["anger_outcome"] == -12.5
+
+
+def test_qa_handling_score_counts_mistakes_per_turn() -> None:
+    m = _model(mistake_argued=-0.1)
+    once = handling_score({**_state([1], mistakes=["argued"])}, model=m)
+    twice = handling_score({**_state([1], mistakes=["argued"])}, {"argued": 2}, model=m)
+    assert once["mistakes"] == -2.5 and twice["mistakes"] == -5.0
+
+
+def test_qa_shipped_handling_score_weights_follow_the_practice() -> None:
+    shipped = HandlingModel.load(DEFAULT_WEIGHTS_FILE)
+    assert set(shipped.weights) == set(FEATURES)
+    for f, w in shipped.weights.items():
+        assert w * SIGNS[f] >= 0, f  # a step never costs, a mistake or anger never earns
+    assert "score = clip(round(" in formula_text()
+    # a calm chat handled by the book scores above a furious chat with mistakes
+    good = {**_state([1, 0], taken=["listen_acknowledge", "apologize", "answer_question"]), "anger_scores": [0.3, 0.0],
+            "next_step_rule": "fix_reported"}  # fmt: skip
+    bad = {**_state([2, 3], mistakes=["argued"]), "anger_scores": [0.6, 1.0], "next_step_rule": "repair"}
+    assert handling_score(good)["score"] > handling_score(bad, {"argued": 2})["score"]
+
+
+def test_qa_fit_handling_model_keeps_the_signs() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((300, len(FEATURES)))
+    # a target that rewards anger and punishes apologising: the practice's signs forbid both
+    y = 0.5 * x[:, FEATURES.index("final_anger_score")] - 0.5 * x[:, FEATURES.index("step_apologize")]
+    y = y - 0.7 * x[:, FEATURES.index("mistake_argued")]
+    m = fit_handling_model(x, y, ridge=0.0)
+    assert m.weights["final_anger_score"] == 0.0 and m.weights["step_apologize"] == 0.0
+    assert m.weights["mistake_argued"] < -0.5
+    assert "signals the data gave no weight" in m.formula()
+
+
+def test_qa_agents_interval_and_rank() -> None:
+    from collections import Counter
+
+    from service.qa.aggregate import bootstrap_mean_interval
+
+    assert bootstrap_mean_interval(Counter({70: 1}), key="a") == (70.0, 70.0)
+    lo, hi = bootstrap_mean_interval(Counter({40: 10, 80: 10}), key="a")
+    assert 40 < lo < 60 < hi < 80
+    lo2, hi2 = bootstrap_mean_interval(Counter({40: 100, 80: 100}), key="a")
+    assert hi2 - lo2 < hi - lo  # more conversations, a narrower interval
+    assert bootstrap_mean_interval(Counter({40: 10, 80: 10}), key="a") == (lo, hi)  # reproducible
 
 
 # ------------------------------------------------------------------ CLI

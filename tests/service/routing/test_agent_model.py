@@ -14,9 +14,12 @@ from service.routing.agent_model import (
     E5Encoder,
     EmbeddingCache,
     HeadSettings,
+    NgramModel,
+    apply_stack,
     clauses,
     evaluate_codes,
     featurize,
+    fit_stack,
     fit_thresholds,
     label_matrix,
     load_agent_detector,
@@ -97,7 +100,7 @@ def test_features_units_and_context(encoder: E5Encoder) -> None:
 
 
 def test_train_predict_save_load_end_to_end(encoder: E5Encoder, tmp_path: Path) -> None:
-    settings = HeadSettings(hidden=16, epochs=60, lr=1e-2, batch_size=4, dropout=0.0)
+    settings = HeadSettings(hidden=16, epochs=60, lr=1e-2, batch_size=4, dropout=0.0, folds=2)
     splits = {"train": _rows(), "dev": _rows(split="dev"), "test": _rows(split="test")}
     model, metrics = train_and_evaluate(encoder, splits, settings)
     assert set(model.thresholds) == set(CODES)
@@ -112,18 +115,49 @@ def test_train_predict_save_load_end_to_end(encoder: E5Encoder, tmp_path: Path) 
     assert "thank" in out[0].steps and set(out[0].scores) == set(CODES)
     model.save(tmp_path / "agent", metrics=metrics)
     assert {p.name for p in (tmp_path / "agent").iterdir()} == {
-        "agent_heads.safetensors", "agent_model.json", "metrics.json",
+        "agent_heads.safetensors", "agent_model.json", "agent_ngrams.json", "metrics.json",
     }  # fmt: skip
+    assert model.ngram is not None and model.stack is not None and model.stack.shape == (len(CODES), 3)
     again = AgentTurnModel.load(tmp_path / "agent", encoder=encoder)
     p2 = again.probs([r["text"] for r in splits["train"]], [r["context"] for r in splits["train"]])
     assert np.allclose(probs, p2, atol=1e-6) and again.thresholds == model.thresholds
 
 
 def test_interrogated_is_always_also_ask_details(encoder: E5Encoder) -> None:
-    model = AgentTurnModel(encoder=encoder, settings=HeadSettings(hidden=8, epochs=1)).fit(_rows())
+    model = AgentTurnModel(encoder=encoder, settings=HeadSettings(hidden=8, epochs=1, ngram=False)).fit(_rows())
     model.thresholds = {c: (0.0 if c == "interrogated" else 1.01) for c in CODES}
     (turn,) = model.detect(["帳號？身分證？講清楚"])
     assert turn.mistakes == ["interrogated"] and turn.steps == ["ask_details"]
+
+
+def test_ngram_model_is_the_fitted_vectoriser_in_plain_arrays() -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    texts = [t for t, *_ in TURNS]
+    y = label_matrix(_rows())
+    ng = NgramModel.fit(texts, y, CODES)
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=2, sublinear_tf=True)
+    vec.fit([NgramModel.view(t) for t in texts])
+    new = ["謝謝您，抱歉", "系統顯示沒問題"]
+    ours = ng.transform(new).toarray()
+    theirs = vec.transform([NgramModel.view(t) for t in new]).toarray()
+    order = [vec.vocabulary_[g] for g in ng.vocabulary]
+    assert np.allclose(ours, theirs[:, order], atol=1e-6)
+    p = ng.probs(texts)
+    assert p.shape == (len(texts), len(CODES))
+    assert p[0, CODES.index("thank")] > p[0, CODES.index("argued")]
+    assert np.allclose(p[:, CODES.index("promise_callback")], 1 / (1 + np.exp(10)))  # never seen: never predicted
+
+
+def test_stack_combines_logits_per_code() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 2)) < 0.3).astype(float)
+    good = np.clip(y * 0.8 + rng.random((200, 2)) * 0.2, 0.01, 0.99)
+    noise = rng.random((200, 2))
+    w = fit_stack([good, noise], y)
+    assert w.shape == (2, 3) and (w[:, 0] > 5 * np.abs(w[:, 1])).all()  # the informative part carries it
+    p = apply_stack([good, noise], w)
+    assert ((p > 0.5) == (y > 0.5)).mean() > 0.95
 
 
 def test_fit_thresholds_best_f1_per_code() -> None:

@@ -1,0 +1,435 @@
+"""How far to trust the handling score: its agreement with people on the STC-3 helpdesk dialogues.
+
+STC-3's 3,700 real Chinese customer/helpdesk dialogues were each rated by 19 annotators for the
+customer's satisfaction (S), the dialogue's effectiveness (E) and whether the task was accomplished
+(A), each on -2..2. This command scores every dialogue the way ``calmfirst qa`` does (the shipped
+customer model, the agent-turn model, the conversation rules), fits the handling score's weights
+on the dialogues whose numeric id % 5 != 0 only, and measures the Spearman correlation of the
+score with the annotators' mean S, E and A on the fit dialogues and on the held-out ones
+(id % 5 == 0), which are never used to fit, tune or select anything.
+
+    python -m service.qa.validate                 # model/default on ONNX, writes the figures
+    python -m service.qa.validate --model runs/v2 --no-write   # just print, for another model
+
+It writes ``service/qa/handling_score.json`` (the weights the score uses), the figures to
+``service/qa/validation.json`` and the table between the markers of ``service/README_QA.md``.
+Model outputs are cached under ``work/cache/`` by model checksum, so a re-run after changing the
+score or the rules takes seconds; a new model is scored afresh (ONNX, a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.vocab import Role
+from model.scores import Prediction
+from service.qa.scoring import (
+    DEFAULT_WEIGHTS_FILE,
+    FEATURES,
+    HandlingModel,
+    facts_of,
+    fit_handling_model,
+)
+from service.results import ConversationResult
+from service.routing.agent_steps import AgentTurn
+from service.routing.conversation import Turn
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+HOLDOUT_MOD = 5
+DEFAULT_CACHE = ROOT / "work" / "cache" / "qa_validate.sqlite"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "validation.json"
+README = Path(__file__).resolve().parents[1] / "README_QA.md"
+MARK_START = "<!-- validation:start (written by python -m service.qa.validate) -->"
+MARK_END = "<!-- validation:end -->"
+TARGETS = ("S", "E", "A")
+
+
+@dataclass
+class Dialogue:
+    """One STC-3 dialogue as ``calmfirst qa`` sees it, with the annotators' mean quality scores."""
+
+    id: str
+    turns: list[Turn]
+    quality: dict[str, float]
+    annotators: int
+
+    @property
+    def held_out(self) -> bool:
+        return is_held_out(self.id)
+
+
+def is_held_out(dialogue_id: str | int) -> bool:
+    """The dialogues the handling score is measured on and never fitted on: numeric id % 5 == 0."""
+    return int(dialogue_id) % HOLDOUT_MOD == 0
+
+
+def dialogues_from_raw(raw: Sequence[dict[str, Any]]) -> list[Dialogue]:
+    """STC-3-shaped records (``id``, ``turns`` of ``sender``/``utterances``, ``annotations`` with ``quality``)."""
+    out = []
+    for dia in raw:
+        turns = []
+        for t in dia["turns"]:
+            text = " ".join(u.strip() for u in t["utterances"]).replace("\ufeff", "").strip()
+            if text:
+                turns.append(Turn(role=Role.CUSTOMER if t["sender"] == "customer" else Role.AGENT, text=text))
+        if not any(t.role == Role.CUSTOMER for t in turns):
+            continue
+        qualities = [a["quality"] for a in dia.get("annotations", []) if "quality" in a]
+        if not qualities:
+            continue
+        quality = {k: float(np.mean([q[k] for q in qualities])) for k in TARGETS}
+        out.append(Dialogue(str(dia["id"]), turns, quality, len(qualities)))
+    return out
+
+
+def load_stc3(path: Path | None = None) -> list[Dialogue]:
+    if path is None:
+        from data.sources import shared_data_dir
+
+        path = shared_data_dir() / "stc3_helpdesk" / "train_data_cn.json"
+    with open(path, encoding="utf-8") as f:
+        return dialogues_from_raw(json.load(f))
+
+
+# ------------------------------------------------------------------ caches of model outputs
+class _Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), timeout=60)
+        self.db.execute("CREATE TABLE IF NOT EXISTS out (key TEXT PRIMARY KEY, value TEXT)")
+        self.db.commit()
+
+    @staticmethod
+    def key(*parts: str) -> str:
+        return hashlib.sha1("\0".join(parts).encode()).hexdigest()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for k, v in self.db.execute(f"SELECT key, value FROM out WHERE key IN ({marks})", chunk):
+                found[k] = json.loads(v)
+        return found
+
+    def put_many(self, items: Sequence[tuple[str, Any]]) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO out (key, value) VALUES (?, ?)",
+            [(k, json.dumps(v, ensure_ascii=False)) for k, v in items],
+        )
+        self.db.commit()
+
+
+class CachedScoringModel:
+    """A ``ScoringModel`` whose predictions are cached by the model's checksum and the input text."""
+
+    def __init__(self, model: Any, store: _Store, model_key: str) -> None:
+        self.model = model
+        self.config = model.config
+        self.backend = model.backend
+        self.store = store
+        self.model_key = model_key
+
+    def logits(self, texts: Sequence[str], *, batch_size: int = 32) -> dict[str, np.ndarray]:
+        return dict(self.model.logits(texts, batch_size=batch_size))
+
+    def predict(self, texts: Any, *, batch_size: int = 32) -> Any:
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        keys = [_Store.key("customer", self.model_key, t) for t in items]
+        have = self.store.get_many(sorted(set(keys)))
+        todo = [t for k, t in dict(zip(keys, items, strict=True)).items() if k not in have]
+        for start in range(0, len(todo), 256):
+            part = todo[start : start + 256]
+            preds = self.model.predict(part, batch_size=batch_size)
+            rows = [(_Store.key("customer", self.model_key, t), p.to_dict()) for t, p in zip(part, preds, strict=True)]
+            self.store.put_many(rows)
+            have.update(dict(rows))
+        out = [Prediction(**have[k]) for k in keys]
+        return out[0] if single else out
+
+
+class CachedDetector:
+    """An agent-turn detector whose outputs are cached by its key, the turn and its context."""
+
+    def __init__(self, detector: Any, store: _Store, key: str) -> None:
+        self.detector = detector
+        self.store = store
+        self.key = key
+
+    def detect(self, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[AgentTurn]:
+        ctx = list(contexts) if contexts is not None else [None] * len(texts)
+        keys = [_Store.key("agent", self.key, t, c or "") for t, c in zip(texts, ctx, strict=True)]
+        have = self.store.get_many(sorted(set(keys)))
+        todo = {k: (t, c) for k, t, c in zip(keys, texts, ctx, strict=True) if k not in have}
+        items = list(todo.items())
+        for start in range(0, len(items), 512):
+            part = items[start : start + 512]
+            found = self.detector.detect([t for _, (t, _) in part], [c for _, (_, c) in part])
+            rows = [
+                (k, {"steps": a.steps, "mistakes": a.mistakes, "scores": a.scores})
+                for (k, _), a in zip(part, found, strict=True)
+            ]
+            self.store.put_many(rows)
+            have.update(dict(rows))
+        return [AgentTurn(**have[k]) for k in keys]
+
+
+def file_checksum(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def model_key(model_dir: Path, backend: str) -> str:
+    from model.config import CONFIG_NAME
+
+    return f"{backend}:{file_checksum(model_dir / CONFIG_NAME, *sorted(model_dir.glob('*.safetensors')))}"
+
+
+def previous_handling_score(result: ConversationResult) -> float:
+    """The handling score before this validation existed (fixed points; kept to show what changed)::
+
+    100 - 15 per turn argued/blamed/last word - 10 per turn interrogated/solution while furious
+        - 5 per core step missed - 20 threat not handed over + 10 calmed down - 10 anger rose
+    """
+    s = result.state
+    counts: dict[str, int] = {}
+    for t in result.turns:
+        for m in getattr(t, "mistakes", None) or []:
+            counts[m] = counts.get(m, 0) + 1
+    heavy = {"argued", "blamed_customer", "last_word"}
+    total = 100 - sum((15 if m in heavy else 10) * n for m, n in counts.items())
+    total -= 5 * sum(1 for c in s.steps_missed if c != "escalate_supervisor")
+    total -= 20 if s.escalate and "escalate_supervisor" not in s.steps_taken else 0
+    series = s.anger_series
+    if len(series) >= 2:
+        total += 10 if series[-1] < max(series) else (-10 if min(series[:-1]) < series[-1] else 0)
+    return float(max(0, min(100, total)))
+
+
+# ------------------------------------------------------------------ statistics
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def bootstrap_ci(
+    x: np.ndarray, y: np.ndarray, *, n: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the Spearman correlation over dialogues."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n):
+        idx = rng.integers(0, len(x), len(x))
+        rx, ry = rankdata(x[idx]), rankdata(y[idx])
+        if rx.std() == 0 or ry.std() == 0:
+            continue
+        stats.append(float(np.corrcoef(rx, ry)[0, 1]))
+    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return round(float(lo), 3), round(float(hi), 3)
+
+
+def correlations(scores: np.ndarray, quality: dict[str, np.ndarray]) -> dict[str, float]:
+    return {k: round(spearman(scores, quality[k]), 4) for k in TARGETS}
+
+
+# ------------------------------------------------------------------ the validation
+def analyze_dialogues(
+    conv_analyzer: Any, dialogues: Sequence[Dialogue], *, chunk: int = 128
+) -> list[ConversationResult]:
+    out: list[ConversationResult] = []
+    started = time.perf_counter()
+    for start in range(0, len(dialogues), chunk):
+        part = dialogues[start : start + chunk]
+        out.extend(conv_analyzer.analyze_many([(d.id, d.turns) for d in part]))
+        logger.info("%d/%d dialogues analysed (%.0f s)", len(out), len(dialogues), time.perf_counter() - started)
+    return out
+
+
+def validate(
+    dialogues: Sequence[Dialogue],
+    results: Sequence[ConversationResult],
+    *,
+    bootstrap: int = 1000,
+) -> tuple[HandlingModel, dict[str, Any]]:
+    """Fit the handling model on the non-held-out dialogues and measure it (and baselines) on both parts."""
+    facts = [facts_of(r) for r in results]
+    feats = np.array([[x.features()[f] for f in FEATURES] for x in facts], dtype=np.float64)
+    held = np.array([d.held_out for d in dialogues])
+    quality = {k: np.array([d.quality[k] for d in dialogues]) for k in TARGETS}
+    model = fit_handling_model(feats[~held], quality["S"][~held])
+    score = np.array([model.score_features(dict(zip(FEATURES, row, strict=True))) for row in feats], dtype=float)
+    raw = np.array([model.raw(dict(zip(FEATURES, row, strict=True))) for row in feats], dtype=float)
+    old = np.array([previous_handling_score(r) for r in results], dtype=float)
+    final = feats[:, FEATURES.index("final_anger")]
+    peak = feats[:, FEATURES.index("peak_anger")]
+    baselines = {
+        "handling_score": score,
+        "handling_score_unrounded": raw,
+        "previous_handling_score": old,
+        "final_anger_alone": -final,
+        "final_and_peak_anger": -(final + 0.5 * peak),
+    }
+    figures: dict[str, Any] = {}
+    for name, values in baselines.items():
+        figures[name] = {
+            "fit": correlations(values[~held], {k: v[~held] for k, v in quality.items()}),
+            "held_out": correlations(values[held], {k: v[held] for k, v in quality.items()}),
+        }
+    ci = bootstrap_ci(score[held], quality["S"][held], n=bootstrap) if bootstrap else None
+    per_feature = {
+        f: round(spearman(feats[~held, j], quality["S"][~held]), 4) for j, f in enumerate(FEATURES)
+    }  # fit part only: what each signal says on its own
+    report = {
+        "dialogues": {"all": len(dialogues), "fit": int((~held).sum()), "held_out": int(held.sum())},
+        "annotators_per_dialogue": round(float(np.mean([d.annotators for d in dialogues])), 1),
+        "held_out_rule": f"numeric dialogue id % {HOLDOUT_MOD} == 0; never used to fit, tune or select",
+        "spearman": figures,
+        "held_out_S_ci95": ci,
+        "feature_spearman_with_S_on_fit": per_feature,
+        "formula": model.formula(),
+        "weights": model.to_dict(),
+    }
+    return model, report
+
+
+def write_readme(report: dict[str, Any], path: Path = README) -> bool:
+    """Replace the block between the markers of README_QA.md with the figures; False if there are no markers."""
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8")
+    if MARK_START not in text or MARK_END not in text:
+        return False
+    block = MARK_START + "\n" + readme_block(report) + "\n" + MARK_END
+    head, rest = text.split(MARK_START, 1)
+    _, tail = rest.split(MARK_END, 1)
+    path.write_text(head + block + tail, encoding="utf-8")
+    return True
+
+
+def readme_block(report: dict[str, Any]) -> str:
+    s = report["spearman"]
+    d = report["dialogues"]
+    lines = [
+        f"Measured {report['created']} with `{report['command']}`; model `{report['model']['name']}` "
+        f"{report['model']['version']} ({report['model']['backend']}), agent-turn model `{report['agent_model']}`.",
+        f"{d['all']} STC-3 dialogues: weights fitted on {d['fit']} (id % 5 != 0), measured on {d['held_out']} "
+        f"held-out (id % 5 == 0). Spearman correlation with the annotators' mean score:",
+        "",
+        "| score | S fit | S held-out | E held-out | A held-out |",
+        "|---|---|---|---|---|",
+    ]
+    names = {
+        "handling_score": "**handling score (this formula)**",
+        "previous_handling_score": "previous handling score (points)",
+        "final_anger_alone": "final anger alone (lower = better)",
+        "final_and_peak_anger": "final + 0.5 × peak anger",
+    }
+    for key, label in names.items():
+        f = s[key]
+        lines.append(
+            f"| {label} | {f['fit']['S']:.3f} | {f['held_out']['S']:.3f} | {f['held_out']['E']:.3f} "
+            f"| {f['held_out']['A']:.3f} |"
+        )
+    ci = report.get("held_out_S_ci95")
+    if ci:
+        lines += ["", f"95% bootstrap interval of the held-out S correlation: {ci[0]:.2f} to {ci[1]:.2f}."]
+    lines += ["", "```", report["formula"], "```"]
+    return "\n".join(lines)
+
+
+def _build_analyzer(args: argparse.Namespace, store: _Store) -> tuple[Any, dict[str, Any], str]:
+    from model.loading import load_model
+    from service.analyzer import Analyzer, ConversationAnalyzer
+    from service.routing.agent_model import load_agent_detector
+
+    model_dir = Path(args.model)
+    model = load_model(model_dir, backend=args.backend, threads=args.threads)
+    cached = CachedScoringModel(model, store, model_key(model_dir, model.backend))
+    detector = load_agent_detector(args.agent_model)
+    agent_dir = Path(args.agent_model)
+    kind = getattr(detector, "kind", "tfidf")
+    agent_key = f"{kind}:{file_checksum(*sorted(agent_dir.glob('*')))}" if kind != "tfidf" else "tfidf"
+    if kind == "tfidf":
+        from data.loader import AGENT_TURNS_FILE
+
+        agent_key += ":" + file_checksum(AGENT_TURNS_FILE)
+    analyzer = Analyzer(cached, batch_size=args.batch_size)
+    conv = ConversationAnalyzer(analyzer, CachedDetector(detector, store, agent_key))
+    info = {
+        "name": model.config.name,
+        "version": model.config.version,
+        "backend": model.backend,
+        "path": str(args.model),
+        "reads_context": conv.reads_context,
+    }
+    return conv, info, kind
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exercised by hand and by run_validation
+    from service.routing.agent_model import DEFAULT_MODEL_DIR as AGENT_DIR
+    from service.settings import DEFAULT_MODEL_DIR
+
+    ap = argparse.ArgumentParser(prog="python -m service.qa.validate", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="customer model folder (default: model/default)")
+    ap.add_argument("--backend", default="onnx", choices=("onnx", "torch", "auto"))
+    ap.add_argument("--agent-model", default=str(AGENT_DIR), help="agent-turn model folder (TF-IDF if absent)")
+    ap.add_argument("--data", type=Path, default=None, help="train_data_cn.json (default: ../shared/data)")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_FILE)
+    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--no-write", action="store_true", help="print the figures only; write no file")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    dialogues = load_stc3(args.data)
+    store = _Store(args.cache)
+    conv, info, agent_kind = _build_analyzer(args, store)
+    results = analyze_dialogues(conv, dialogues)
+    model, report = validate(dialogues, results, bootstrap=args.bootstrap)
+    report = {
+        "created": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "command": "python -m service.qa.validate"
+        + (f" --model {args.model}" if args.model != str(DEFAULT_MODEL_DIR) else ""),
+        "model": info,
+        "agent_model": agent_kind,
+        **report,
+    }
+    print(json.dumps({k: report[k] for k in ("dialogues", "spearman", "held_out_S_ci95")}, indent=2))  # noqa: T201
+    print(report["formula"])  # noqa: T201
+    if not args.no_write:
+        model.save(args.weights, validation={k: report[k] for k in ("created", "command", "model", "agent_model")})
+        args.output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if not write_readme(report, args.readme):
+            logger.warning("%s has no validation markers; figures written to %s only", args.readme, args.output)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
