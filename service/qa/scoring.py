@@ -251,7 +251,7 @@ def fit_handling_model(
     lo = [0.0 if SIGNS[f] > 0 else -np.inf for f in features] + [-np.inf]
     hi = [np.inf if SIGNS[f] > 0 else 0.0 for f in features] + [np.inf]
     w = lsq_linear(a, b, bounds=(lo, hi)).x
-    w = np.where(np.abs(w) < 1e-9, 0.0, w)  # at a bound: exactly 0 points
+    w = np.where(np.abs(w) < 1e-6, 0.0, w)  # at a bound (or as good as): exactly 0 points
     return HandlingModel(
         weights={f: float(v) for f, v in zip(features, w[:k], strict=True)},
         intercept=float(w[k]),

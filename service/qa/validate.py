@@ -203,6 +203,25 @@ def model_key(model_dir: Path, backend: str) -> str:
     return f"{backend}:{file_checksum(model_dir / CONFIG_NAME, *sorted(model_dir.glob('*.safetensors')))}"
 
 
+RIDGES = (0.0, 5.0, 30.0, 100.0)
+RIDGE_RULE = "5-fold CV on the fit dialogues; the largest ridge within 0.005 of the best Spearman"
+
+
+def choose_ridge(x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0) -> tuple[float, dict[str, float]]:
+    """The ridge penalty, chosen by cross-validation on the fit dialogues only (``RIDGE_RULE``)."""
+    fold = np.random.default_rng(seed).integers(0, folds, len(y))
+    cv: dict[str, float] = {}
+    for ridge in RIDGES:
+        pred = np.zeros(len(y))
+        for k in range(folds):
+            m = fit_handling_model(x[fold != k], y[fold != k], ridge=ridge)
+            pred[fold == k] = [m.raw(dict(zip(FEATURES, row, strict=True))) for row in x[fold == k]]
+        cv[str(ridge)] = round(spearman(pred, y), 4)
+    best = max(cv.values())
+    chosen = max(r for r in RIDGES if cv[str(r)] >= best - 0.005)
+    return chosen, cv
+
+
 def previous_handling_score(result: ConversationResult) -> float:
     """The handling score before this validation existed (fixed points; kept to show what changed)::
 
@@ -236,8 +255,8 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 def bootstrap_ci(
     x: np.ndarray, y: np.ndarray, *, n: int = 1000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the Spearman correlation over dialogues."""
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the Spearman correlation over dialogues (None if it is undefined)."""
     from scipy.stats import rankdata
 
     rng = np.random.default_rng(seed)
@@ -248,6 +267,8 @@ def bootstrap_ci(
         if rx.std() == 0 or ry.std() == 0:
             continue
         stats.append(float(np.corrcoef(rx, ry)[0, 1]))
+    if not stats:
+        return None
     lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
     return round(float(lo), 3), round(float(hi), 3)
 
@@ -280,18 +301,20 @@ def validate(
     feats = np.array([[x.features()[f] for f in FEATURES] for x in facts], dtype=np.float64)
     held = np.array([d.held_out for d in dialogues])
     quality = {k: np.array([d.quality[k] for d in dialogues]) for k in TARGETS}
-    model = fit_handling_model(feats[~held], quality["S"][~held])
+    ridge, cv = choose_ridge(feats[~held], quality["S"][~held])
+    model = fit_handling_model(feats[~held], quality["S"][~held], ridge=ridge)
     score = np.array([model.score_features(dict(zip(FEATURES, row, strict=True))) for row in feats], dtype=float)
     raw = np.array([model.raw(dict(zip(FEATURES, row, strict=True))) for row in feats], dtype=float)
     old = np.array([previous_handling_score(r) for r in results], dtype=float)
-    final = feats[:, FEATURES.index("final_anger")]
-    peak = feats[:, FEATURES.index("peak_anger")]
+    final = np.array([x.anger_series[-1] for x in facts], dtype=float)
+    peak = np.array([max(x.anger_series) for x in facts], dtype=float)
     baselines = {
         "handling_score": score,
         "handling_score_unrounded": raw,
         "previous_handling_score": old,
         "final_anger_alone": -final,
         "final_and_peak_anger": -(final + 0.5 * peak),
+        "final_anger_score_alone": -feats[:, FEATURES.index("final_anger_score")],
     }
     figures: dict[str, Any] = {}
     for name, values in baselines.items():
@@ -310,6 +333,7 @@ def validate(
         "spearman": figures,
         "held_out_S_ci95": ci,
         "feature_spearman_with_S_on_fit": per_feature,
+        "ridge": {"chosen": ridge, "cv_spearman_S_on_fit": cv, "rule": RIDGE_RULE},
         "formula": model.formula(),
         "weights": model.to_dict(),
     }
@@ -345,8 +369,9 @@ def readme_block(report: dict[str, Any]) -> str:
     names = {
         "handling_score": "**handling score (this formula)**",
         "previous_handling_score": "previous handling score (points)",
-        "final_anger_alone": "final anger alone (lower = better)",
-        "final_and_peak_anger": "final + 0.5 × peak anger",
+        "final_anger_alone": "final anger level alone (lower = better)",
+        "final_and_peak_anger": "final + 0.5 × peak anger level",
+        "final_anger_score_alone": "final anger score alone (0-1)",
     }
     for key, label in names.items():
         f = s[key]
