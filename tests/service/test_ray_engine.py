@@ -221,3 +221,21 @@ def test_ray_qa_matches_local_and_resumes(
         r["conversation_id"] for r in rows(tmp_path / "local", "conversations.jsonl")
     ]
     assert len(rows(tmp_path / "ray", "turns.jsonl")) == len(rows(tmp_path / "local", "turns.jsonl"))
+
+
+@pytest.mark.slow
+def test_ray_score_starts_a_local_ray_without_address(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No ``--ray-address``: the command starts a local Ray for the run and stops it after."""
+    import ray
+
+    src = tmp_path / "m.txt"
+    src.write_text("\n".join(MESSAGES) + "\n", encoding="utf-8")
+    base = ["score", str(src), "--model", str(model_dir), "--no-progress"]
+    assert _run([*base, "-o", str(tmp_path / "l.jsonl")], capsys)[0] == 0
+    code, err = _run([*base, "-o", str(tmp_path / "r.jsonl"), "--engine", "ray"], capsys)
+    assert code == 0, err[-3000:]
+    assert not ray.is_initialized()
+    local = [json.loads(x) for x in (tmp_path / "l.jsonl").read_text(encoding="utf-8").splitlines()]
+    _same_results(local, [json.loads(x) for x in (tmp_path / "r.jsonl").read_text(encoding="utf-8").splitlines()])
