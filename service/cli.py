@@ -122,7 +122,7 @@ def _cmd_qa(args: argparse.Namespace) -> int:
     from service.io.readers import InputFormatError
     from service.qa.readers import check_input
     from service.qa.run import run_qa
-    from service.routing.agent_steps import AgentStepDetector
+    from service.routing.agent_model import load_agent_detector
     from service.settings import Settings
 
     try:
@@ -147,7 +147,7 @@ def _cmd_qa(args: argparse.Namespace) -> int:
             )
         else:
             analyzer = Analyzer.from_settings(settings, model_path=args.model)
-            detector = AgentStepDetector.from_data()
+            detector = load_agent_detector()
             report = run_qa(args.input, args.output, analyzer=analyzer, detector=detector, **options)
     except (InputFormatError, RuntimeError) as e:
         print(f"calmfirst qa: {e}", file=sys.stderr)
@@ -160,6 +160,12 @@ def _cmd_qa(args: argparse.Namespace) -> int:
     )
     # a fully resumed run scored nothing new but its output folder is complete: that is a success
     return 0 if report.conversations_total > 0 else 1
+
+
+def _cmd_qa_validate(args: argparse.Namespace) -> int:
+    from service.qa.validate import main as validate_main
+
+    return validate_main(args.args)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -269,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _engine_options(p)
     p.set_defaults(func=_cmd_qa)
+
+    p = sub.add_parser(
+        "qa-validate",
+        help="how far to trust the handling score: fit it on STC-3 (id %% 5 != 0), measure it on the held-out ids",
+        add_help=False,
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="options of python -m service.qa.validate (see --help)")
+    p.set_defaults(func=_cmd_qa_validate)
 
     p = sub.add_parser("serve", help="run the HTTP API")
     p.add_argument("--host", default=None)

@@ -10,6 +10,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the agent-turn detector of the API and `calmfirst qa` in tests: the TF-IDF one (the e5 model loads the backbone)
+os.environ.setdefault("CALMFIRST_AGENT_MODEL", "tfidf")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

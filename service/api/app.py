@@ -17,7 +17,7 @@ from service.api.metrics import install_metrics
 from service.api.middleware import install_middleware
 from service.api.routes import analyze, console, conversations, health, labels
 from service.redact import install_log_redaction
-from service.routing.agent_steps import AgentStepDetector
+from service.routing.agent_model import load_agent_detector
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
         loaded: Analyzer = (
             analyzer if analyzer is not None else await run_in_threadpool(Analyzer.from_settings, settings)
         )
-        detector = await run_in_threadpool(AgentStepDetector.from_data)
+        detector = await run_in_threadpool(load_agent_detector)
         app.state.conversations = ConversationAnalyzer(loaded, detector)
         app.state.analyzer = loaded
         metrics = getattr(app.state, "metrics", None)

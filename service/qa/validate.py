@@ -393,8 +393,17 @@ def _build_analyzer(args: argparse.Namespace, store: _Store) -> tuple[Any, dict[
 
     model_dir = Path(args.model)
     model = load_model(model_dir, backend=args.backend, threads=args.threads)
-    cached = CachedScoringModel(model, store, model_key(model_dir, model.backend))
-    detector = load_agent_detector(args.agent_model)
+    key = model_key(model_dir, model.backend)
+    export = getattr(model, "export_dir", None)
+    if export is not None:  # the ONNX export (recipe, quantisation) is part of what the scores depend on
+        key += ":" + Path(export).name
+    cached = CachedScoringModel(model, store, key)
+    encoder = None
+    if args.embedding_cache is not None and (Path(args.agent_model) / "agent_model.json").is_file():
+        from service.routing.agent_model import CachedEncoder, E5Encoder, EmbeddingCache
+
+        encoder = CachedEncoder(E5Encoder(threads=args.threads), EmbeddingCache(args.embedding_cache))
+    detector = load_agent_detector(args.agent_model, encoder=encoder)
     agent_dir = Path(args.agent_model)
     kind = getattr(detector, "kind", "tfidf")
     agent_key = f"{kind}:{file_checksum(*sorted(agent_dir.glob('*')))}" if kind != "tfidf" else "tfidf"
@@ -415,6 +424,7 @@ def _build_analyzer(args: argparse.Namespace, store: _Store) -> tuple[Any, dict[
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exercised by hand and by run_validation
+    from service.routing.agent_model import DEFAULT_CACHE as AGENT_CACHE
     from service.routing.agent_model import DEFAULT_MODEL_DIR as AGENT_DIR
     from service.settings import DEFAULT_MODEL_DIR
 
@@ -423,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exerci
     ap.add_argument("--backend", default="onnx", choices=("onnx", "torch", "auto"))
     ap.add_argument("--agent-model", default=str(AGENT_DIR), help="agent-turn model folder (TF-IDF if absent)")
     ap.add_argument("--data", type=Path, default=None, help="train_data_cn.json (default: ../shared/data)")
-    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="model outputs (SQLite)")
+    ap.add_argument("--embedding-cache", type=Path, default=AGENT_CACHE, help="e5 embeddings of agent turns (SQLite)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--bootstrap", type=int, default=1000)

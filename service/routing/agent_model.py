@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import sqlite3
 import time
@@ -55,6 +56,8 @@ HEADS_FILE = "agent_heads.safetensors"
 CONFIG_FILE = "agent_model.json"
 METRICS_FILE = "metrics.json"
 NGRAMS_FILE = "agent_ngrams.json"
+#: ``tfidf`` or the folder of an agent-turn model (read by ``load_agent_detector``)
+AGENT_MODEL_ENV = "CALMFIRST_AGENT_MODEL"
 
 MISTAKE_CODES: tuple[str, ...] = values(Mistake)
 #: Every code the model predicts: the ten steps, then the five mistakes.
@@ -718,8 +721,17 @@ def load_agent_detector(
     model_dir: str | Path | None = None, *, encoder: TextEncoder | None = None, fallback: bool = True
 ) -> Any:
     """The agent-turn detector the service uses: the e5 heads when they and the backbone load, else
-    the TF-IDF detector fitted from the shipped labels (with a warning saying why)."""
-    path = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
+    the TF-IDF detector fitted from the shipped labels (with a warning saying why).
+
+    ``CALMFIRST_AGENT_MODEL`` chooses when ``model_dir`` is not given: ``tfidf`` for the TF-IDF detector
+    (fast; what the tests use), or the folder of another trained model.
+    """
+    from service.routing.agent_steps import AgentStepDetector
+
+    choice = os.environ.get(AGENT_MODEL_ENV, "").strip()
+    if model_dir is None and choice.lower() == "tfidf":
+        return AgentStepDetector.from_data()
+    path = Path(model_dir) if model_dir is not None else Path(choice) if choice else DEFAULT_MODEL_DIR
     try:
         started = time.perf_counter()
         model = AgentTurnModel.load(path, encoder=encoder)
@@ -728,8 +740,6 @@ def load_agent_detector(
     except Exception as e:
         if not fallback:
             raise
-        from service.routing.agent_steps import AgentStepDetector
-
         logger.warning(
             "agent-turn model unavailable (%s: %s); using the TF-IDF detector", type(e).__name__, str(e)[:200]
         )

@@ -199,3 +199,28 @@ def test_fallback_to_tfidf_without_heads(tmp_path: Path, monkeypatch: pytest.Mon
     assert load_agent_detector(tmp_path / "missing") is sentinel
     with pytest.raises(FileNotFoundError):
         load_agent_detector(tmp_path / "missing", fallback=False)
+
+
+def test_environment_chooses_the_detector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.routing import agent_steps
+
+    sentinel = object()
+    monkeypatch.setattr(agent_steps.AgentStepDetector, "from_data", classmethod(lambda cls, *a, **k: sentinel))
+    monkeypatch.setenv("CALMFIRST_AGENT_MODEL", "tfidf")
+    assert load_agent_detector() is sentinel
+    monkeypatch.setenv("CALMFIRST_AGENT_MODEL", str(tmp_path / "nowhere"))
+    assert load_agent_detector() is sentinel  # a folder without a model: the fallback, with a warning
+
+
+def test_shipped_agent_model_files() -> None:
+    import json
+
+    from service.routing.agent_model import DEFAULT_MODEL_DIR
+
+    cfg = json.loads((DEFAULT_MODEL_DIR / "agent_model.json").read_text(encoding="utf-8"))
+    assert cfg["codes"] == list(CODES) and set(cfg["thresholds"]) == set(CODES)
+    assert len(cfg["stack"]) == len(CODES)
+    metrics = json.loads((DEFAULT_MODEL_DIR / "metrics.json").read_text(encoding="utf-8"))
+    assert {"steps_micro", "mistakes_micro", "per_code"} <= set(metrics["test"]["real"])
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir())
+    assert size < 8_000_000  # small enough to commit
