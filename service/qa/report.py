@@ -26,6 +26,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from data.schema import ANGER_LABELS
 from service.qa.aggregate import AgentRow, QASummary
+from service.qa.aggregate import agent_rows as ranked_agents
 from service.qa.rows import ConversationRow
 from service.qa.scoring import formula_text
 
@@ -35,6 +36,40 @@ MAX_AGENT_ROWS = 200
 MAX_AGENTS_PLOTTED = 20
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+#: The handling score's validation figures (written by ``python -m service.qa.validate``).
+VALIDATION_FILE = Path(__file__).resolve().parent / "validation.json"
+
+
+def trust_section(path: Path | None = None) -> dict[str, Any] | None:
+    """What the report says under "How far to trust this score": the held-out agreement with people."""
+    import json
+
+    try:
+        doc = json.loads((path or VALIDATION_FILE).read_text(encoding="utf-8"))
+        s = doc["spearman"]
+        held = s["handling_score"]["held_out"]
+        fit = s["handling_score"]["fit"]
+        baseline = s["final_and_peak_anger"]["held_out"]["S"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ci = doc.get("held_out_S_ci95") or [None, None]
+    return {
+        "rows": [
+            ["customer satisfaction (S)", f"{held['S']:.2f}", f"{fit['S']:.2f}"],
+            ["effectiveness of the dialogue (E)", f"{held['E']:.2f}", f"{fit['E']:.2f}"],
+            ["task accomplished (A)", f"{held['A']:.2f}", f"{fit['A']:.2f}"],
+        ],
+        "s": f"{held['S']:.2f}",
+        "ci": f"{ci[0]:.2f} to {ci[1]:.2f}" if ci[0] is not None else "-",
+        "baseline": f"{baseline:.2f}",
+        "previous": f"{s['previous_handling_score']['held_out']['S']:.2f}",
+        "held_out": doc["dialogues"]["held_out"],
+        "fit": doc["dialogues"]["fit"],
+        "created": doc.get("created", "?"),
+        "command": doc.get("command", "python -m service.qa.validate"),
+        "model": f"{doc['model']['name']} {doc['model']['version']}" if "model" in doc else "?",
+        "agent_model": doc.get("agent_model", "?"),
+    }
 
 
 def _png(fig: Any) -> str:
@@ -171,7 +206,7 @@ def _environment() -> Environment:
 def render_report(summary: QASummary, *, title: str = "CalmFirst QA report") -> str:
     """The whole report as one HTML string (no external references)."""
     totals = summary.totals()
-    agents = [a.row() for a in summary.agents.values()]
+    agents = ranked_agents(summary)
     by_score = sorted(agents, key=lambda a: (a.mean_handling_score, a.agent_id))
     cards = [
         ("conversations", totals.conversations),
@@ -202,9 +237,11 @@ def render_report(summary: QASummary, *, title: str = "CalmFirst QA report") -> 
     ]
     agent_rows = [
         [
+            a.rank,
             a.agent_id,
             a.conversations,
             a.mean_handling_score,
+            f"{a.ci95_low:.1f}-{a.ci95_high:.1f}",
             a.min_handling_score,
             a.escalations,
             a.escalations_unhandled,
@@ -231,6 +268,7 @@ def render_report(summary: QASummary, *, title: str = "CalmFirst QA report") -> 
             plots=plots,
             worst_rows=worst_rows,
             formula=formula_text(),
+            trust=trust_section(VALIDATION_FILE),
             complaint_types=list(totals.complaint_types.items()),
             anger_rows=[[f"{i} {ANGER_LABELS[i]}", summary.anger_levels[i], summary.peak_levels[i]] for i in range(4)],
             situations=sorted(summary.situations.items()),

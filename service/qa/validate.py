@@ -420,7 +420,8 @@ def _build_analyzer(args: argparse.Namespace, store: _Store) -> tuple[Any, dict[
         "path": str(args.model),
         "reads_context": conv.reads_context,
     }
-    return conv, info, kind
+    label = {"e5-heads": f"e5 + character n-gram ({agent_dir.name})", "tfidf": "TF-IDF fallback"}.get(kind, kind)
+    return conv, info, label
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exercised by hand and by run_validation

@@ -116,3 +116,15 @@ def test_caches_score_each_text_once(tiny_model, tmp_path: Path) -> None:  # typ
     a = det.detect(["抱歉", "系统显示正常"], ["a", None])
     b = det.detect(["抱歉", "系统显示正常"], ["a", None])
     assert a == b and a[1].mistakes == ["argued"] and _Steps.calls == before + 2
+
+
+def test_report_shows_how_far_to_trust_the_score(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.qa import report
+    from service.qa.aggregate import QASummary
+
+    assert report.trust_section(tmp_path / "missing.json") is None
+    shipped = report.trust_section()
+    assert shipped is not None and shipped["held_out"] > 0 and len(shipped["rows"]) == 3
+    monkeypatch.setattr(report, "VALIDATION_FILE", tmp_path / "missing.json")
+    page = report.render_report(QASummary())
+    assert "How far to trust this score" in page and "python -m service.qa.validate" in page
