@@ -168,7 +168,8 @@ def ray_session(options: RayOptions) -> Iterator[int]:
         else:
             from model.onnx import available_cores
 
-            ray.init(num_cpus=available_cores(), include_dashboard=False, **kwargs)
+            # loopback only: a run's own Ray is nobody else's business
+            ray.init(num_cpus=available_cores(), include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         logger.info("Ray: %d CPUs in the cluster (%s)", cpus, options.address or "local")

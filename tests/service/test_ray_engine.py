@@ -65,12 +65,17 @@ def ray_cluster() -> Iterator[str]:
     port = _free_port()
     cmd = [
         str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+        "--node-ip-address=127.0.0.1",
         "--disable-usage-stats", f"--temp-dir={temp}",
         f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
         f"--runtime-env-agent-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
         f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
         "--object-store-memory=200000000",
     ]  # fmt: skip
+    # no token auth on this throwaway loopback cluster, for it and for this process (the driver): Ray 2.60
+    # would otherwise switch it on when an earlier local ray.init() left a token in ~/.ray
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_AUTH_MODE", "disabled")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     log = open(Path(temp) / "head.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -96,6 +101,7 @@ def ray_cluster() -> Iterator[str]:
             proc.wait()
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
+        mp.undo()
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
