@@ -77,6 +77,8 @@ class RssSampler(threading.Thread):
         self.proc = psutil.Process(pid)
         self.every = every
         self.samples: list[tuple[float, float]] = []
+        #: the machine's 1-minute load average alongside (other jobs share the cores)
+        self.load: list[tuple[float, float]] = []
         self.stop = threading.Event()
         self.t0 = time.monotonic()
 
@@ -93,7 +95,9 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                self.samples.append((round(time.monotonic() - self.t0, 1), round(self.rss_mb(), 1)))
+                t = round(time.monotonic() - self.t0, 1)
+                self.samples.append((t, round(self.rss_mb(), 1)))
+                self.load.append((t, round(os.getloadavg()[0], 2)))
             except psutil.Error:
                 return
             self.stop.wait(self.every)
@@ -243,6 +247,10 @@ def run(minutes: float, users: int, output: Path, model: str | None, hostile_sha
         "machine": {
             "cpus": os.cpu_count(),
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "load_average_1min_during": {
+                "mean": round(statistics.fmean(v for _, v in sampler.load), 2) if sampler.load else None,
+                "max": max((v for _, v in sampler.load), default=None),
+            },
             "python": platform.python_version(),
         },
         "checks": checks,
