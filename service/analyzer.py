@@ -33,7 +33,7 @@ from service.results import (
     Route,
     Threat,
 )
-from service.routing.agent_steps import AgentStepDetector, AgentTurn
+from service.routing.agent_steps import AgentDetector, AgentTurn
 from service.routing.conversation import Turn, build_conversation
 from service.routing.playbook import DEFAULT_PLAYBOOK, ConversationRules, Playbook
 from service.routing.policy import Policy
@@ -192,7 +192,7 @@ class ConversationAnalyzer:
     """A chat: every customer turn through the ``Analyzer``, agent turns through the step detector, then the
     conversation rules (``service.routing.conversation``) for the state and the next step."""
 
-    def __init__(self, analyzer: Analyzer, detector: AgentStepDetector) -> None:
+    def __init__(self, analyzer: Analyzer, detector: AgentDetector) -> None:
         self.analyzer = analyzer
         self.detector = detector
         rules = analyzer.playbook.conversation

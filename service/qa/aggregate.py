@@ -261,7 +261,7 @@ def agent_rows(agg: QASummary) -> list[AgentRow]:
     """One row per agent (in agent id order), each with its rank by mean handling score (1 = best; ties share
     the better rank) and the bootstrap interval of that mean."""
     means = sorted((a.mean_score for a in agg.agents.values()), reverse=True)
-    rank_of = {}
+    rank_of: dict[float, int] = {}
     for i, m in enumerate(means, start=1):
         rank_of.setdefault(m, i)
     return [a.row(rank=rank_of[a.mean_score]) for a in agg.agents.values()]

@@ -63,7 +63,7 @@ from service.qa.report import write_report
 from service.qa.resume import prepare_output
 from service.qa.rows import CONVERSATION_COLUMNS, TURN_COLUMNS, conversation_row, turn_rows
 from service.results import ConversationResult
-from service.routing.agent_steps import AgentStepDetector
+from service.routing.agent_steps import AgentDetector
 from service.routing.conversation import Turn
 
 logger = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def run_qa(
     out_dir: str | Path,
     *,
     analyzer: Analyzer | None = None,
-    detector: AgentStepDetector | None = None,
+    detector: AgentDetector | None = None,
     scorer: ChunkScorer | None = None,
     batch_conversations: int = 64,
     max_customer_turns: int = 512,

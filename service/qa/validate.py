@@ -244,7 +244,7 @@ def previous_handling_score(result: ConversationResult) -> float:
 
 
 # ------------------------------------------------------------------ statistics
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Spearman's rank correlation (average ranks for ties)."""
     from scipy.stats import spearmanr
 

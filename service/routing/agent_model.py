@@ -229,8 +229,9 @@ class TurnFeatures:
 
 def featurize(encoder: TextEncoder, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> TurnFeatures:
     """Unit features ``[unit, context, unit * context, has_context]`` for every unit of every turn."""
-    contexts = list(contexts) if contexts is not None else [None] * len(texts)
-    if len(contexts) != len(texts):
+    given = list(contexts) if contexts is not None else [None] * len(texts)
+    ctx = [(c or "").strip() for c in given]
+    if len(ctx) != len(texts):
         raise ValueError("one context (or None) per agent turn")
     all_units: list[str] = []
     owner: list[int] = []
@@ -238,14 +239,14 @@ def featurize(encoder: TextEncoder, texts: Sequence[str], contexts: Sequence[str
         us = units(t)
         all_units.extend(us)
         owner.extend([i] * len(us))
-    ctx_texts = sorted({c.strip() for c in contexts if c and c.strip()})
+    ctx_texts = sorted({c for c in ctx if c})
     emb = encoder.encode(all_units + ctx_texts)
     u = emb[: len(all_units)]
     ctx_emb = dict(zip(ctx_texts, emb[len(all_units) :], strict=True))
     zero = np.zeros(encoder.dim, dtype=np.float32)
-    per_turn = [ctx_emb.get(c.strip(), zero) if c and c.strip() else zero for c in contexts]
+    per_turn = [ctx_emb[c] if c else zero for c in ctx]
     c = np.stack([per_turn[i] for i in owner]) if owner else np.zeros((0, encoder.dim), dtype=np.float32)
-    has = np.array([[1.0 if contexts[i] and contexts[i].strip() else 0.0] for i in owner], dtype=np.float32)
+    has = np.array([[1.0 if ctx[i] else 0.0] for i in owner], dtype=np.float32)
     x = np.concatenate([u, c, u * c, has.reshape(-1, 1)], axis=1) if owner else np.zeros((0, 3 * encoder.dim + 1))
     return TurnFeatures(x=x.astype(np.float32), owner=np.asarray(owner, dtype=np.int64), n_turns=len(texts))
 

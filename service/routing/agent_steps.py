@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -38,6 +38,12 @@ class AgentTurn:
     steps: list[str]
     mistakes: list[str]
     scores: dict[str, float]
+
+
+class AgentDetector(Protocol):
+    """What reads agent turns: the e5 agent-turn model (``service.routing.agent_model``) or this TF-IDF one."""
+
+    def detect(self, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[AgentTurn]: ...
 
 
 def read_examples(path: Path = DEFAULT_DATA) -> list[dict[str, Any]]:
