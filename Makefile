@@ -43,7 +43,7 @@ backbone: $(STAMP) ## convert the bundled multilingual-e5-small once (cached und
 	$(BIN)/calmfirst prepare-backbone
 
 run: backbone ## serve the HTTP API and agent console on the shipped model (HOST, PORT)
-	$(BIN)/calmfirst serve --host $(HOST) --port $(PORT)
+	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} $(BIN)/calmfirst serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP) browser ## run the test suite, with the console tests when a browser can be installed (slow tests: make test-slow)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -12,8 +12,9 @@ resident memory is sampled every 5 s. Then:
 - RSS at minute 2 and at the end (minute 10): growth under 5%;
 - none of the personal values sent appears raw anywhere in the server's log (stdout and stderr).
 
-Results go to ``bench/soak.json`` (the log and locust's CSVs to ``bench/work/soak/``); the exit code is
-non-zero when a criterion fails. ``SOAK_MINUTES=1 make soak`` checks the machinery in a minute (the
+The server runs with ``MALLOC_ARENA_MAX=2``, as ``make run`` starts it (``--malloc-arena-max ''`` for
+glibc's default). Results go to ``bench/soak.json`` (the log and locust's CSVs to ``bench/work/soak/``);
+the exit code is non-zero when a criterion fails. ``SOAK_MINUTES=1 make soak`` checks the machinery in a minute (the
 memory check then compares 12 s with the end, and says so).
 """
 
@@ -107,8 +108,12 @@ class RssSampler(threading.Thread):
         return min(self.samples, key=lambda s: abs(s[0] - t)) if self.samples else None
 
 
-def _start_server(port: int, log_path: Path, model: str | None) -> subprocess.Popen[bytes]:
+def _start_server(port: int, log_path: Path, model: str | None, arenas: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if arenas:
+        # glibc gives each of the thread pool's threads its own malloc arena; their fragmentation made RSS
+        # creep ~9 MB a minute for 10 minutes (bench/soak.json of the default); 2 arenas keep it flat
+        env["MALLOC_ARENA_MAX"] = arenas
     cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if model:
         cmd += ["--model", model]
@@ -130,14 +135,16 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 600) -
     raise SystemExit("the server was not ready in time")
 
 
-def run(minutes: float, users: int, output: Path, model: str | None, hostile_share: float) -> dict[str, Any]:
+def run(
+    minutes: float, users: int, output: Path, model: str | None, hostile_share: float, arenas: str = "2"
+) -> dict[str, Any]:
     if WORK.exists():
         shutil.rmtree(WORK)
     WORK.mkdir(parents=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = WORK / "server.log"
-    server = _start_server(port, log_path, model)
+    server = _start_server(port, log_path, model, arenas)
     try:
         ready_s = _wait_ready(url, server)
         sampler = RssSampler(server.pid)
@@ -223,7 +230,11 @@ def run(minutes: float, users: int, output: Path, model: str | None, hostile_sha
         "minutes": minutes,
         "users": users,
         "hostile_share": hostile_share,
-        "server": {"model": model or "model/default (shipped)", "ready_after_s": round(ready_s, 1)},
+        "server": {
+            "model": model or "model/default (shipped)",
+            "ready_after_s": round(ready_s, 1),
+            "MALLOC_ARENA_MAX": arenas or "glibc default",
+        },
         "requests": requests,
         "requests_per_s": round(requests / load_s, 2) if load_s else None,
         "failures": failures,
@@ -268,8 +279,13 @@ def main() -> int:
     parser.add_argument("--hostile-share", type=float, default=0.05)
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "soak.json")
+    parser.add_argument(
+        "--malloc-arena-max",
+        default=os.environ.get("SOAK_MALLOC_ARENA_MAX", "2"),
+        help="MALLOC_ARENA_MAX for the server, as make run sets it ('' = glibc's default: one arena per thread)",
+    )
     args = parser.parse_args()
-    report = run(args.minutes, args.users, args.output, args.model, args.hostile_share)
+    report = run(args.minutes, args.users, args.output, args.model, args.hostile_share, args.malloc_arena_max)
     lat = report["latency"]["all"]
     rss = report["rss_mb"]
     print(
