@@ -145,22 +145,25 @@ class MicroBatcher(Generic[T, R]):
     def _next_batch(self) -> list[_Slot[T, R]] | None:
         """Wait for work and a free slot, then (if configured) gather company for up to ``max_wait``."""
         with self._cond:
-            while not self._queue or self._busy:
-                if self._closed and not self._queue:
-                    return None
-                self._cond.wait(0.5 if self._closed else None)
-            concurrent = len(self._queue) > 1 or self._last_size > 1
-            if self.max_wait > 0 and (concurrent or not self.adaptive):
-                deadline = time.monotonic() + self.max_wait
-                while len(self._queue) < self.max_size and not self._closed:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-            batch = self._queue[: self.max_size]
-            del self._queue[: self.max_size]
-            self._running += 1
-            return batch
+            while True:
+                while not self._queue or self._busy:
+                    if self._closed and not self._queue:
+                        return None
+                    self._cond.wait(0.5 if self._closed else None)
+                concurrent = len(self._queue) > 1 or self._last_size > 1
+                if self.max_wait > 0 and (concurrent or not self.adaptive):
+                    deadline = time.monotonic() + self.max_wait
+                    while len(self._queue) < self.max_size and not self._closed:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                if not self._queue or self._busy:  # another worker took them, or the slots filled meanwhile
+                    continue
+                batch = self._queue[: self.max_size]
+                del self._queue[: self.max_size]
+                self._running += 1
+                return batch
 
     def _run(self) -> None:
         while True:
