@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    words = list(sys.argv[1:] if argv is None else argv)
+    if "qa-validate" in words[:2]:  # its options are service.qa.validate's own (--help included)
+        return _cmd_qa_validate(argparse.Namespace(args=words[words.index("qa-validate") + 1 :]))
     parser = build_parser()
     # Dotted overrides may come after options (`train CONFIG --output DIR epochs=2`); argparse alone
     # would reject them, so unknown `key=value` words go to the command's overrides.

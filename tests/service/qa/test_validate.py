@@ -128,3 +128,13 @@ def test_report_shows_how_far_to_trust_the_score(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(report, "VALIDATION_FILE", tmp_path / "missing.json")
     page = report.render_report(QASummary())
     assert "How far to trust this score" in page and "python -m service.qa.validate" in page
+
+
+def test_cli_qa_validate_passes_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["qa-validate", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--model" in out and "--no-write" in out
