@@ -148,9 +148,9 @@ def test_microbatch_analyzer_results_identical_to_unbatched_and_in_order(tiny_mo
     assert plain.microbatcher is None
     expected = [plain.analyze([t], ids=[i])[0].model_dump(mode="json") for i, t in enumerate(TEXTS)]
 
-    batched = Analyzer(tiny_model, microbatch_wait_ms=500, microbatch_max_size=len(TEXTS))
+    batched = Analyzer(tiny_model, microbatch_wait_ms=10_000, microbatch_max_size=len(TEXTS))
     assert batched.microbatcher is not None
-    batched.microbatcher.adaptive = False  # wait the full window: all requests land in one forward
+    batched.microbatcher.adaptive = False  # gather until all are queued (max_size): one forward
     forwards: list[int] = []
     inner = batched._predict_many
 
