@@ -15,6 +15,13 @@ SCRIPTS: tuple[str, ...] = ("hant", "hans")
 REGIONS: tuple[str, ...] = ("tw", "hk", "cn")
 #: the project's own written messages (never mixed with real text in reports)
 WRITTEN_SOURCE = "calmfirst_written"
+
+
+def kind_of(source: str) -> str:
+    """``written`` for the project's own messages, ``real`` for text read from a source."""
+    return "written" if source == WRITTEN_SOURCE else "real"
+
+
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 
 #: Fields every annotation record carries.

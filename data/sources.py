@@ -53,6 +53,14 @@ def _clean(text: str) -> str:
     return text.replace("\ufeff", "").strip()
 
 
+def stc3_turns(dialogue: dict) -> list[tuple[str, str]]:
+    """One STC-3 dialogue's turns as ``(role, text)``: ``customer`` or ``agent``, utterances joined."""
+    return [
+        ("customer" if t["sender"] == "customer" else "agent", _clean(" ".join(u.strip() for u in t["utterances"])))
+        for t in dialogue["turns"]
+    ]
+
+
 def read_stc3(root: Path) -> Iterator[SourceText]:
     """Customer turns of the STC-3 helpdesk dialogues; id ``<dialogue>-t<turn>``.
 
@@ -66,10 +74,7 @@ def read_stc3(root: Path) -> Iterator[SourceText]:
         dialogues = json.load(f)
     for dia in dialogues:
         split = hash_split(f"stc3:{dia['id']}")
-        turns = [
-            ("customer" if t["sender"] == "customer" else "agent", _clean(" ".join(u.strip() for u in t["utterances"])))
-            for t in dia["turns"]
-        ]
+        turns = stc3_turns(dia)
         for i, (role, text) in enumerate(turns):
             if role != "customer" or not text:
                 continue
@@ -325,9 +330,8 @@ def read_agent_turns(root: Path) -> Iterator[SourceText]:
     for dia in dialogues:
         split = hash_split(f"stc3:{dia['id']}")
         last = ""
-        for i, turn in enumerate(dia["turns"]):
-            text = _clean(" ".join(u.strip() for u in turn["utterances"]))
-            if turn["sender"] == "customer":
+        for i, (role, text) in enumerate(stc3_turns(dia)):
+            if role == "customer":
                 last = text
             elif text:
                 yield SourceText(f"{dia['id']}-t{i}", "stc3", text, split, {"context": last})

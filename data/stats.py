@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from data.loader import AGENT_TURNS_FILE, annotation_files, read_label_file
-from data.schema import ANGER_LABELS, COMPLAINT_TYPES, REGIONS, SPLITS, WRITTEN_SOURCE
+from data.schema import ANGER_LABELS, COMPLAINT_TYPES, REGIONS, SPLITS, WRITTEN_SOURCE, kind_of
 
 #: what labels v2 promised (issue: labels v2); checked by ``shortfalls`` and the tests
 MINIMUMS = {
@@ -41,8 +41,7 @@ def records(directory: Path | None = None) -> list[dict[str, Any]]:
 
 
 def kind(rec: dict[str, Any]) -> str:
-    """``written`` for the project's own messages, ``real`` for everything read from a source."""
-    return "written" if rec["source"] == WRITTEN_SOURCE else "real"
+    return kind_of(rec["source"])
 
 
 def stats(directory: Path | None = None, agent_file: Path | None = None) -> dict[str, Any]:

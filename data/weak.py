@@ -16,6 +16,7 @@ left out, so a weak signal can never leak a dev or test text into training.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class WeakRow:
     y: int
 
 
+@functools.cache
 def _annotated(shared_dir: Path) -> tuple[set[tuple[str, str]], set[str]]:
     """(source, id) and normalised-text keys of every annotated record, in every split."""
     from data.loader import load_annotations

@@ -14,16 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from data.schema import WRITTEN_SOURCE
+from data.schema import WRITTEN_SOURCE, kind_of
 from data.sources import region_of
 from training.metrics import HEADLINE, compute_metrics
 
 #: the figures that get a bootstrap interval
 INTERVAL_METRICS = ("calm_first_f1", "anger_qwk", "type_macro_f1", "type_accuracy", "threat_f1", "calm_first_ece")
-
-
-def kind_of(source: str) -> str:
-    return "written" if source == WRITTEN_SOURCE else "real"
 
 
 def groups(golds: Sequence[dict[str, Any]]) -> dict[str, list[int]]:

@@ -18,21 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from data.schema import SCHEMA_VERSION, LabelError, validate_record
+from data.vocab import Mistake, Step, values
 
 ROOT = Path(__file__).resolve().parents[2]
-STEP_CODES = (
-    "listen_acknowledge",
-    "thank",
-    "apologize",
-    "commit_action",
-    "ask_details",
-    "offer_options",
-    "promise_callback",
-    "confirm_satisfaction",
-    "escalate_supervisor",
-    "answer_question",
-)
-MISTAKE_CODES = ("argued", "blamed_customer", "last_word", "interrogated", "solution_while_furious")
+#: the contract's codes, defined once in data.vocab
+STEP_CODES: tuple[str, ...] = values(Step)
+MISTAKE_CODES: tuple[str, ...] = values(Mistake)
 META = ("source", "script", "region", "selection")
 #: batch-name prefixes of agent-turn batches (steps and mistakes rather than customer labels)
 AGENT_PREFIXES = ("agent", "agragent", "adjagent", "relabel")

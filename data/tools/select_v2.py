@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from data.script import detect_script
-from data.sources import SourceText, read_source, read_stc3_dialogues, region_of, shared_data_dir
+from data.sources import SourceText, read_source, read_stc3_dialogues, region_of, shared_data_dir, stc3_turns
 
 ROOT = Path(__file__).resolve().parents[2]
 ANNOTATIONS = ROOT / "data" / "annotations"
@@ -140,9 +140,7 @@ def stc3_candidates(
     for dia in read_stc3_dialogues(shared_data_dir()):
         ctx: list[dict[str, str]] = []
         seen_customer = False
-        for i, turn in enumerate(dia["turns"]):
-            text = " ".join(u.strip() for u in turn["utterances"]).strip()
-            role = "customer" if turn["sender"] == "customer" else "agent"
+        for i, (role, text) in enumerate(stc3_turns(dia)):
             if role == "customer" and text:
                 tid = f"{dia['id']}-t{i}"
                 row = SourceText(tid, "stc3", text, "", {})
@@ -228,9 +226,8 @@ def agent_candidates(n_stc3: int, exclude: set[str], rng: random.Random) -> list
     stc3: list[dict[str, Any]] = []
     for dia in read_stc3_dialogues(shared_data_dir()):
         last_customer = ""
-        for i, turn in enumerate(dia["turns"]):
-            text = " ".join(u.strip() for u in turn["utterances"]).strip()
-            if turn["sender"] == "customer":
+        for i, (role, text) in enumerate(stc3_turns(dia)):
+            if role == "customer":
                 last_customer = text
             elif text and last_customer:
                 rid = f"{dia['id']}-t{i}"
