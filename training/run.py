@@ -12,6 +12,7 @@ from data.vocab import HEADLINE_METRICS, Script
 from model.classifier import CalmFirstConfig, CalmFirstModel
 from training.breakdown import markdown as breakdown_markdown
 from training.config import DataSource, TrainingArguments
+from training.contrast import contrast_markdown, contrast_metrics
 from training.data import Example, load_examples, load_source
 from training.trainer import CalmFirstTrainer, TrainResult, evaluate_model, fit_temperature, summarize_examples
 
@@ -80,7 +81,10 @@ def run_evaluation(
     report_dir: str | None = None,
     columns: dict[str, str] | None = None,
     resamples: int = 200,
+    contrast: bool = True,
 ) -> dict[str, Any]:
+    """Metrics of a saved model on labelled data, plus (``contrast``) its figures on the contrast set
+    (``training.contrast``: minimal pairs, key ``contrast``, a section of report.md)."""
     model = CalmFirstModel.from_pretrained(model_path)
     if fit_temperature_on:
         dev = load_eval_examples(data, split=fit_temperature_on, columns=columns)
@@ -90,6 +94,8 @@ def run_evaluation(
     metrics["model"] = {"path": model_path, "name": model.config.name, "version": model.config.version}
     metrics["data"] = {"path": data, "split": split, "n": len(examples)}
     metrics["temperature"] = model.config.temperature
+    if contrast:
+        metrics["contrast"] = contrast_metrics(model)
     if report_dir:
         write_report(metrics, Path(report_dir))
     return metrics
@@ -122,6 +128,8 @@ def write_report(metrics: dict[str, Any], out: Path) -> None:
         lines.append(f"| {t} | {metrics['type_f1'][t]:.3f} | {metrics['type_support'][t]} |")
     if "breakdown" in metrics:
         lines += ["", *breakdown_markdown(metrics["breakdown"], metrics.get("confident_mistakes", []))]
+    if "contrast" in metrics:
+        lines += ["", *contrast_markdown(metrics["contrast"])]
     lines += ["", "![calibration and per-class F1](report.png)", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     _plot(metrics, out / "report.png")
