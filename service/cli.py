@@ -147,7 +147,7 @@ def _cmd_qa(args: argparse.Namespace) -> int:
             )
         else:
             analyzer = Analyzer.from_settings(settings, model_path=args.model)
-            detector = load_agent_detector()
+            detector = load_agent_detector(backend=settings.backend, threads=settings.threads())
             report = run_qa(args.input, args.output, analyzer=analyzer, detector=detector, **options)
     except (InputFormatError, RuntimeError) as e:
         print(f"calmfirst qa: {e}", file=sys.stderr)

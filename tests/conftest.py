@@ -132,3 +132,40 @@ def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertModel(cfg, add_pooling_layer=False).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+#: (agent turn, the customer's turn before, steps, mistakes): a few labelled turns for the tiny agent-turn model
+TINY_AGENT_TURNS = [
+    ("謝謝您的耐心等候", None, ["thank"], []),
+    ("非常抱歉造成您的困擾", "你們怎麼搞的", ["apologize"], []),
+    ("麻煩提供訂單號碼", "東西還沒到", ["ask_details"], []),
+    ("系統顯示您已經簽收了", "我根本沒收到", [], ["argued"]),
+    ("谢谢您的反馈", None, ["thank"], []),
+    ("不好意思让您久等了", "等好久", ["apologize"], []),
+    ("请提供您的手机号码", "帐单有问题", ["ask_details"], []),
+    ("我们这边没有问题", "你们系统有问题", [], ["argued"]),
+    ("謝謝您。非常抱歉！", "太慢了", ["thank", "apologize"], []),
+    ("請提供訂單號碼；謝謝", "還沒到", ["thank", "ask_details"], []),
+]
+
+
+def tiny_agent_rows(split: str = "train") -> list[dict]:
+    return [
+        {"id": f"r{i}", "text": t, "context": c, "steps": s, "mistakes": m, "split": split, "source": "stc3"}
+        for i, (t, c, s, m) in enumerate(TINY_AGENT_TURNS)
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_agent_model_dir(tiny_backbone_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An agent-turn model (heads + n-grams) trained on ``tiny_backbone_dir`` through PyTorch and saved: its
+    config names that folder as its encoder, so loading it reads turns with the same tiny backbone."""
+    from service.routing.agent_model import AgentTurnModel, E5Encoder, HeadSettings
+
+    encoder = E5Encoder(str(tiny_backbone_dir), threads=1)
+    settings = HeadSettings(hidden=16, epochs=60, lr=1e-2, batch_size=4, dropout=0.0, folds=2)
+    model = AgentTurnModel(encoder=encoder, settings=settings).fit(tiny_agent_rows())
+    model.fit_thresholds(tiny_agent_rows("dev"))
+    path = tmp_path_factory.mktemp("tiny-agent") / "agent"
+    model.save(path)
+    return path

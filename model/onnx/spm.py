@@ -21,9 +21,12 @@ before that was handled.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import re
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,13 +111,35 @@ class _Encoding:
     ids: list[int]
 
 
+#: Loaded SentencePiece models by content: the customer model's export and the agent-turn encoder's carry the
+#: same e5 tokenizer, and one processor (about 54 MB) serves both. Held while a tokenizer uses it.
+_PROCESSORS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+_PROCESSORS_LOCK = threading.Lock()
+
+
+def _processor(model_file: Path) -> Any:
+    """The ``SentencePieceProcessor`` of ``model_file``, shared by every tokenizer of the same model.
+
+    Sharing is safe: tokenizers only call ``encode`` and ``piece_to_id``/``id_to_piece``, which read the
+    model; truncation and special tokens are kept per ``SpmTokenizer``.
+    """
+    import sentencepiece
+
+    data = model_file.read_bytes()
+    key = hashlib.sha256(data).hexdigest()
+    with _PROCESSORS_LOCK:
+        sp = _PROCESSORS.get(key)
+        if sp is None:
+            sp = sentencepiece.SentencePieceProcessor(model_proto=data)
+            _PROCESSORS[key] = sp
+    return sp
+
+
 class SpmTokenizer:
     """The subset of ``tokenizers.Tokenizer`` the ONNX runtime uses, over SentencePiece."""
 
     def __init__(self, model_file: Path, specials: dict[str, int]) -> None:
-        import sentencepiece
-
-        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+        self.sp = _processor(model_file)
         self.specials = specials
         self.bos, self.eos = specials.get("<s>", 0), specials.get("</s>", 2)
         names = sorted(specials, key=len, reverse=True)

@@ -35,7 +35,10 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
         loaded: Analyzer = (
             analyzer if analyzer is not None else await run_in_threadpool(Analyzer.from_settings, settings)
         )
-        detector = await run_in_threadpool(load_agent_detector)
+        # the agent-turn encoder follows the customer model's backend: ONNX Runtime without PyTorch by default
+        detector = await run_in_threadpool(
+            lambda: load_agent_detector(backend=settings.backend, threads=settings.threads())
+        )
         app.state.conversations = ConversationAnalyzer(loaded, detector)
         app.state.analyzer = loaded
         metrics = getattr(app.state, "metrics", None)

@@ -403,7 +403,8 @@ def _build_analyzer(args: argparse.Namespace, store: _Store) -> tuple[Any, dict[
         from service.routing.agent_model import CachedEncoder, E5Encoder, EmbeddingCache
 
         encoder = CachedEncoder(E5Encoder(threads=args.threads), EmbeddingCache(args.embedding_cache))
-    detector = load_agent_detector(args.agent_model, encoder=encoder)
+    # the PyTorch encoder also without the embedding cache: the recorded validation figures were measured with it
+    detector = load_agent_detector(args.agent_model, encoder=encoder, backend="torch")
     agent_dir = Path(args.agent_model)
     kind = getattr(detector, "kind", "tfidf")
     agent_key = f"{kind}:{file_checksum(*sorted(agent_dir.glob('*')))}" if kind != "tfidf" else "tfidf"

@@ -18,6 +18,15 @@ the backbone every CalmFirst install already prepares. Where the backbone or the
 absent, :func:`load_agent_detector` falls back to the TF-IDF detector of
 ``service.routing.agent_steps``.
 
+Serving without PyTorch
+-----------------------
+Training needs PyTorch; reading turns does not. A loaded model runs its heads in numpy
+(:class:`NumpyHead`) and, with the ``onnx``/``auto`` backend (the serving default, as for the
+customer model), embeds through the ONNX export of the same frozen encoder
+(``model.onnx.encoder``: built once under ``~/.cache/calmfirst/onnx-encoder/``, reused by every
+later start). PyTorch is then never imported, which keeps a server with both models under 500 MB.
+``backend="torch"`` (``CALMFIRST_BACKEND=torch``) embeds through PyTorch (:class:`E5Encoder`).
+
 Commands::
 
     python -m service.routing.agent_model embed      # fill the embedding cache (work/cache/, ignored)
@@ -58,6 +67,9 @@ METRICS_FILE = "metrics.json"
 NGRAMS_FILE = "agent_ngrams.json"
 #: ``tfidf`` or the folder of an agent-turn model (read by ``load_agent_detector``)
 AGENT_MODEL_ENV = "CALMFIRST_AGENT_MODEL"
+#: ``auto``/``onnx`` (the ONNX encoder, no PyTorch) or ``torch``, when ``load_agent_detector`` is not told
+BACKEND_ENV = "CALMFIRST_BACKEND"
+ENCODER_BACKENDS = ("auto", "onnx", "torch")
 
 MISTAKE_CODES: tuple[str, ...] = values(Mistake)
 #: Every code the model predicts: the ten steps, then the five mistakes.
@@ -217,6 +229,47 @@ class CachedEncoder:
         return np.stack([have[k] for k in keys]).astype(np.float32)
 
 
+def _encoder_backbone(encoder_name: str) -> str:
+    """The backbone a model's heads were trained on, from the encoder name they recorded (``<backbone>@<sha>``).
+
+    The default backbone or a local folder is used as named; anything else (an in-memory test encoder,
+    a hub id) gives the default backbone, as before the name was read.
+    """
+    from model.backbone import DEFAULT_BACKBONE
+
+    name = encoder_name.rpartition("@")[0] if "@" in encoder_name else encoder_name
+    if name == DEFAULT_BACKBONE or (name and Path(name).is_dir()):
+        return name
+    return DEFAULT_BACKBONE
+
+
+def load_encoder(backbone: str | None = None, *, backend: str = "auto", threads: int | None = None) -> TextEncoder:
+    """The frozen sentence encoder for reading turns.
+
+    ``auto``/``onnx``: the ONNX Runtime export of ``backbone`` (``model.onnx.encoder``), built on first use
+    (which needs PyTorch) and cached; from the cache no PyTorch is imported. Without onnxruntime, or when
+    the export fails, PyTorch with a warning (as ``model.loading.load_model`` does for the customer model).
+    ``torch``: :class:`E5Encoder`.
+    """
+    if backend not in ENCODER_BACKENDS:
+        raise ValueError(f"backend must be one of {ENCODER_BACKENDS}, got {backend!r}")
+    if backend != "torch":
+        from model.onnx.runtime import onnxruntime_available
+
+        if not onnxruntime_available():
+            logger.warning("onnxruntime is not installed: the agent-turn encoder runs on PyTorch")
+        else:
+            try:
+                from model.onnx.encoder import OnnxSentenceEncoder, ensure_encoder_export
+
+                return OnnxSentenceEncoder.load(ensure_encoder_export(backbone), threads=threads)
+            except Exception as e:  # a failed export must leave a working detector
+                logger.warning(
+                    "ONNX agent-turn encoder unavailable (%s: %s); using PyTorch", type(e).__name__, str(e)[:200]
+                )
+    return E5Encoder(backbone, threads=threads)
+
+
 # ------------------------------------------------------------------ features
 @dataclass
 class TurnFeatures:
@@ -277,6 +330,32 @@ def _build_head(n_in: int, n_out: int, s: HeadSettings) -> Any:
     from torch import nn
 
     return nn.Sequential(nn.Linear(n_in, s.hidden), nn.GELU(), nn.Dropout(s.dropout), nn.Linear(s.hidden, n_out))
+
+
+class NumpyHead:
+    """The trained head (``Linear -> GELU -> Dropout -> Linear``, in eval mode) in numpy: no PyTorch to read turns.
+
+    ``state`` holds the ``nn.Sequential``'s ``state_dict`` as arrays (``0.weight``, ``0.bias``, ``3.weight``,
+    ``3.bias``); GELU is the exact (erf) one of ``nn.GELU()``.
+    """
+
+    def __init__(self, state: dict[str, np.ndarray]) -> None:
+        self.w1 = np.ascontiguousarray(state["0.weight"], dtype=np.float32)
+        self.b1 = np.asarray(state["0.bias"], dtype=np.float32)
+        self.w2 = np.ascontiguousarray(state["3.weight"], dtype=np.float32)
+        self.b2 = np.asarray(state["3.bias"], dtype=np.float32)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"0.weight": self.w1, "0.bias": self.b1, "3.weight": self.w2, "3.bias": self.b2}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        h = np.asarray(x, dtype=np.float32) @ self.w1.T + self.b1
+        erf = np.asarray(_ERF(h.astype(np.float64) / math.sqrt(2.0)), dtype=np.float32)  # math.erf: no SciPy
+        h = 0.5 * h * (1.0 + erf)
+        return np.asarray(h @ self.w2.T + self.b2, dtype=np.float32)
+
+
+_ERF = np.frompyfunc(math.erf, 1, 1)
 
 
 def _turn_logits(head: Any, x: Any, owner: Any, n_turns: int) -> Any:
@@ -347,6 +426,11 @@ def _train_head(
 
 
 def _head_probs(head: Any, features: TurnFeatures) -> np.ndarray:
+    if isinstance(head, NumpyHead):
+        unit_logits = head(features.x).astype(np.float64)
+        logits = np.full((features.n_turns, unit_logits.shape[1]), -1e4, dtype=np.float64)
+        np.maximum.at(logits, features.owner, unit_logits)  # a code fires if any unit of the turn fires
+        return np.asarray(1.0 / (1.0 + np.exp(-logits)))
     import torch
 
     with torch.inference_mode():
@@ -385,6 +469,30 @@ def fit_thresholds(
     return out
 
 
+_WHITE_SPACES = re.compile(r"\s\s+")
+
+
+def char_wb_ngrams(text: str, ngram_range: tuple[int, int] = (1, 3)) -> list[str]:
+    """The n-grams of ``TfidfVectorizer(analyzer="char_wb", ngram_range=...)``'s analyzer (lowercased, each
+    word padded with a space, n-grams inside words), without importing scikit-learn: reading turns in a
+    server then costs no scikit-learn/SciPy (about 150 MB of RSS). ``fit`` still uses the vectoriser."""
+    text = _WHITE_SPACES.sub(" ", text.lower())
+    min_n, max_n = ngram_range
+    out: list[str] = []
+    for w in text.split():
+        w = " " + w + " "
+        w_len = len(w)
+        for n in range(min_n, max_n + 1):
+            offset = 0
+            out.append(w[offset : offset + n])
+            while offset + n < w_len:
+                offset += 1
+                out.append(w[offset : offset + n])
+            if offset == 0:  # a word shorter than n is counted once
+                break
+    return out
+
+
 class NgramModel:
     """Character 1-3-gram TF-IDF and one logistic regression per code, stored as plain arrays (no pickle).
 
@@ -406,12 +514,7 @@ class NgramModel:
 
     @staticmethod
     def _analyzer() -> Callable[[str], list[str]]:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        analyze: Callable[[str], list[str]] = TfidfVectorizer(
-            analyzer="char_wb", ngram_range=NgramModel.NGRAMS
-        ).build_analyzer()
-        return analyze
+        return lambda text: char_wb_ngrams(text, NgramModel.NGRAMS)
 
     @staticmethod
     def view(text: str) -> str:
@@ -445,30 +548,43 @@ class NgramModel:
             intercept[j] = clf.intercept_[0]
         return cls(vocab, vec.idf_, coef, intercept, codes)
 
-    def transform(self, texts: Sequence[str]) -> Any:
-        """The TF-IDF rows (sublinear tf, idf, L2-normalised), as the fitted vectoriser would give them."""
-        from scipy.sparse import csr_matrix
-
+    def _rows(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text, the TF-IDF row as (columns, float32 values): sublinear tf, idf, L2-normalised."""
         analyze = self._analyzer()
-        rows, cols, vals = [], [], []
-        for r, t in enumerate(texts):
+        out = []
+        for t in texts:
             counts: dict[int, int] = {}
             for g in analyze(self.view(t)):
                 i = self.index.get(g)
                 if i is not None:
                     counts[i] = counts.get(i, 0) + 1
-            if not counts:
-                continue
-            idx = np.fromiter(counts, dtype=np.int64)
-            v = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64))) * self.idf[idx]
+            idx = np.fromiter(counts, dtype=np.int64, count=len(counts))
+            v = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))) * self.idf[idx]
             v /= np.linalg.norm(v) or 1.0
-            rows.extend([r] * len(idx))
-            cols.extend(idx.tolist())
-            vals.extend(v.tolist())
-        return csr_matrix((vals, (rows, cols)), shape=(len(texts), len(self.vocabulary)), dtype=np.float32)
+            out.append((idx, v.astype(np.float32)))
+        return out
+
+    def transform(self, texts: Sequence[str]) -> Any:
+        """The TF-IDF rows (sublinear tf, idf, L2-normalised), as the fitted vectoriser would give them."""
+        from scipy.sparse import csr_matrix
+
+        rows = self._rows(texts)
+        return csr_matrix(
+            (
+                np.concatenate([v for _, v in rows]) if rows else np.zeros(0, dtype=np.float32),
+                np.concatenate([idx for idx, _ in rows]) if rows else np.zeros(0, dtype=np.int64),
+                np.cumsum([0] + [len(idx) for idx, _ in rows]),
+            ),
+            shape=(len(texts), len(self.vocabulary)),
+            dtype=np.float32,
+        )
 
     def probs(self, texts: Sequence[str]) -> np.ndarray:
-        z = self.transform(texts) @ self.coef.T + self.intercept
+        """P(code) per text, in numpy (the sparse rows never need SciPy here)."""
+        z = np.tile(self.intercept, (len(texts), 1))
+        for r, (idx, v) in enumerate(self._rows(texts)):
+            if len(idx):
+                z[r] += self.coef[:, idx] @ v
         return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
 
@@ -614,17 +730,15 @@ class AgentTurnModel:
 
     # ------------------------------------------------------------ save / load
     def save(self, path: str | Path, *, metrics: dict[str, Any] | None = None) -> Path:
-        from safetensors.torch import save_file
+        from safetensors.numpy import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        import torch
-
-        state = {f"head.{k}": v.detach().contiguous() for k, v in self.head.state_dict().items()}
+        state = {f"head.{k}": _as_array(v) for k, v in self.head.state_dict().items()}
         if self.ngram is not None:
-            state["ngram.idf"] = torch.from_numpy(self.ngram.idf)
-            state["ngram.coef"] = torch.from_numpy(self.ngram.coef)
-            state["ngram.intercept"] = torch.from_numpy(self.ngram.intercept)
+            state["ngram.idf"] = np.ascontiguousarray(self.ngram.idf)
+            state["ngram.coef"] = np.ascontiguousarray(self.ngram.coef)
+            state["ngram.intercept"] = np.ascontiguousarray(self.ngram.intercept)
             (path / NGRAMS_FILE).write_text(json.dumps(self.ngram.vocabulary, ensure_ascii=False) + "\n", "utf-8")
         save_file(state, str(path / HEADS_FILE))
         cfg = {
@@ -646,30 +760,35 @@ class AgentTurnModel:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, encoder: TextEncoder | None = None) -> AgentTurnModel:
-        """The heads of ``path``; without ``encoder`` the default backbone is loaded (needs PyTorch)."""
-        from safetensors.torch import load_file
+    def load(
+        cls,
+        path: str | Path,
+        encoder: TextEncoder | None = None,
+        *,
+        backend: str = "auto",
+        threads: int | None = None,
+    ) -> AgentTurnModel:
+        """The heads of ``path`` (run in numpy); without ``encoder`` the backbone they were trained on is
+        loaded by :func:`load_encoder` (``backend``: ``auto``/``onnx`` without PyTorch, ``torch``)."""
+        from safetensors.numpy import load_file
 
         path = Path(path)
         cfg = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         settings = HeadSettings(**cfg.get("settings", {}))
         codes = tuple(cfg["codes"])
         tensors = load_file(str(path / HEADS_FILE))
-        head = _build_head(int(cfg["n_in"]), len(codes), settings)
-        head.load_state_dict({k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")})
-        head.eval()
+        head = NumpyHead({k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")})
+        if head.w1.shape[1] != int(cfg["n_in"]) or head.w2.shape[0] != len(codes):
+            raise ValueError(f"{path}: heads of shape {head.w1.shape}/{head.w2.shape} do not match the config")
         ngram = None
         if "ngram.coef" in tensors:
             vocab = json.loads((path / NGRAMS_FILE).read_text(encoding="utf-8"))
-            ngram = NgramModel(
-                vocab,
-                tensors["ngram.idf"].numpy(),
-                tensors["ngram.coef"].numpy(),
-                tensors["ngram.intercept"].numpy(),
-                codes,
-            )
+            ngram = NgramModel(vocab, tensors["ngram.idf"], tensors["ngram.coef"], tensors["ngram.intercept"], codes)
+        trained_on = str(cfg.get("encoder", ""))
         if encoder is None:
-            encoder = E5Encoder()
+            encoder = load_encoder(_encoder_backbone(trained_on), backend=backend, threads=threads)
+            if trained_on and not encoder.name.startswith(trained_on):
+                logger.warning("agent-turn heads were trained on encoder %s, reading with %s", trained_on, encoder.name)
         if encoder.dim * 3 + 1 != int(cfg["n_in"]):
             raise ValueError(f"{path}: heads expect {cfg['n_in']} inputs, the encoder gives {encoder.dim * 3 + 1}")
         return cls(
@@ -684,6 +803,13 @@ class AgentTurnModel:
             ngram=ngram,
             stack=None if cfg.get("stack") is None else np.asarray(cfg["stack"], dtype=np.float64),
         )
+
+
+def _as_array(v: Any) -> np.ndarray:
+    """A head parameter (a torch tensor or an array) as a contiguous float32 array."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    return np.ascontiguousarray(v, dtype=np.float32)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -719,13 +845,20 @@ def is_real(row: dict[str, Any]) -> bool:
 
 # ------------------------------------------------------------------ loading for the service
 def load_agent_detector(
-    model_dir: str | Path | None = None, *, encoder: TextEncoder | None = None, fallback: bool = True
+    model_dir: str | Path | None = None,
+    *,
+    encoder: TextEncoder | None = None,
+    fallback: bool = True,
+    backend: str | None = None,
+    threads: int | None = None,
 ) -> Any:
     """The agent-turn detector the service uses: the e5 heads when they and the backbone load, else
     the TF-IDF detector fitted from the shipped labels (with a warning saying why).
 
     ``CALMFIRST_AGENT_MODEL`` chooses when ``model_dir`` is not given: ``tfidf`` for the TF-IDF detector
-    (fast; what the tests use), or the folder of another trained model.
+    (fast; what the tests use), or the folder of another trained model. ``backend`` (default:
+    ``CALMFIRST_BACKEND``, else ``auto``) picks the encoder as for the customer model: ``auto``/``onnx``
+    through ONNX Runtime without PyTorch, ``torch`` through PyTorch (see :func:`load_encoder`).
     """
     from service.routing.agent_steps import AgentStepDetector
 
@@ -733,10 +866,16 @@ def load_agent_detector(
     if model_dir is None and choice.lower() == "tfidf":
         return AgentStepDetector.from_data()
     path = Path(model_dir) if model_dir is not None else Path(choice) if choice else DEFAULT_MODEL_DIR
+    backend = backend or os.environ.get(BACKEND_ENV, "").strip().lower() or "auto"
     try:
         started = time.perf_counter()
-        model = AgentTurnModel.load(path, encoder=encoder)
-        logger.info("agent-turn model %s loaded in %.1f s", path, time.perf_counter() - started)
+        model = AgentTurnModel.load(path, encoder=encoder, backend=backend, threads=threads)
+        logger.info(
+            "agent-turn model %s loaded in %.1f s (encoder %s)",
+            path,
+            time.perf_counter() - started,
+            type(model.encoder).__name__,
+        )
         return model
     except Exception as e:
         if not fallback:

@@ -191,26 +191,45 @@ def test_onnx_batches_split_where_padding_would_waste(int8_model: OnnxCalmFirstM
     assert all(len(b) <= 3 for b in int8_model.batches(ids * 3, batch_size=3))
 
 
-def test_onnx_serving_from_a_cached_export_never_imports_torch(model_dir: Path, int8_model) -> None:  # type: ignore[no-untyped-def]
-    """The whole serving path (app, lifespan, ONNX model, agent-step detector, one request) without PyTorch."""
+@pytest.mark.parametrize("agent", ["tfidf", "e5-heads"])
+def test_onnx_serving_from_a_cached_export_never_imports_torch(  # type: ignore[no-untyped-def]
+    model_dir: Path, int8_model, agent: str, tiny_agent_model_dir: Path, tmp_path: Path
+) -> None:
+    """The whole serving path (app, lifespan, ONNX model, agent-turn detector, requests) without PyTorch:
+    with the TF-IDF detector, and with the agent-turn model reading turns through its cached ONNX encoder."""
+    import os
     import subprocess
 
+    env = dict(os.environ, CALMFIRST_AGENT_MODEL="tfidf")
+    if agent == "e5-heads":
+        from model.onnx.encoder import ensure_encoder_export
+        from service.routing.agent_model import _encoder_backbone
+
+        backbone = _encoder_backbone(json.loads((tiny_agent_model_dir / "agent_model.json").read_text())["encoder"])
+        ensure_encoder_export(backbone, cache=tmp_path / "onnx-encoder")  # the first start's export (PyTorch)
+        env |= {"CALMFIRST_AGENT_MODEL": str(tiny_agent_model_dir), "CALMFIRST_CACHE": str(tmp_path)}
     code = f"""
 import json, sys
 from fastapi.testclient import TestClient
 from service.api import create_app
 from service.settings import Settings
 app = create_app(Settings(model_path={str(model_dir)!r}, backend="onnx", torch_threads=1))
+turns = [{{"role": "customer", "text": "退款呢"}}, {{"role": "agent", "text": "非常抱歉，麻煩提供訂單號碼"}}]
 with TestClient(app) as c:
     r = c.post("/v1/analyze", json={{"text": "為什麼7號還要算錢?", "explain": True}})
-    conv = c.post("/v1/conversations/analyze", json={{"turns": [{{"role": "customer", "text": "退款呢"}}]}})
+    conv = c.post("/v1/conversations/analyze", json={{"turns": turns}})
     backend = app.state.analyzer.model.backend
+    detector = app.state.conversations.detector
 print(json.dumps({{"status": [r.status_code, conv.status_code], "backend": backend,
+                  "detector": type(detector).__name__,
+                  "encoder": type(getattr(detector, "encoder", None)).__name__,
                   "torch": sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))}}))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    detector = {"tfidf": ["AgentStepDetector", "NoneType"], "e5-heads": ["AgentTurnModel", "OnnxSentenceEncoder"]}
+    assert [out.pop("detector"), out.pop("encoder")] == detector[agent]
     assert out == {"status": [200, 200], "backend": "onnx", "torch": []}
 
 

@@ -66,3 +66,20 @@ def test_spm_not_built_for_other_tokenizers(tmp_path: Path) -> None:
     save_tokenizer(build_tiny_tokenizer(), tmp_path / "tokenizer.json")
     assert write_spm(tmp_path, tmp_path / "tokenizer.json") == {"tokenizer_spm": False}
     assert not (tmp_path / "tokenizer.spm").exists()
+
+
+def test_spm_processor_shared_between_exports_of_one_tokenizer(tokenizer_json: Path, tmp_path: Path) -> None:
+    """The customer model's export and the agent-turn encoder's hold the same tokenizer: one SentencePiece
+    processor (~50 MB) serves both, while truncation stays each tokenizer's own."""
+    import shutil
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        shutil.copy(tokenizer_json, tmp_path / name / "tokenizer.json")
+        assert write_spm(tmp_path / name, tmp_path / name / "tokenizer.json") == {"tokenizer_spm": True}
+    a, b = load_tokenizer(tmp_path / "a"), load_tokenizer(tmp_path / "b")
+    assert a.sp is b.sp
+    a.enable_truncation(max_length=8)
+    b.enable_truncation(max_length=32)
+    text = "query: " + "你們" * 50
+    assert len(a.encode_batch([text])[0].ids) == 8 and len(b.encode_batch([text])[0].ids) == 32

@@ -28,20 +28,9 @@ from service.routing.agent_model import (
     units,
 )
 from service.routing.agent_steps import AgentTurn
-from tests.conftest import build_tiny_tokenizer
+from tests.conftest import TINY_AGENT_TURNS, build_tiny_tokenizer
 
-TURNS = [
-    ("謝謝您的耐心等候", None, ["thank"], []),
-    ("非常抱歉造成您的困擾", "你們怎麼搞的", ["apologize"], []),
-    ("麻煩提供訂單號碼", "東西還沒到", ["ask_details"], []),
-    ("系統顯示您已經簽收了", "我根本沒收到", [], ["argued"]),
-    ("谢谢您的反馈", None, ["thank"], []),
-    ("不好意思让您久等了", "等好久", ["apologize"], []),
-    ("请提供您的手机号码", "帐单有问题", ["ask_details"], []),
-    ("我们这边没有问题", "你们系统有问题", [], ["argued"]),
-    ("謝謝您。非常抱歉！", "太慢了", ["thank", "apologize"], []),
-    ("請提供訂單號碼；謝謝", "還沒到", ["thank", "ask_details"], []),
-]
+TURNS = TINY_AGENT_TURNS
 
 
 def _rows(turns=TURNS, split="train"):  # type: ignore[no-untyped-def]
@@ -147,6 +136,28 @@ def test_ngram_model_is_the_fitted_vectoriser_in_plain_arrays() -> None:
     assert p.shape == (len(texts), len(CODES))
     assert p[0, CODES.index("thank")] > p[0, CODES.index("argued")]
     assert np.allclose(p[:, CODES.index("promise_callback")], 1 / (1 + np.exp(10)))  # never seen: never predicted
+
+
+def test_char_ngrams_are_the_vectorisers_without_scikit_learn() -> None:
+    """The n-grams a loaded model reads turns with: scikit-learn's char_wb analyzer, reimplemented (no import)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from service.routing.agent_model import char_wb_ngrams
+
+    analyze = TfidfVectorizer(analyzer="char_wb", ngram_range=NgramModel.NGRAMS).build_analyzer()
+    texts = [t for t, *_ in TURNS] + [
+        "",
+        " ",
+        "a",
+        "Hi  THERE\tyou\n\n",
+        "謝謝 您 。 OK!",
+        "  前後空白  ",
+        "x y",
+        "ÀÉ Straße",
+        "好\u3000的",
+    ]
+    for t in texts:
+        assert char_wb_ngrams(NgramModel.view(t), NgramModel.NGRAMS) == analyze(NgramModel.view(t)), t
 
 
 def test_stack_combines_logits_per_code() -> None:
