@@ -211,9 +211,14 @@ class CalmFirstModel(nn.Module):
         """The heads' outputs as numpy arrays (the backend-neutral form ``model.scores`` works on)."""
         return {k: v.numpy() for k, v in self.predict_logits(texts, batch_size=batch_size).items()}
 
-    def scores_from_logits(self, logits: dict[str, torch.Tensor]) -> list[Prediction]:
-        """Predictions from ``predict_logits`` output (post-processing shared with ONNX: ``model.scores``)."""
-        return scores_from_logits({k: v.detach().cpu().numpy() for k, v in logits.items()}, self.config)
+    def scores_from_logits(
+        self, logits: dict[str, torch.Tensor], *, texts: Sequence[str] | None = None
+    ) -> list[Prediction]:
+        """Predictions from ``predict_logits`` output (post-processing shared with ONNX: ``model.scores``).
+
+        ``texts`` (the inputs) select the per-script temperature of a model calibrated per script.
+        """
+        return scores_from_logits({k: v.detach().cpu().numpy() for k, v in logits.items()}, self.config, texts=texts)
 
     def predict(self, texts: str | Iterable[str], *, batch_size: int = 32) -> Any:
         """Score one text (returns one ``Prediction``) or many (returns a list)."""

@@ -66,6 +66,10 @@ class CalmFirstConfig:
     complaint_types: list[str] = field(default_factory=lambda: list(COMPLAINT_TYPES))
     schema_version: str = SCHEMA_VERSION
     temperature: float = 1.0
+    #: anger temperature per script of the model input (``hans``/``hant``), fitted on dev by
+    #: ``training.calibration``: one temperature over-smooths one script and under-smooths the other
+    #: (v1: ECE 0.03 Simplified vs 0.09-0.16 Traditional); a script missing here uses ``temperature``
+    temperature_by_script: dict[str, float] = field(default_factory=dict)
     type_threshold: float = 0.5
     threat_threshold: float = 0.5
     #: trained on ``model.context`` inputs (later turns with the turns before them); v1 was not
@@ -85,6 +89,11 @@ class CalmFirstConfig:
             raise ValueError("anger_labels must list exactly 4 ordered levels")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        for script, t in self.temperature_by_script.items():
+            if script not in {"hans", "hant"}:
+                raise ValueError(f"temperature_by_script: unknown script {script!r} (hans or hant)")
+            if t <= 0:
+                raise ValueError(f"temperature_by_script.{script} must be positive, got {t}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

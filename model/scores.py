@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from data.script import detect_script
 from data.vocab import ComplaintType
 from model.config import CalmFirstConfig
 
@@ -80,10 +81,32 @@ def ordinal_probs(cum_logits: np.ndarray) -> np.ndarray:
     return np.clip(upper - lower, 0.0, None)
 
 
-def scores_from_logits(logits: Mapping[str, np.ndarray], config: CalmFirstConfig) -> list[Prediction]:
-    """One ``Prediction`` per row of the head outputs."""
+def anger_temperatures(config: CalmFirstConfig, texts: Sequence[str]) -> np.ndarray:
+    """One anger temperature per model input: its script's when the model has one, else the joint one."""
+    if not config.temperature_by_script:
+        return np.full((len(texts), 1), config.temperature, dtype=np.float32)
+    by_script = config.temperature_by_script
+    return np.asarray([[by_script.get(detect_script(t), config.temperature)] for t in texts], dtype=np.float32).reshape(
+        len(texts), 1
+    )
+
+
+def scores_from_logits(
+    logits: Mapping[str, np.ndarray], config: CalmFirstConfig, *, texts: Sequence[str] | None = None
+) -> list[Prediction]:
+    """One ``Prediction`` per row of the head outputs.
+
+    ``texts`` are the model inputs the logits came from; a model calibrated per script needs them
+    (without them every row gets the joint ``temperature``).
+    """
     anger = np.asarray(logits["anger_logits"], dtype=np.float32)
-    probs = ordinal_probs(anger / np.float32(config.temperature))
+    if texts is not None:
+        if len(texts) != anger.shape[0]:
+            raise ValueError(f"{len(texts)} texts for {anger.shape[0]} rows of logits")
+        temperature = anger_temperatures(config, texts)
+    else:
+        temperature = np.full((anger.shape[0], 1), config.temperature, dtype=np.float32)
+    probs = ordinal_probs(anger / temperature)
     type_probs = _softmax(np.asarray(logits["type_logits"], dtype=np.float32))
     multi = _sigmoid(np.asarray(logits["multi_logits"], dtype=np.float32))
     threat = _sigmoid(np.asarray(logits["threat_logits"], dtype=np.float32))
@@ -126,5 +149,5 @@ def predict_texts(model: ScoringModel, texts: str | Iterable[str], *, batch_size
             raise TypeError(f"text {i} is {type(t).__name__}, expected str")
     if not items:
         return []
-    preds = scores_from_logits(model.logits(items, batch_size=batch_size), model.config)
+    preds = scores_from_logits(model.logits(items, batch_size=batch_size), model.config, texts=items)
     return preds[0] if single else preds

@@ -1,4 +1,4 @@
-"""``calmfirst train`` and ``calmfirst evaluate``, registered through an entry point."""
+"""``calmfirst train``, ``calmfirst evaluate`` and ``calmfirst calibrate``, registered through an entry point."""
 
 from __future__ import annotations
 
@@ -54,6 +54,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from training.calibration import calibrate_folder
+    from training.data import DataError
+    from training.run import load_eval_examples
+
+    columns: dict[str, Any] = json.loads(args.columns) if args.columns else {}
+    try:
+        examples = load_eval_examples(args.data, split=args.split, columns=columns)
+        result = calibrate_folder(args.model, examples, output=args.output)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        print(f"calmfirst calibrate: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
 def register_train(sub: Any) -> None:
     p = sub.add_parser("train", help="fine-tune a model from a YAML/TOML config")
     p.add_argument("config", help="config file (see training/configs/default.yaml)")
@@ -71,3 +87,15 @@ def register_evaluate(sub: Any) -> None:
     p.add_argument("--report-dir", default=None, help="write report.md, report.png and metrics.json here")
     p.add_argument("--columns", default=None, help='JSON column mapping, e.g. {"text": "content"}')
     p.set_defaults(func=_cmd_evaluate)
+
+
+def register_calibrate(sub: Any) -> None:
+    p = sub.add_parser(
+        "calibrate", help="fit the anger temperature jointly and per script on labelled data; writes the model config"
+    )
+    p.add_argument("--model", required=True, help="model folder (its calmfirst_config.json is rewritten)")
+    p.add_argument("data", help="'annotations' or a .csv/.jsonl file with labels")
+    p.add_argument("--split", default="dev", help="split to fit on (default: dev; never the split you report)")
+    p.add_argument("--output", default=None, help="write a calibrated copy here instead of changing --model")
+    p.add_argument("--columns", default=None, help='JSON column mapping, e.g. {"text": "content"}')
+    p.set_defaults(func=_cmd_calibrate)

@@ -11,10 +11,11 @@ from data.schema import ANGER_LABELS
 from data.vocab import HEADLINE_METRICS, Script
 from model.classifier import CalmFirstConfig, CalmFirstModel
 from training.breakdown import markdown as breakdown_markdown
+from training.calibration import calibrate
 from training.config import DataSource, TrainingArguments
 from training.contrast import contrast_markdown, contrast_metrics
 from training.data import Example, load_examples, load_source
-from training.trainer import CalmFirstTrainer, TrainResult, evaluate_model, fit_temperature, summarize_examples
+from training.trainer import CalmFirstTrainer, TrainResult, evaluate_model, summarize_examples
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +87,18 @@ def run_evaluation(
     """Metrics of a saved model on labelled data, plus (``contrast``) its figures on the contrast set
     (``training.contrast``: minimal pairs, key ``contrast``, a section of report.md)."""
     model = CalmFirstModel.from_pretrained(model_path)
+    calibration = None
     if fit_temperature_on:
         dev = load_eval_examples(data, split=fit_temperature_on, columns=columns)
-        model.config.temperature = fit_temperature(model, dev)
+        calibration = calibrate(model, dev)
     examples = load_eval_examples(data, split=split, columns=columns)
     metrics = evaluate_model(model, examples, breakdown_resamples=resamples)
     metrics["model"] = {"path": model_path, "name": model.config.name, "version": model.config.version}
     metrics["data"] = {"path": data, "split": split, "n": len(examples)}
     metrics["temperature"] = model.config.temperature
+    metrics["temperature_by_script"] = model.config.temperature_by_script
+    if calibration is not None:
+        metrics["calibration"] = calibration.to_dict()
     if contrast:
         metrics["contrast"] = contrast_metrics(model)
     if report_dir:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from data.schema import COMPLAINT_TYPES, SPLITS
 from data.vocab import SELECTION_METRICS
-from model.classifier import CalmFirstModel, Prediction, ordinal_probs
+from model.classifier import CalmFirstModel, Prediction
 from model.context import with_context
 from training.augment import augment
 from training.breakdown import breakdown, confident_mistakes, gold_record
@@ -67,6 +67,8 @@ class TrainResult:
     test: dict[str, Any] | None
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: the anger temperatures fitted on dev, jointly and per script (``training.calibration``)
+    calibration: dict[str, Any] | None = None
 
 
 class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -355,15 +357,27 @@ class CalmFirstTrainer:
         """Reload the best model, fit temperature on dev, measure test, write metrics and card."""
         best = CalmFirstModel.from_pretrained(result.best_dir)
         if self.args.fit_temperature and self.eval_examples:
-            best.config.temperature = fit_temperature(best, self.eval_examples, batch_size=self.args.eval_batch_size)
+            from training.calibration import calibrate
+
+            calibration = calibrate(best, self.eval_examples, batch_size=self.args.eval_batch_size)
+            result.calibration = calibration.to_dict()
             result.best_dev = evaluate_model(best, self.eval_examples, batch_size=self.args.eval_batch_size)
         if self.test_examples:
             result.test = evaluate_model(best, self.test_examples, batch_size=self.args.eval_batch_size)
-        best.config.training = self._training_info(result)
+        from training.contrast import contrast_metrics
+
+        # the contrast pairs (data/contrast) are checked on every trained model (shortcut detector)
+        contrast = contrast_metrics(best)
+        best.config.training = self._training_info(result) | {
+            "contrast": {k: contrast[k] for k in ("set", "n_pairs", "pair_accuracy", "item_accuracy", "failed_pairs")}
+        }
         best.save_pretrained(result.best_dir)
         metrics = {
             "best_epoch": result.best_epoch,
             "temperature": best.config.temperature,
+            "temperature_by_script": best.config.temperature_by_script,
+            "calibration": result.calibration,
+            "contrast": contrast,
             "dev": result.best_dev,
             "test": result.test,
             "history": result.history,
@@ -408,7 +422,8 @@ class CalmFirstTrainer:
 
 
 def predictions(model: CalmFirstModel, texts: Sequence[str], *, batch_size: int = 64) -> list[Prediction]:
-    return model.scores_from_logits(model.predict_logits(list(texts), batch_size=batch_size))
+    texts = list(texts)
+    return model.scores_from_logits(model.predict_logits(texts, batch_size=batch_size), texts=texts)
 
 
 def model_input(ex: Example, *, use_context: bool = True) -> str:
@@ -447,24 +462,14 @@ def evaluate_model(
 
 
 def fit_temperature(model: CalmFirstModel, examples: Sequence[Example], *, batch_size: int = 64) -> float:
-    """Temperature for the anger cumulative logits that minimises dev NLL (Guo et al., 2017)."""
+    """The joint anger temperature that minimises NLL on ``examples`` (per script: ``training.calibration``)."""
+    from training.calibration import fit_anger_temperature
+
     labelled = [e for e in examples if e.anger_level is not None]
     if not labelled:
         return 1.0
-    logits = model.predict_logits([model_input(e) for e in labelled], batch_size=batch_size)["anger_logits"].detach()
-    y = torch.tensor([e.anger_level for e in labelled])
-    log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        probs = ordinal_probs(logits / log_t.exp()).clamp_min(1e-7)
-        loss = F.nll_loss(probs.log(), y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    t = float(log_t.detach().exp().clamp(0.05, 20.0))
+    logits = model.logits([model_input(e) for e in labelled], batch_size=batch_size)["anger_logits"]
+    t = fit_anger_temperature(logits, [int(e.anger_level) for e in labelled])  # type: ignore[arg-type]
     logger.info("fitted anger temperature %.3f on %d examples", t, len(labelled))
     return t
 
