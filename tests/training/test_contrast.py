@@ -262,10 +262,11 @@ def test_evaluate_reports_contrast_in_metrics_and_report(tiny_model_dir: Path, t
 
 # ------------------------------------------------------------------ the shipped model
 
-#: Pair accuracy the shipped model must keep on contrast_v1. model/default is still the v1 model (labels
-#: v1.1): 0.708 pair / 0.854 item accuracy on the 48 pairs (14 failed). The floor leaves two pairs of slack
-#: under that; raise it when a new model ships.
-SHIPPED_PAIR_ACCURACY_FLOOR = 0.65
+#: Pair accuracy the shipped model must keep on contrast_v1. The v1 model (labels v1.1, model/v1) scored
+#: 0.708 pair / 0.854 item accuracy on the 48 pairs; the shipped v2 (0.2.0) scores 0.625 / 0.781 (18 failed):
+#: better on real dev traffic, worse on these pairs (model card). The floor leaves two pairs of slack under v2,
+#: so a retrained model that loses more than that fails here.
+SHIPPED_PAIR_ACCURACY_FLOOR = 0.58
 
 
 @pytest.mark.skipif(
