@@ -39,8 +39,12 @@ def _environment() -> Environment:
     return env
 
 
-def render_model_card(config: Any) -> str:
-    """A Markdown card: what the model is, what it was trained on, how well it did, and its limits."""
+def render_model_card(config: Any, *, sections: list[str] | None = None) -> str:
+    """A Markdown card: what the model is, what it was trained on, how well it did, and its limits.
+
+    ``sections`` are further Markdown sections appended as they are (a release's evaluation on the
+    held-out split, its experiment table: ``training.release``).
+    """
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     cfg.setdefault("library_versions", {})
     training = cfg.get("training") or {}
@@ -63,4 +67,5 @@ def render_model_card(config: Any) -> str:
             metric_rows=metric_rows,
         )
         + "\n"
+        + "".join("\n" + section.strip() + "\n" for section in sections or [])
     )

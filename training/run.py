@@ -10,6 +10,7 @@ from typing import Any
 from data.schema import ANGER_LABELS
 from data.vocab import HEADLINE_METRICS, Script
 from model.classifier import CalmFirstConfig, CalmFirstModel
+from model.config import SCHEMA_VERSION
 from training.breakdown import markdown as breakdown_markdown
 from training.calibration import calibrate
 from training.config import DataSource, TrainingArguments
@@ -26,6 +27,8 @@ def build_model(args: TrainingArguments) -> CalmFirstModel:
         model = CalmFirstModel.from_pretrained(args.model.init_from)
         # the continued model is a new release: it carries this config's name and version
         model.config.name, model.config.version = args.model.name, args.model.version
+        # and it is trained on today's labels, whatever schema the model it continues was trained on
+        model.config.schema_version = SCHEMA_VERSION
         return model
     cfg = CalmFirstConfig(
         lora=args.model.lora,
