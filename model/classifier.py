@@ -226,9 +226,18 @@ class CalmFirstModel(nn.Module):
 
     # -------------------------------------------------------------- save/load
     def _finetuned_state(self) -> dict[str, torch.Tensor]:
+        """What training changed: the heads, and the LoRA adapters or (fully fine-tuned) the encoder layers.
+
+        The word-embedding table is never saved: it is frozen in full fine-tuning and comes from the backbone.
+        """
         state = {}
+        full = self.config.lora is None
         for name, tensor in self.state_dict().items():
-            if name.startswith(("anger_head.", "type_head.", "multi_head.", "threat_head.")) or "lora_" in name:
+            if (
+                name.startswith(("anger_head.", "type_head.", "multi_head.", "threat_head."))
+                or "lora_" in name
+                or (full and name.startswith("backbone.") and "embeddings" not in name)
+            ):
                 state[name] = tensor.detach().cpu().contiguous()
         return state
 
@@ -292,6 +301,17 @@ class CalmFirstModel(nn.Module):
             wrapped: Any = self.backbone
             self.backbone = wrapped.merge_and_unload()
             self._merged = True
+
+    def unfreeze_encoder(self) -> None:
+        """Switch to full fine-tuning: fold any LoRA adapters into the weights for good (``config.lora``
+        becomes None, so saving writes the encoder layers) and train every encoder parameter except the
+        word-embedding table (frozen: 96M parameters that real traffic would barely move, never saved)."""
+        if self.config.lora is not None and hasattr(self.backbone, "merge_and_unload"):
+            wrapped: Any = self.backbone
+            self.backbone = wrapped.merge_and_unload()
+        self.config.lora = None
+        for name, param in self.backbone.named_parameters():
+            param.requires_grad = "embeddings" not in name
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -29,6 +29,8 @@ def build_model(args: TrainingArguments) -> CalmFirstModel:
         model.config.name, model.config.version = args.model.name, args.model.version
         # and it is trained on today's labels, whatever schema the model it continues was trained on
         model.config.schema_version = SCHEMA_VERSION
+        if args.model.lora is None:
+            model.unfreeze_encoder()  # full fine-tuning of the continued model
         return model
     cfg = CalmFirstConfig(
         lora=args.model.lora,
@@ -39,11 +41,7 @@ def build_model(args: TrainingArguments) -> CalmFirstModel:
     )
     model = CalmFirstModel.from_backbone(args.model.backbone, config=cfg, seed=args.seed)
     if args.model.lora is None:
-        # full fine-tuning of the encoder layers: the 250k-row word-embedding table stays frozen
-        # (96M parameters that real traffic would barely move, and that are never committed)
-        for name, param in model.backbone.named_parameters():
-            if "embeddings" in name:
-                param.requires_grad = False
+        model.unfreeze_encoder()
     return model
 
 

@@ -96,3 +96,24 @@ def test_classifier_numpy_post_processing_matches_the_torch_heads() -> None:
 
     cum = torch.randn(64, 3) * 3 - torch.tensor([-1.0, 0.5, 2.0])
     assert np.allclose(ordinal_probs(cum).numpy(), ordinal_probs_np(cum.numpy()), atol=1e-6)
+
+
+def test_full_fine_tuning_saves_the_encoder_layers_not_the_embeddings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = build_tiny_model()
+    model.unfreeze_encoder()
+    assert model.config.lora is None
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable and not any("embeddings" in n for n in trainable)
+    with torch.no_grad():  # what training would do: move an encoder layer
+        next(p for n, p in model.backbone.named_parameters() if "encoder.layer.0" in n).add_(0.5)
+    texts = ["快递怎么还没到", "請問退款呢"]
+    before = model.logits(texts)["anger_logits"]
+    model.config.backbone_embedded = True  # the tiny backbone has no hub name to come back from
+    model.save_pretrained(tmp_path / "full")
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "full" / "calmfirst_heads.safetensors"))
+    assert any(k.startswith("backbone.encoder.layer.0") for k in saved)
+    assert not any("embeddings" in k for k in saved)
+    again = CalmFirstModel.from_pretrained(tmp_path / "full").logits(texts)["anger_logits"]
+    assert abs(again - before).max() < 1e-5
