@@ -100,7 +100,7 @@ def calibrate(
     labelled = [e for e in examples if e.anger_level is not None]
     if not labelled:
         return Calibration(model.config.temperature, dict(model.config.temperature_by_script), {})
-    texts = [model_input(e) for e in labelled]
+    texts = [model_input(e, use_context=model.config.context_input) for e in labelled]
     logits = model.logits(texts, batch_size=batch_size)["anger_logits"]
     levels = np.asarray([int(e.anger_level) for e in labelled])  # type: ignore[arg-type]
     scripts = np.asarray([detect_script(t) for t in texts])

@@ -436,11 +436,13 @@ def evaluate_model(
     examples: Sequence[Example],
     *,
     batch_size: int = 64,
-    use_context: bool = True,
+    use_context: bool | None = None,
     breakdown_resamples: int | None = None,
 ) -> dict[str, Any]:
     """Metrics of a model on labelled examples (all three tasks must be labelled)."""
     full = [e for e in examples if e.anger_level is not None and e.complaint_type and e.threat is not None]
+    if use_context is None:  # as the service does: context only for a model trained on it (model.context)
+        use_context = model.config.context_input
     preds = predictions(model, [model_input(e, use_context=use_context) for e in full], batch_size=batch_size)
     pred_dicts = [
         {
@@ -468,7 +470,8 @@ def fit_temperature(model: CalmFirstModel, examples: Sequence[Example], *, batch
     labelled = [e for e in examples if e.anger_level is not None]
     if not labelled:
         return 1.0
-    logits = model.logits([model_input(e) for e in labelled], batch_size=batch_size)["anger_logits"]
+    texts = [model_input(e, use_context=model.config.context_input) for e in labelled]
+    logits = model.logits(texts, batch_size=batch_size)["anger_logits"]
     t = fit_anger_temperature(logits, [int(e.anger_level) for e in labelled])  # type: ignore[arg-type]
     logger.info("fitted anger temperature %.3f on %d examples", t, len(labelled))
     return t

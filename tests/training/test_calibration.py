@@ -114,3 +114,27 @@ def test_calibrate_cli_names_a_missing_split(tiny_model_dir: Path, tmp_path: Pat
     assert main(["calibrate", "--model", str(tiny_model_dir), str(data), "--output", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert read_config(out).temperature == pytest.approx(printed["temperature"])
+
+
+def test_evaluation_feeds_context_only_to_a_model_trained_on_it(tiny_model_dir: Path) -> None:
+    import dataclasses
+
+    from model.classifier import CalmFirstModel
+    from training.trainer import evaluate_model
+
+    model = CalmFirstModel.from_pretrained(tiny_model_dir)
+    with_ctx = [
+        dataclasses.replace(e, context=[("agent", "您好，請問有什麼可以幫您"), ("customer", "我的訂單呢")])
+        for e in _examples()
+    ]
+    bare = [dataclasses.replace(e, context=None) for e in with_ctx]
+
+    def same(a: dict, b: dict) -> bool:  # type: ignore[type-arg]
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # empty bins are NaN
+
+    model.config.context_input = False
+    assert same(evaluate_model(model, with_ctx), evaluate_model(model, bare))
+    model.config.context_input = True
+    assert same(evaluate_model(model, with_ctx, use_context=False), evaluate_model(model, bare))
+    fed = evaluate_model(model, with_ctx)
+    assert fed["calm_first_ece"] != evaluate_model(model, bare)["calm_first_ece"]
