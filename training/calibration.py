@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from data.script import HANS, HANT, detect_script
 from model.config import CONFIG_NAME, read_config
+from training.data import model_input
 from training.metrics import expected_calibration_error
 
 if TYPE_CHECKING:
@@ -95,8 +96,6 @@ def calibrate(
     min_records: int = MIN_RECORDS_PER_SCRIPT,
 ) -> Calibration:
     """Fit the joint and per-script anger temperatures on ``examples`` and set them on ``model.config``."""
-    from training.trainer import model_input
-
     labelled = [e for e in examples if e.anger_level is not None]
     if not labelled:
         return Calibration(model.config.temperature, dict(model.config.temperature_by_script), {})

@@ -17,6 +17,7 @@ from data.loader import load_annotations
 from data.schema import ANGER_LABELS, COMPLAINT_TYPES
 from data.script import detect_script
 from data.sources import hash_split
+from model.context import with_context
 from training.config import DataConfig, DataSource
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,11 @@ class Example:
             "threat": self.threat,
             "script": self.script,
         }
+
+
+def model_input(ex: Example, *, use_context: bool = True) -> str:
+    """What the model reads for an example: the text, with its conversation context if any."""
+    return with_context(ex.text, ex.context) if use_context else ex.text
 
 
 def _parse_level(value: Any, where: str) -> int:

@@ -30,7 +30,7 @@ from model.context import with_context
 from training.augment import augment
 from training.breakdown import breakdown, confident_mistakes, gold_record
 from training.config import TrainingArguments
-from training.data import Example
+from training.data import Example, model_input
 from training.metrics import compute_all, selection_score
 
 logger = logging.getLogger(__name__)
@@ -424,11 +424,6 @@ class CalmFirstTrainer:
 def predictions(model: CalmFirstModel, texts: Sequence[str], *, batch_size: int = 64) -> list[Prediction]:
     texts = list(texts)
     return model.scores_from_logits(model.predict_logits(texts, batch_size=batch_size), texts=texts)
-
-
-def model_input(ex: Example, *, use_context: bool = True) -> str:
-    """What the model reads for an example: the text, with its conversation context if any."""
-    return with_context(ex.text, ex.context) if use_context else ex.text
 
 
 def evaluate_model(
