@@ -9,7 +9,14 @@ Round 1 (``--round 1``) draws at random within strata (star rating, source); rou
 (``--round 2 --scores FILE``) draws half of each quota by the entropy of a quickly
 retrained model (``data.tools.quick_model``) and half at random, as the labels-v2 issue
 asks. ``selection`` is one of ``random``, ``stratified:<stratum>``,
-``keyword:<type>`` (keyword pre-selection), ``entropy:<model>``.
+``keyword:<type>`` (keyword pre-selection), ``entropy:<model>``, ``model_score:<what>``.
+
+Round 3 of the agent turns (``agent_mistakes --scores FILE``) aims at the rarest codes, the
+mistakes: most of a draw is the unlabelled STC-3 agent turns the shipped agent-turn model
+scores highest for any mistake (``FILE``: JSONL of ``{id, score}``), the rest at random from
+the others, so what the model misses is drawn too. Dialogues of the handling score's
+held-out validation (id % 5 == 0) are drawn only when their split is test: training and
+threshold fitting never read them.
 
     python -m data.tools.select_v2 customers --round 1 --out work/batches
     python -m data.tools.select_v2 agent --out work/batches
@@ -25,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from data.script import detect_script
-from data.sources import SourceText, read_source, read_stc3_dialogues, region_of, shared_data_dir, stc3_turns
+from data.sources import SourceText, hash_split, read_source, read_stc3_dialogues, region_of, shared_data_dir, stc3_turns
 
 ROOT = Path(__file__).resolve().parents[2]
 ANNOTATIONS = ROOT / "data" / "annotations"
@@ -254,6 +261,45 @@ def agent_candidates(n_stc3: int, exclude: set[str], rng: random.Random) -> list
     return out + picked
 
 
+def agent_mistake_candidates(
+    n: int, scores: dict[str, float], exclude: set[str], rng: random.Random, *, top_fraction: float = 0.7
+) -> list[dict[str, Any]]:
+    """Unlabelled STC-3 agent turns: ``top_fraction`` of ``n`` by the highest mistake score, the
+    rest at random from the others (each record's ``selection`` says which)."""
+    pool: list[dict[str, Any]] = []
+    for dia in read_stc3_dialogues(shared_data_dir()):
+        split = hash_split(f"stc3:{dia['id']}")
+        if int(dia["id"]) % 5 == 0 and split != "test":
+            continue
+        last_customer = ""
+        for i, (role, text) in enumerate(stc3_turns(dia)):
+            if role == "customer":
+                last_customer = text or last_customer
+            elif text and last_customer:
+                rid = f"{dia['id']}-t{i}"
+                if rid not in exclude and rid in scores:
+                    pool.append(
+                        {
+                            "id": rid,
+                            "source": "stc3",
+                            "script": "hans",
+                            "region": "cn",
+                            "selection": "random",
+                            "text": text,
+                            "context": [{"role": "customer", "text": last_customer}],
+                        }
+                    )
+    pool.sort(key=lambda r: (-scores[r["id"]], r["id"]))
+    n_top = round(n * top_fraction)
+    top, rest = pool[:n_top], pool[n_top:]
+    for r in top:
+        r["selection"] = "model_score:mistakes"
+    rng.shuffle(rest)
+    picked = top + rest[: n - n_top]
+    rng.shuffle(picked)
+    return picked
+
+
 def write_batches(records: Iterable[dict[str, Any]], out: Path, name: str, size: int) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     recs = list(records)
@@ -267,15 +313,15 @@ def write_batches(records: Iterable[dict[str, Any]], out: Path, name: str, size:
     return paths
 
 
-def load_scores(path: Path | None) -> dict[str, float] | None:
+def load_scores(path: Path | None, field: str = "entropy") -> dict[str, float] | None:
     if path is None:
         return None
-    return {r["id"]: r["entropy"] for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+    return {r["id"]: r[field] for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["trad", "stc3", "weak_types", "agent"])
+    ap.add_argument("what", choices=["trad", "stc3", "weak_types", "agent", "agent_mistakes"])
     ap.add_argument("--round", type=int, default=1)
     ap.add_argument("--scores", type=Path, help="JSONL of {id, entropy} from data.tools.quick_model")
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the quotas to draw now")
@@ -288,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rng = random.Random(args.seed * 100 + args.round)
     exclude = labelled_ids() | batched_ids(args.out)
-    scores = load_scores(args.scores)
+    scores = load_scores(args.scores, "score" if args.what == "agent_mistakes" else "entropy")
     tag = f"r{args.round}"
     if args.what == "trad":
         quotas = {s: round(q * args.scale) for s, q in TRAD_QUOTAS.items()}
@@ -309,7 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         paths = write_batches(recs, args.out, f"weak-{tag}", args.size)
     else:
         done = {r["id"] for r in map(json.loads, (AGENT_TURNS / "agent_turns.jsonl").read_text().splitlines())}
-        recs = agent_candidates(args.n_agent, done | {i for _, i in exclude}, rng)
+        if args.what == "agent":
+            recs = agent_candidates(args.n_agent, done | {i for _, i in exclude}, rng)
+        else:
+            if scores is None:
+                ap.error("agent_mistakes needs --scores FILE (JSONL of {id, score})")
+            recs = agent_mistake_candidates(args.n_agent, scores, done | {i for _, i in exclude}, rng)
         paths = write_batches(recs, args.out, f"agent-{tag}", args.size)
     print(f"{sum(1 for p in paths for _ in p.open())} records in {len(paths)} batches under {args.out}")
     return 0
