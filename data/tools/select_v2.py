@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from data.script import detect_script
-from data.sources import SourceText, hash_split, read_source, read_stc3_dialogues, region_of, shared_data_dir, stc3_turns
+from data.sources import (
+    SourceText,
+    hash_split,
+    read_source,
+    read_stc3_dialogues,
+    region_of,
+    shared_data_dir,
+    stc3_turns,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ANNOTATIONS = ROOT / "data" / "annotations"

@@ -843,6 +843,27 @@ def is_real(row: dict[str, Any]) -> bool:
     return row.get("source") != "calmfirst_written"
 
 
+def is_drawn_by_model(row: dict[str, Any]) -> bool:
+    """A turn pre-selected by a model's scores (``selection`` ``model_score:...``, the mistake-rich round):
+    richer in mistakes than real traffic, so the figures are also given without them."""
+    return str(row.get("selection", "")).startswith("model_score:")
+
+
+def measure(model: Any, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-code figures of ``model`` on ``rows``: all turns, real turns, real turns drawn without a model's
+    pre-selection (``real_unselected``, the mix of real traffic) and written turns."""
+    probs = model.probs([r["text"] for r in rows], [r.get("context") for r in rows])
+    pred = model.predict_codes(probs)
+    y = label_matrix(rows, model.codes)
+    real = np.array([is_real(r) for r in rows])
+    unselected = real & ~np.array([is_drawn_by_model(r) for r in rows])
+    out = {"all": evaluate_codes(y, pred, model.codes)}
+    for name, mask in (("real", real), ("real_unselected", unselected), ("written", ~real)):
+        if mask.any():
+            out[name] = evaluate_codes(y[mask], pred[mask], model.codes)
+    return out
+
+
 # ------------------------------------------------------------------ loading for the service
 def load_agent_detector(
     model_dir: str | Path | None = None,
@@ -977,17 +998,8 @@ def train_and_evaluate(
         model.fit_thresholds(dev)
     metrics: dict[str, Any] = {"train_turns": len(train), "dev_turns": len(dev)}
     for name, part in (("dev", dev), ("test", splits.get("test", []) if measure_test else [])):
-        if not part:
-            continue
-        probs = model.probs([r["text"] for r in part], [r.get("context") for r in part])
-        pred = model.predict_codes(probs)
-        y = label_matrix(part, model.codes)
-        real = np.array([is_real(r) for r in part])
-        metrics[name] = {"all": evaluate_codes(y, pred, model.codes)}
-        if real.any():
-            metrics[name]["real"] = evaluate_codes(y[real], pred[real], model.codes)
-        if (~real).any():
-            metrics[name]["written"] = evaluate_codes(y[~real], pred[~real], model.codes)
+        if part:
+            metrics[name] = measure(model, part)
     return model, metrics
 
 
@@ -1015,7 +1027,7 @@ def _cmd_train(args: Any) -> int:
     summary = {
         k: {
             part: {m: v[part][m]["f1"] for m in ("steps_micro", "mistakes_micro")}
-            for part in ("all", "real", "written")
+            for part in ("all", "real", "real_unselected", "written")
             if part in v
         }
         for k, v in metrics.items()
@@ -1029,16 +1041,7 @@ def _cmd_evaluate(args: Any) -> int:
     """The saved model on the held-out test split; ``--write`` adds the figures to its metrics.json."""
     enc = _cached_encoder(args.cache, args.threads)
     model = AgentTurnModel.load(args.model, encoder=enc)
-    test = training_rows(args.data)["test"]
-    probs = model.probs([r["text"] for r in test], [r.get("context") for r in test])
-    pred = model.predict_codes(probs)
-    y = label_matrix(test, model.codes)
-    real = np.array([is_real(r) for r in test])
-    out = {
-        "real": evaluate_codes(y[real], pred[real], model.codes),
-        "all": evaluate_codes(y, pred, model.codes),
-        "written": evaluate_codes(y[~real], pred[~real], model.codes),
-    }
+    out = measure(model, training_rows(args.data)["test"])
     if args.write:
         path = Path(args.model) / METRICS_FILE
         metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

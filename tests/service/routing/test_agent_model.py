@@ -23,6 +23,7 @@ from service.routing.agent_model import (
     fit_thresholds,
     label_matrix,
     load_agent_detector,
+    measure,
     stc3_holdout,
     train_and_evaluate,
     units,
@@ -99,6 +100,12 @@ def test_train_predict_save_load_end_to_end(encoder: E5Encoder, tmp_path: Path) 
     y = label_matrix(splits["train"]) > 0
     assert probs[y].mean() > probs[~y].mean() + 0.2
     assert {"steps_micro", "mistakes_micro", "per_code"} <= set(metrics["test"]["real"])
+    # turns pre-selected by a model's scores are measured with the rest and apart from real traffic's mix
+    test = splits["test"]
+    marked = [{**r, "selection": "model_score:mistakes"} if i % 2 else r for i, r in enumerate(test)]
+    parts = measure(model, marked)
+    assert parts["real"]["n"] == len(test) and parts["real_unselected"]["n"] == (len(test) + 1) // 2
+    assert "written" not in parts
     out = model.detect(["謝謝您的耐心等候", "系統顯示您已經簽收了"], [None, "我根本沒收到"])
     assert all(isinstance(t, AgentTurn) for t in out)
     assert "thank" in out[0].steps and set(out[0].scores) == set(CODES)
