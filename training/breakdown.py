@@ -119,29 +119,39 @@ def gold_record(ex: Any) -> dict[str, Any]:
     }
 
 
+#: the columns of every breakdown table (card, report, experiment tables), in order
+COLUMNS: tuple[str, ...] = (
+    "calm_first_f1",
+    "anger_qwk",
+    "type_macro_f1",
+    "type_accuracy",
+    "threat_f1",
+    "calm_first_ece",
+)
+HEADER = "calm_first F1 | anger QWK | type macro-F1 | type acc. | threat F1 | ECE"
+
+
+def row_cells(r: dict[str, Any]) -> str:
+    """One breakdown row's metric cells (with the 95% interval where the row has one)."""
+    ci = r.get("ci95", {})
+
+    def cell(k: str) -> str:
+        return f"{r[k]:.3f}" + (f" [{ci[k][0]:.2f}, {ci[k][1]:.2f}]" if k in ci else "")
+
+    return " | ".join(cell(k) for k in COLUMNS)
+
+
 def markdown(bd: dict[str, dict[str, Any]], mistakes: Sequence[dict[str, Any]]) -> list[str]:
     lines = [
         "## Real and written apart, per region, script and source",
         "",
         "95% bootstrap intervals (200 resamples of the records) in brackets; sources without one.",
         "",
-        "| group | n | calm_first F1 | anger QWK | type macro-F1 | type acc. | threat F1 | ECE |",
+        f"| group | n | {HEADER} |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in bd.items():
-        ci = r.get("ci95", {})
-
-        def cell(k: str, r: dict[str, Any] = r, ci: dict[str, Any] = ci) -> str:
-            return f"{r[k]:.3f}" + (f" [{ci[k][0]:.2f}, {ci[k][1]:.2f}]" if k in ci else "")
-
-        lines.append(
-            f"| {name} | {r['n']} | "
-            + " | ".join(
-                cell(k)
-                for k in ("calm_first_f1", "anger_qwk", "type_macro_f1", "type_accuracy", "threat_f1", "calm_first_ece")
-            )
-            + " |"
-        )
+        lines.append(f"| {name} | {r['n']} | {row_cells(r)} |")
     lines += [
         "",
         "## The 20 most confident mistakes",
