@@ -981,7 +981,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = {"CALMFIRST_MICROBATCH_MAX_SIZE": "1" if batching_default else "16", "CALMFIRST_MICROBATCH_WAIT_MS": "0"}
         latency[label] = timed(
             f"server, {label}",
-            lambda: serve_and_measure(model_dir, texts, runs=[(8, args.c8_requests)], env=env),
+            lambda: serve_and_measure(model_dir, texts, runs=runs, env=env),
             retries=args.retries,
         )
         latency["2 workers x 1 thread"] = timed(
