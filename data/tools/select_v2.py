@@ -35,6 +35,7 @@ from data.script import detect_script
 from data.sources import (
     SourceText,
     hash_split,
+    read_agent_turns,
     read_source,
     read_stc3_dialogues,
     region_of,
@@ -238,26 +239,7 @@ def agent_candidates(n_stc3: int, exclude: set[str], rng: random.Random) -> list
     out = [r for r in out if r["source"] != "tw_hospital_reviews"] + hosp[:HOSPITAL_REPLIES]
     for r in hosp[:HOSPITAL_REPLIES]:
         r["selection"] = "random"
-    stc3: list[dict[str, Any]] = []
-    for dia in read_stc3_dialogues(shared_data_dir()):
-        last_customer = ""
-        for i, (role, text) in enumerate(stc3_turns(dia)):
-            if role == "customer":
-                last_customer = text
-            elif text and last_customer:
-                rid = f"{dia['id']}-t{i}"
-                if rid not in exclude:
-                    stc3.append(
-                        {
-                            "id": rid,
-                            "source": "stc3",
-                            "script": "hans",
-                            "region": "cn",
-                            "selection": "random",
-                            "text": text,
-                            "context": [{"role": "customer", "text": last_customer}],
-                        }
-                    )
+    stc3 = stc3_agent_turns(exclude)
     rng.shuffle(stc3)
     # long, multi-clause replies are what the detector missed: half of the draw is > 50 characters
     long_ = [r for r in stc3 if len(r["text"]) > 50]
@@ -269,34 +251,38 @@ def agent_candidates(n_stc3: int, exclude: set[str], rng: random.Random) -> list
     return out + picked
 
 
+def _outside_holdout_or_test(dialogue: str) -> bool:
+    """False for the handling score's held-out dialogues (id % 5 == 0) unless their split is test."""
+    return int(dialogue) % 5 != 0 or hash_split(f"stc3:{dialogue}") == "test"
+
+
+def stc3_agent_turns(exclude: set[str]) -> list[dict[str, Any]]:
+    """Every STC-3 helpdesk reply not in ``exclude`` that follows a customer turn, as a batch record with
+    that turn as its context: the same text and context the labels are later joined with
+    (``data.sources.read_agent_turns``)."""
+    return [
+        {
+            "id": row.id,
+            "source": "stc3",
+            "script": "hans",
+            "region": "cn",
+            "selection": "random",
+            "text": row.text,
+            "context": [{"role": "customer", "text": row.meta["context"]}],
+        }
+        for row in read_agent_turns(shared_data_dir())
+        if row.source == "stc3" and row.meta["context"] and row.id not in exclude
+    ]
+
+
 def agent_mistake_candidates(
     n: int, scores: dict[str, float], exclude: set[str], rng: random.Random, *, top_fraction: float = 0.7
 ) -> list[dict[str, Any]]:
     """Unlabelled STC-3 agent turns: ``top_fraction`` of ``n`` by the highest mistake score, the
     rest at random from the others (each record's ``selection`` says which)."""
-    pool: list[dict[str, Any]] = []
-    for dia in read_stc3_dialogues(shared_data_dir()):
-        split = hash_split(f"stc3:{dia['id']}")
-        if int(dia["id"]) % 5 == 0 and split != "test":
-            continue
-        last_customer = ""
-        for i, (role, text) in enumerate(stc3_turns(dia)):
-            if role == "customer":
-                last_customer = text or last_customer
-            elif text and last_customer:
-                rid = f"{dia['id']}-t{i}"
-                if rid not in exclude and rid in scores:
-                    pool.append(
-                        {
-                            "id": rid,
-                            "source": "stc3",
-                            "script": "hans",
-                            "region": "cn",
-                            "selection": "random",
-                            "text": text,
-                            "context": [{"role": "customer", "text": last_customer}],
-                        }
-                    )
+    pool = [
+        r for r in stc3_agent_turns(exclude) if r["id"] in scores and _outside_holdout_or_test(r["id"].split("-t")[0])
+    ]
     pool.sort(key=lambda r: (-scores[r["id"]], r["id"]))
     n_top = round(n * top_fraction)
     top, rest = pool[:n_top], pool[n_top:]

@@ -17,6 +17,7 @@ pytest.importorskip("onnx")
 
 import model.onnx.cache as onnx_cache
 import model.onnx.export as onnx_export
+from data.samples import SAMPLE_MESSAGES
 from model.classifier import CalmFirstModel
 from model.loading import load_model
 from model.onnx import (
@@ -28,15 +29,7 @@ from model.onnx import (
 )
 from tests.conftest import build_tiny_model
 
-TEXTS = [
-    "為什麼7號還要算錢?你們到底怎麼算的!",
-    "请问营业时间",
-    "退款",
-    "太离谱了，我要投诉你们的客服，电话打了三次都没人接，快递也没到",
-    "好",
-    "你們客服態度太差了!",
-    "包裹坏了怎么办",
-]
+TEXTS = list(SAMPLE_MESSAGES[:7])
 
 
 @pytest.fixture(scope="module")

@@ -25,18 +25,10 @@ import pytest
 pytest.importorskip("ray.data")
 pytest.importorskip("onnxruntime")
 
+from data.samples import SAMPLE_MESSAGES
 from service.cli import main
 
-MESSAGES = [
-    "為什麼7號還要算錢?你們到底怎麼算的!",
-    "请问营业时间",
-    "退款",
-    "太离谱了，我要投诉你们的客服，电话打了三次都没人接，快递也没到",
-    "好",
-    "你們客服態度太差了!",
-    "包裹坏了怎么办",
-    "再不處理我就找消保官",
-]
+MESSAGES = [*SAMPLE_MESSAGES[:7], "再不處理我就找消保官"]
 
 
 def _free_port() -> int:
