@@ -17,8 +17,8 @@ from typing import Any
 
 from training.breakdown import HEADER, row_cells
 
-#: the breakdown groups a run is compared on
-GROUPS: tuple[str, ...] = ("real", "real cn", "real tw", "real hk", "written")
+#: the breakdown groups a run is compared on (``source stc3``: the turns of real conversations, where context matters)
+GROUPS: tuple[str, ...] = ("real", "real cn", "real tw", "real hk", "source stc3", "written")
 
 
 def ablation_table(runs: Sequence[tuple[str, dict[str, Any]]], groups: Sequence[str] = GROUPS) -> list[str]:
@@ -37,7 +37,7 @@ def ablation_table(runs: Sequence[tuple[str, dict[str, Any]]], groups: Sequence[
 
 
 def parse_run(spec: str) -> tuple[str, dict[str, Any]]:
-    name, sep, path = spec.partition("=")
+    name, sep, path = spec.rpartition("=")  # a name may hold "=" (LoRA r=32), a path hardly ever
     if not sep or not name or not path:
         raise SystemExit(f"error: run {spec!r}: expected NAME=PATH")
     try:
