@@ -62,9 +62,10 @@ class Settings(BaseSettings):
     microbatch_max_size: int = Field(
         default=16,
         ge=1,
-        description="most texts in one micro-batch (service.microbatch); 1 turns it off. On 2 idle cores "
-        "8 concurrent clients got 1.14x the throughput of no batching (make bench, 2026-12-03); on cores "
-        "shared with other jobs it measured slower (0.83x), so set 1 on a crowded host",
+        description="most texts in one micro-batch (service.microbatch); 1 turns it off. On 2 idle cores it is "
+        "a wash at 8 concurrent clients (1.14x and 0.99x the throughput of no batching in two make bench runs, "
+        "2026-12-03); on cores shared with other jobs it measured slower (0.83x), so set 1 on a crowded host; "
+        "it pays with more cores",
     )
     workers: int = Field(default=1, ge=1, description="server processes for `calmfirst serve` (each loads the model)")
     metrics: bool = Field(
