@@ -83,12 +83,10 @@ def ordinal_probs(cum_logits: np.ndarray) -> np.ndarray:
 
 def anger_temperatures(config: CalmFirstConfig, texts: Sequence[str]) -> np.ndarray:
     """One anger temperature per model input: its script's when the model has one, else the joint one."""
-    if not config.temperature_by_script:
-        return np.full((len(texts), 1), config.temperature, dtype=np.float32)
     by_script = config.temperature_by_script
-    return np.asarray([[by_script.get(detect_script(t), config.temperature)] for t in texts], dtype=np.float32).reshape(
-        len(texts), 1
-    )
+    if not by_script:
+        return np.full((len(texts), 1), config.temperature, dtype=np.float32)
+    return np.asarray([[by_script.get(detect_script(t), config.temperature)] for t in texts], dtype=np.float32)
 
 
 def scores_from_logits(
@@ -100,12 +98,9 @@ def scores_from_logits(
     (without them every row gets the joint ``temperature``).
     """
     anger = np.asarray(logits["anger_logits"], dtype=np.float32)
-    if texts is not None:
-        if len(texts) != anger.shape[0]:
-            raise ValueError(f"{len(texts)} texts for {anger.shape[0]} rows of logits")
-        temperature = anger_temperatures(config, texts)
-    else:
-        temperature = np.full((anger.shape[0], 1), config.temperature, dtype=np.float32)
+    if texts is not None and len(texts) != anger.shape[0]:
+        raise ValueError(f"{len(texts)} texts for {anger.shape[0]} rows of logits")
+    temperature = np.float32(config.temperature) if texts is None else anger_temperatures(config, texts)
     probs = ordinal_probs(anger / temperature)
     type_probs = _softmax(np.asarray(logits["type_logits"], dtype=np.float32))
     multi = _sigmoid(np.asarray(logits["multi_logits"], dtype=np.float32))

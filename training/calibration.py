@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from data.script import HANS, HANT, detect_script
 from model.config import CONFIG_NAME, read_config
+from model.scores import anger_temperatures
 from training.data import model_input
 from training.metrics import expected_calibration_error
 
@@ -103,11 +104,7 @@ def calibrate(
     logits = model.logits(texts, batch_size=batch_size)["anger_logits"]
     levels = np.asarray([int(e.anger_level) for e in labelled])  # type: ignore[arg-type]
     scripts = np.asarray([detect_script(t) for t in texts])
-    before = np.full((len(texts), 1), model.config.temperature, dtype=np.float32)
-    if model.config.temperature_by_script:
-        before = np.asarray(
-            [[model.config.temperature_by_script.get(s, model.config.temperature)] for s in scripts], np.float32
-        )
+    before = anger_temperatures(model.config, texts)  # what the model applied until now
     joint = fit_anger_temperature(logits, levels.tolist())
     by_script: dict[str, float] = {}
     counts: dict[str, int] = {}

@@ -458,20 +458,6 @@ def evaluate_model(
     return out
 
 
-def fit_temperature(model: CalmFirstModel, examples: Sequence[Example], *, batch_size: int = 64) -> float:
-    """The joint anger temperature that minimises NLL on ``examples`` (per script: ``training.calibration``)."""
-    from training.calibration import fit_anger_temperature
-
-    labelled = [e for e in examples if e.anger_level is not None]
-    if not labelled:
-        return 1.0
-    texts = [model_input(e, use_context=model.config.context_input) for e in labelled]
-    logits = model.logits(texts, batch_size=batch_size)["anger_logits"]
-    t = fit_anger_temperature(logits, [int(e.anger_level) for e in labelled])  # type: ignore[arg-type]
-    logger.info("fitted anger temperature %.3f on %d examples", t, len(labelled))
-    return t
-
-
 def summarize_examples(examples: Sequence[Example]) -> dict[str, Any]:
     def count(xs: Sequence[Example]) -> dict[str, Any]:
         return {
@@ -489,4 +475,4 @@ def summarize_examples(examples: Sequence[Example]) -> dict[str, Any]:
     return {split: count([e for e in examples if e.split == split]) for split in SPLITS}
 
 
-__all__ = ["COMPLAINT_TYPES", "CalmFirstTrainer", "evaluate_model", "fit_temperature"]
+__all__ = ["COMPLAINT_TYPES", "CalmFirstTrainer", "evaluate_model"]

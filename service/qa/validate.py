@@ -296,6 +296,11 @@ def analyze_dialogues(
     return out
 
 
+def signal_matrix(facts: Sequence[Any]) -> np.ndarray:
+    """The handling score's signals (``FEATURES`` order), one row per conversation's facts."""
+    return np.array([[x.features()[f] for f in FEATURES] for x in facts], dtype=np.float64)
+
+
 def validate(
     dialogues: Sequence[Dialogue],
     results: Sequence[ConversationResult],
@@ -304,7 +309,7 @@ def validate(
 ) -> tuple[HandlingModel, dict[str, Any]]:
     """Fit the handling model on the non-held-out dialogues and measure it (and baselines) on both parts."""
     facts = [facts_of(r) for r in results]
-    feats = np.array([[x.features()[f] for f in FEATURES] for x in facts], dtype=np.float64)
+    feats = signal_matrix(facts)
     held = np.array([d.held_out for d in dialogues])
     quality = {k: np.array([d.quality[k] for d in dialogues]) for k in TARGETS}
     ridge, cv = choose_ridge(feats[~held], quality["S"][~held])
@@ -458,10 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exerci
     conv, info, agent_kind = _build_analyzer(args, store)
     results = analyze_dialogues(conv, dialogues)
     if args.features_out is not None:  # to study the score's form without re-reading 3,700 chats
-        feats = np.array([[facts_of(r).features()[f] for f in FEATURES] for r in results], dtype=np.float64)
         np.savez(
             args.features_out,
-            features=feats,
+            features=signal_matrix([facts_of(r) for r in results]),
             names=np.array(FEATURES),
             held_out=np.array([d.held_out for d in dialogues]),
             **{k: np.array([d.quality[k] for d in dialogues]) for k in TARGETS},
