@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.breakdown import HEADER, row_cells
+from training.breakdown import row_cells, table_head
 
 #: the breakdown groups a run is compared on (``source stc3``: the turns of real conversations, where context matters)
 GROUPS: tuple[str, ...] = ("real", "real cn", "real tw", "real hk", "source stc3", "written")
@@ -23,7 +23,7 @@ GROUPS: tuple[str, ...] = ("real", "real cn", "real tw", "real hk", "source stc3
 
 def ablation_table(runs: Sequence[tuple[str, dict[str, Any]]], groups: Sequence[str] = GROUPS) -> list[str]:
     """Markdown rows: one per run and group (groups a run lacks are left out), then the contrast pairs."""
-    lines = [f"| run | group | n | {HEADER} |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = table_head("run", "group", "n")
     for name, metrics in runs:
         for g in groups:
             r = metrics.get("breakdown", {}).get(g)

@@ -119,16 +119,22 @@ def gold_record(ex: Any) -> dict[str, Any]:
     }
 
 
-#: the columns of every breakdown table (card, report, experiment tables), in order
-COLUMNS: tuple[str, ...] = (
-    "calm_first_f1",
-    "anger_qwk",
-    "type_macro_f1",
-    "type_accuracy",
-    "threat_f1",
-    "calm_first_ece",
-)
-HEADER = "calm_first F1 | anger QWK | type macro-F1 | type acc. | threat F1 | ECE"
+#: the columns of every breakdown table (card, report, experiment tables), in order, with their headings
+COLUMN_HEADINGS: dict[str, str] = {
+    "calm_first_f1": "calm_first F1",
+    "anger_qwk": "anger QWK",
+    "type_macro_f1": "type macro-F1",
+    "type_accuracy": "type acc.",
+    "threat_f1": "threat F1",
+    "calm_first_ece": "ECE",
+}
+COLUMNS: tuple[str, ...] = tuple(COLUMN_HEADINGS)
+
+
+def table_head(*first: str) -> list[str]:
+    """The heading and rule lines of a breakdown table whose rows start with the ``first`` columns."""
+    cols = [*first, *COLUMN_HEADINGS.values()]
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
 
 def row_cells(r: dict[str, Any]) -> str:
@@ -147,8 +153,7 @@ def markdown(bd: dict[str, dict[str, Any]], mistakes: Sequence[dict[str, Any]]) 
         "",
         "95% bootstrap intervals (200 resamples of the records) in brackets; sources without one.",
         "",
-        f"| group | n | {HEADER} |",
-        "|---|---|---|---|---|---|---|---|",
+        *table_head("group", "n"),
     ]
     for name, r in bd.items():
         lines.append(f"| {name} | {r['n']} | {row_cells(r)} |")
