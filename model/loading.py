@@ -12,7 +12,7 @@ from pathlib import Path
 
 from model.config import CONFIG_NAME, read_config
 from model.onnx.cache import export_key, find_export
-from model.onnx.runtime import BACKENDS, OnnxCalmFirstModel, onnxruntime_available
+from model.onnx.runtime import BACKENDS, OnnxCalmFirstModel, check_spin, onnxruntime_available
 from model.scores import ScoringModel
 
 logger = logging.getLogger(__name__)
@@ -29,24 +29,33 @@ def export_dir_for(path: str | Path, *, quantize: bool) -> Path:
     return ensure_export(path, quantize=quantize)
 
 
-def load_onnx(path: str | Path, *, quantize: bool = True, threads: int | None = None) -> OnnxCalmFirstModel:
+def load_onnx(
+    path: str | Path, *, quantize: bool = True, threads: int | None = None, spin: str = "forward"
+) -> OnnxCalmFirstModel:
     """A model folder through its cached export (built on first use, which needs PyTorch)."""
     path = Path(path)
     config = read_config(path)
-    return OnnxCalmFirstModel.load(export_dir_for(path, quantize=quantize), config, threads=threads)
+    return OnnxCalmFirstModel.load(export_dir_for(path, quantize=quantize), config, threads=threads, spin=spin)
 
 
 def load_model(
-    path: str | Path, *, backend: str = "auto", quantize: bool = True, threads: int | None = None
+    path: str | Path,
+    *,
+    backend: str = "auto",
+    quantize: bool = True,
+    threads: int | None = None,
+    spin: str = "forward",
 ) -> ScoringModel:
     """The model for serving and scoring: ONNX Runtime when it can be had, else merged PyTorch.
 
     ``backend``: ``auto`` or ``onnx`` try onnxruntime and fall back to PyTorch with a
     warning (missing package, failed export); ``torch`` skips it. With ONNX Runtime and a
-    cached export, PyTorch is never imported.
+    cached export, PyTorch is never imported. ``spin``: how ONNX Runtime's threads wait between
+    ops (``model.onnx.runtime.SPIN_MODES``; batch scoring ``forward``, the server ``never``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_spin(spin)  # a wrong value is an error, not a silent fall-back to PyTorch
     path = Path(path)
     if not (path / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{path} is not a CalmFirst model folder (no {CONFIG_NAME})")
@@ -58,7 +67,7 @@ def load_model(
             )
         else:
             try:
-                return load_onnx(path, quantize=quantize, threads=threads)
+                return load_onnx(path, quantize=quantize, threads=threads, spin=spin)
             except Exception as e:  # any export/load failure must leave a working service
                 logger.warning("ONNX backend unavailable (%s: %s); falling back to PyTorch", type(e).__name__, e)
     import torch

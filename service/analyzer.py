@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,21 +82,24 @@ class Analyzer:
             )
 
     @classmethod
-    def from_settings(cls, settings: Any, *, model_path: str | Path | None = None) -> Analyzer:
+    def from_settings(cls, settings: Any, *, model_path: str | Path | None = None, serving: bool = False) -> Analyzer:
+        """The analyzer the settings describe; ``serving``: for the HTTP server (see ``Settings.spin``)."""
         threads = settings.threads() if hasattr(settings, "threads") else settings.torch_threads
+        spin = settings.spin(serving=serving) if hasattr(settings, "spin") else "forward"
         path = Path(model_path or settings.model_path)
         check_model_dir(path)  # a missing or corrupt file is an error naming it, before anything loads
         started = time.perf_counter()
         backend, quantize = getattr(settings, "backend", "auto"), getattr(settings, "quantize", True)
-        model = load_model(path, backend=backend, quantize=quantize, threads=threads)
+        model = load_model(path, backend=backend, quantize=quantize, threads=threads, spin=spin)
         logger.info(
-            "loaded model %s %s from %s in %.2f s (backend %s, %d threads)",
+            "loaded model %s %s from %s in %.2f s (backend %s, %d threads, spin %s)",
             model.config.name,
             model.config.version,
             path,
             time.perf_counter() - started,
             model.backend,
             threads,
+            spin,
         )
         playbook = Playbook.load(settings.playbook_path)
         return cls(
@@ -132,8 +136,9 @@ class Analyzer:
             return [self.microbatcher.submit(texts[0])]
         return self._predict_many(list(texts))
 
-    @property
+    @cached_property
     def model_info(self) -> ModelInfo:
+        """Built once: every result carries it, and a pydantic model per request was measurable."""
         return ModelInfo(name=self.model.config.name, version=self.model.config.version)
 
     def result(self, pred: Prediction, text: str, *, id: Any, lang: str | None = None) -> MessageResult:

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     intra_op_threads: int | None = Field(
         default=None, ge=1, description="threads per forward pass; default: torch_threads (= cores) / workers"
     )
+    ort_spin: Literal["forward", "never", "always"] | None = Field(
+        default=None,
+        description="how ONNX Runtime's threads wait between the ops of a forward pass "
+        "(model.onnx.runtime.SPIN_MODES); default: forward (spin during a forward only) for batch "
+        "scoring, never for the HTTP server, whose request threads need the cores during forwards",
+    )
     microbatch_wait_ms: float = Field(
         default=0.0,
         ge=0.0,
@@ -100,6 +106,10 @@ class Settings(BaseSettings):
         if v not in {"hant", "hans"}:
             raise ValueError("default_script must be 'hant' or 'hans'")
         return v
+
+    def spin(self, *, serving: bool) -> str:
+        """ONNX Runtime's spin mode for this process: the setting, else the default of its kind."""
+        return self.ort_spin or ("never" if serving else "forward")
 
     def threads(self) -> int:
         """Intra-op threads for one process: cores are split between the serving workers."""

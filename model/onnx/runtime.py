@@ -29,9 +29,20 @@ from model.scores import OUTPUT_NAMES, predict_texts
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnx", "torch")
-#: onnxruntime's pool threads spin after each op waiting for more work. On a 2-core machine
-#: that spinning takes the core the Python threads (HTTP server, tokenizer, policy) need.
-ALLOW_SPINNING = os.environ.get("CALMFIRST_ORT_SPIN", "0") == "1"
+#: How onnxruntime's pool threads wait for work between ops (``spin``; ``CALMFIRST_ORT_SPIN``):
+#:
+#: - ``forward``: spin between the ops of one forward pass, stop the moment it returns
+#:   (``session.force_spinning_stop``). A short message runs ~150 small ops; a pool thread that
+#:   sleeps between them is woken ~150 times per forward, which cost a single message a third of
+#:   its time on the 2-core bench machine (in process, 300 messages of 20-60 characters, median of
+#:   4 alternating rounds: p50 11.1 ms never spinning, 8.3 ms spinning; batches of 32: 108 vs 122
+#:   messages/s). The default of batch scoring (``calmfirst score``, ``qa``), where nothing else
+#:   wants the cores while a forward runs.
+#: - ``never``: the default of the HTTP server. Its event loop and request threads need a core
+#:   *during* forwards, and two forwards may run at once (micro-batching's two slots): spinning
+#:   there cost 15% of the throughput at 8 concurrent clients (``make bench`` measures both).
+#: - ``always``: onnxruntime's own default, which also keeps spinning for a while after a forward.
+SPIN_MODES = ("forward", "never", "always")
 #: Length bucketing: a batch takes texts up to PAD_RATIO x its shortest text's tokens, plus PAD_SLACK.
 PAD_RATIO = 1.3
 PAD_SLACK = 4
@@ -54,7 +65,13 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _session(path: Path, *, threads: int | None) -> Any:
+def check_spin(spin: str) -> str:
+    if spin not in SPIN_MODES:
+        raise ValueError(f"spin must be one of {', '.join(SPIN_MODES)}, got {spin!r}")
+    return spin
+
+
+def _session(path: Path, *, threads: int | None, spin: str = "forward") -> Any:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -63,8 +80,9 @@ def _session(path: Path, *, threads: int | None) -> Any:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    if not ALLOW_SPINNING:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0" if check_spin(spin) == "never" else "1")
+    if spin == "forward":
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -85,9 +103,13 @@ class OnnxCalmFirstModel:
         tokenizer.enable_truncation(max_length=config.max_length)
 
     @classmethod
-    def load(cls, export_dir: Path, config: CalmFirstConfig, *, threads: int | None = None) -> OnnxCalmFirstModel:
+    def load(
+        cls, export_dir: Path, config: CalmFirstConfig, *, threads: int | None = None, spin: str = "forward"
+    ) -> OnnxCalmFirstModel:
+        """``spin``: how the pool threads wait between ops (``SPIN_MODES``)."""
         tokenizer = load_tokenizer(export_dir)  # tokenizer.spm (SentencePiece) when there is one, else the JSON
-        return cls(_session(export_dir / MODEL_FILE, threads=threads), tokenizer, config, export_dir=export_dir)
+        session = _session(export_dir / MODEL_FILE, threads=threads, spin=spin)
+        return cls(session, tokenizer, config, export_dir=export_dir)
 
     @property
     def quantized(self) -> bool:

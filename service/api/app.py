@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -33,7 +34,9 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded: Analyzer = (
-            analyzer if analyzer is not None else await run_in_threadpool(Analyzer.from_settings, settings)
+            analyzer
+            if analyzer is not None
+            else await run_in_threadpool(partial(Analyzer.from_settings, settings, serving=True))
         )
         # the agent-turn encoder follows the customer model's backend: ONNX Runtime without PyTorch by default
         detector = await run_in_threadpool(

@@ -230,3 +230,27 @@ def test_onnx_implements_the_scoring_interface(int8_model: OnnxCalmFirstModel) -
     from model.scores import ScoringModel
 
     assert isinstance(int8_model, ScoringModel) and int8_model.backend == "onnx"
+
+
+def _config_entry(opts: object, key: str) -> str | None:
+    try:
+        return str(opts.get_session_config_entry(key))  # type: ignore[attr-defined]
+    except RuntimeError:  # onnxruntime: no such entry
+        return None
+
+
+def test_onnx_spin_modes_set_the_session_and_predict_alike(model_dir: Path) -> None:
+    """``forward`` spins only inside a run; ``never`` never spins; all three score the same."""
+    entries = ("session.intra_op.allow_spinning", "session.force_spinning_stop")
+    seen = {}
+    reference = [p.anger_score for p in load_model(model_dir, backend="onnx", threads=1).predict(TEXTS)]
+    for spin in ("forward", "never", "always"):
+        model = load_model(model_dir, backend="onnx", threads=2, spin=spin)
+        assert isinstance(model, OnnxCalmFirstModel)
+        opts = model.session.get_session_options()
+        seen[spin] = tuple(_config_entry(opts, k) for k in entries)
+        seen_scores = [p.anger_score for p in model.predict(TEXTS)]
+        assert seen_scores == pytest.approx(reference, abs=1e-4)
+    assert seen == {"forward": ("1", "1"), "never": ("0", None), "always": ("1", None)}
+    with pytest.raises(ValueError, match="spin must be one of"):
+        load_model(model_dir, backend="onnx", spin="sometimes")  # an error, not a fall-back to PyTorch

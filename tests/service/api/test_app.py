@@ -134,6 +134,12 @@ def test_app_model_loads_in_lifespan(tiny_model_dir) -> None:  # type: ignore[no
     with TestClient(app) as c:
         assert c.get("/readyz").status_code == 200
         assert c.post("/v1/analyze", json={"text": "請問"}).status_code == 200
+        model = app.state.analyzer.model
+        if (
+            model.backend == "onnx"
+        ):  # the server's pool threads never spin (Settings.spin): its HTTP threads need the cores
+            opts = model.session.get_session_options()
+            assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_app_conversation_state_fields(client: httpx.Client) -> None:
