@@ -271,7 +271,7 @@ def run_score(
     if proc.returncode != 0:
         raise RuntimeError(f"calmfirst score failed ({proc.returncode}): {proc.stderr[-2000:]}")
     m = re.search(r"scored (\d+) messages in ([\d.]+) s", proc.stderr)
-    load = re.search(r"loaded model .* in ([\d.]+) s \(backend (\w+), (\d+) threads\)", proc.stderr)
+    load = re.search(r"loaded model .* in ([\d.]+) s \(backend (\w+), (\d+) threads(?:, spin (\w+))?\)", proc.stderr)
     if not m:
         raise RuntimeError(f"no timing line in calmfirst score output: {proc.stderr[-2000:]}")
     scored, seconds = int(m.group(1)), float(m.group(2))
@@ -290,6 +290,7 @@ def run_score(
         "throughput_basis": "scoring only (model load excluded)" if load else "whole run (start, loads, scoring)",
         "backend": load.group(2) if load else None,
         "threads": int(load.group(3)) if load else None,
+        "spin": load.group(4) if load else None,
         "process_wall_seconds": round(wall, 2),
     }
 

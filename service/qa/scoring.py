@@ -5,8 +5,9 @@ scale mapped to 0-100 (``50 + 25 × predicted S``), as points a QA lead can reco
 
     score = clip(round(base + Σ points), 0, 100)
 
-    anger     - points per unit of the customer's final anger score (0-1), of their mean anger
-                score, and per level of their peak anger (0-3)
+    anger     - points per unit of the customer's final anger on a log scale (log10(1 + 100 ×
+                score): 0 calm, 1 at 0.09, 2 at 1), per unit of their mean anger score (0-1),
+                and per level of their peak anger (0-3)
     steps     + points when the agent took a step of the practice at least once (acknowledged,
                 thanked, apologised, committed to act, asked for details, offered options, gave a
                 callback time, confirmed satisfaction, handed over, answered)
@@ -20,8 +21,8 @@ scale mapped to 0-100 (``50 + 25 × predicted S``), as points a QA lead can reco
 The points are fitted, not chosen: least squares of the 19 STC-3 annotators' mean S on these signals,
 over the dialogues whose numeric id % 5 != 0 only, with every sign fixed in advance by the practice
 (a step can only earn points, a mistake or anger only cost them; a signal the data does not support
-gets 0 rather than a sign that rewards bad handling) and a small ridge penalty so a rare signal
-cannot buy many points. The held-out dialogues (id % 5 == 0) only ever measure it. The fitted
+gets 0 rather than a sign that rewards bad handling) and a ridge penalty on the agent's signals so a
+rare one cannot buy many points. The held-out dialogues (id % 5 == 0) only ever measure it. The fitted
 points are ``handling_score.json``; ``python -m service.qa.validate`` refits them (for a new model)
 and writes the figures to README_QA.md and ``validation.json``.
 
@@ -45,7 +46,7 @@ DEFAULT_WEIGHTS_FILE = Path(__file__).resolve().parent / "handling_score.json"
 CENTER, SCALE = 50.0, 25.0
 STEP_SIGNALS: tuple[str, ...] = tuple(f"step_{c}" for c in values(Step))
 MISTAKE_SIGNALS: tuple[str, ...] = tuple(f"mistake_{c}" for c in values(Mistake))
-ANGER_SIGNALS: tuple[str, ...] = ("final_anger_score", "mean_anger_score", "peak_anger")
+ANGER_SIGNALS: tuple[str, ...] = ("final_anger_log", "mean_anger_score", "peak_anger")
 END_SIGNALS: tuple[str, ...] = ("end_fix_reported", "end_upset", "end_deferred", "end_repair")
 #: every signal the score reads, in the order of the formula
 FEATURES: tuple[str, ...] = ANGER_SIGNALS + STEP_SIGNALS + MISTAKE_SIGNALS + ("unhandled_threat",) + END_SIGNALS
@@ -69,7 +70,7 @@ GROUPS: dict[str, str] = {
     **dict.fromkeys(END_SIGNALS, "end"),
 }
 LABELS: dict[str, str] = {
-    "final_anger_score": "the customer's final anger score (0-1)",
+    "final_anger_log": "the customer's final anger on a log scale, log10(1 + 100 × score): 0 calm, 1 at 0.09, 2 at 1",
     "mean_anger_score": "the customer's mean anger score over their turns (0-1)",
     "peak_anger": "each level of the customer's peak anger (0-3)",
     **{f"step_{c}": f"{c} taken at least once" for c in values(Step)},
@@ -112,7 +113,7 @@ class HandlingFacts(BaseModel):
         counts = self.mistake_counts if self.mistake_counts is not None else dict.fromkeys(self.mistakes, 1)
         taken = set(self.steps_taken)
         out = {
-            "final_anger_score": float(scores[-1]),
+            "final_anger_log": final_anger_log(float(scores[-1])),
             "mean_anger_score": float(np.mean(scores)),
             "peak_anger": float(max(series)),
         }
@@ -127,6 +128,17 @@ class HandlingFacts(BaseModel):
             "end_repair": float(rule == "repair"),
         }
         return out
+
+
+def final_anger_log(score: float) -> float:
+    """The final anger score on a log scale, 0 for a calm customer: ``log10(1 + 100 × score)``.
+
+    Why a log: how satisfied people judged a chat falls most between a final score of 0.01 and 0.1
+    (a customer who is not quite calm yet) and little between 0.5 and 1; on a linear scale the fit
+    could not say so. On the fit dialogues only (5-fold CV, 5 seeds, Spearman with mean S): the
+    anger signals with a linear final score 0.719, with this log 0.745.
+    """
+    return float(np.log10(1.0 + 100.0 * max(0.0, score)))
 
 
 def facts_of(x: Any, mistake_counts: Mapping[str, int] | None = None) -> HandlingFacts:
@@ -239,15 +251,23 @@ class HandlingModel:
 def fit_handling_model(
     x: np.ndarray, y: np.ndarray, *, ridge: float = 1.0, features: Sequence[str] = FEATURES
 ) -> HandlingModel:
-    """Sign-constrained ridge least squares of ``y`` (mean S) on the signals ``x`` (rows = conversations)."""
+    """Sign-constrained ridge least squares of ``y`` (mean S) on the signals ``x`` (rows = conversations).
+
+    The ridge shrinks the agent's signals (steps, mistakes, threat, the end), never the anger signals:
+    anger is what people's ratings follow most, and shrinking it let a handful of behaviour signals
+    reorder chats the anger alone ranked better (the behaviour then cost ~0.01 instead of adding).
+    """
     from scipy.optimize import lsq_linear
 
     n, k = x.shape
     a = np.c_[x, np.ones(n)]
     b = np.asarray(y, dtype=float)
-    if ridge > 0:  # shrink the weights (not the intercept) towards 0
-        a = np.r_[a, np.c_[np.sqrt(ridge) * np.eye(k), np.zeros((k, 1))]]
-        b = np.r_[b, np.zeros(k)]
+    shrunk = [j for j, f in enumerate(features) if f not in ANGER_SIGNALS]
+    if ridge > 0 and shrunk:  # shrink the agent's weights (not anger's, not the intercept) towards 0
+        penalty = np.zeros((len(shrunk), k + 1))
+        penalty[np.arange(len(shrunk)), shrunk] = np.sqrt(ridge)
+        a = np.r_[a, penalty]
+        b = np.r_[b, np.zeros(len(shrunk))]
     lo = [0.0 if SIGNS[f] > 0 else -np.inf for f in features] + [-np.inf]
     hi = [np.inf if SIGNS[f] > 0 else 0.0 for f in features] + [np.inf]
     w = lsq_linear(a, b, bounds=(lo, hi)).x

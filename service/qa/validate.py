@@ -36,6 +36,7 @@ import numpy as np
 from data.vocab import Role
 from model.scores import Prediction
 from service.qa.scoring import (
+    ANGER_SIGNALS,
     DEFAULT_WEIGHTS_FILE,
     FEATURES,
     HandlingModel,
@@ -316,16 +317,22 @@ def validate(
     model = fit_handling_model(feats[~held], quality["S"][~held], ridge=ridge)
     score = np.array([model.score_features(dict(zip(FEATURES, row, strict=True))) for row in feats], dtype=float)
     raw = np.array([model.raw(dict(zip(FEATURES, row, strict=True))) for row in feats], dtype=float)
+    # the same fit on the anger signals alone: what the agent's signals add (or cost) is the difference
+    anger_cols = [FEATURES.index(f) for f in ANGER_SIGNALS]
+    anger_model = fit_handling_model(feats[~held][:, anger_cols], quality["S"][~held], features=ANGER_SIGNALS)
+    anger_fit = np.array([anger_model.raw(dict(zip(ANGER_SIGNALS, row, strict=True))) for row in feats[:, anger_cols]])
     old = np.array([previous_handling_score(r) for r in results], dtype=float)
     final = np.array([x.anger_series[-1] for x in facts], dtype=float)
     peak = np.array([max(x.anger_series) for x in facts], dtype=float)
     baselines = {
         "handling_score": score,
         "handling_score_unrounded": raw,
+        "anger_signals_fitted": anger_fit,
         "previous_handling_score": old,
         "final_anger_alone": -final,
         "final_and_peak_anger": -(final + 0.5 * peak),
-        "final_anger_score_alone": -feats[:, FEATURES.index("final_anger_score")],
+        # the log is monotone: the same ranking as the final anger score itself
+        "final_anger_score_alone": -feats[:, FEATURES.index("final_anger_log")],
     }
     figures: dict[str, Any] = {}
     for name, values in baselines.items():
@@ -379,6 +386,7 @@ def readme_block(report: dict[str, Any]) -> str:
     ]
     names = {
         "handling_score": "**handling score (this formula)**",
+        "anger_signals_fitted": "the same fit on the anger signals alone (no agent behaviour)",
         "previous_handling_score": "previous handling score (points)",
         "final_anger_alone": "final anger level alone (lower = better)",
         "final_and_peak_anger": "final + 0.5 × peak anger level",

@@ -29,6 +29,7 @@ from service.qa.scoring import (
     SIGNS,
     HandlingModel,
     anger_outcome,
+    final_anger_log,
     fit_handling_model,
     formula_text,
     handling_score,
@@ -456,7 +457,7 @@ def _model(**weights: float) -> HandlingModel:
 
 
 def test_qa_handling_score_points_on_hand_built_states() -> None:
-    m = _model(final_anger_score=-0.8, peak_anger=-0.1, step_apologize=0.2, step_thank=0.1, mistake_argued=-0.2,
+    m = _model(final_anger_log=-0.4, peak_anger=-0.1, step_apologize=0.2, step_thank=0.1, mistake_argued=-0.2,
                unhandled_threat=-0.4, end_fix_reported=0.3)  # fmt: skip
     # calm, apologised, thanked, a fix reported: 50 + 25 * (0.4 + 0.2 + 0.1 + 0.3) = 75
     calm = {
@@ -467,17 +468,21 @@ def test_qa_handling_score_points_on_hand_built_states() -> None:
     hs = handling_score(calm, model=m)
     assert hs == {"score": 75, "base": 67.5, "anger_outcome": 0.0, "steps_missed": 0.0, "mistakes": 0.0,
                   "escalation": 0.0, "end": 7.5}  # fmt: skip
-    # furious at the end (score 1.0, level 3), argued twice, no step, a threat never handed over
+    # furious at the end (score 1.0: log10(101) = 2.004 on the log scale, level 3), argued twice, no step, a
+    # threat never handed over: anger costs 25 * (0.4 * 2.004 + 0.1 * 3) = 27.5
     bad = {**_state([1, 3], escalate=True), "anger_scores": [0.3, 1.0]}
     hs = handling_score(bad, {"argued": 2}, model=m)
     assert (hs["anger_outcome"], hs["steps_missed"], hs["mistakes"], hs["escalation"]) == (-27.5, -7.5, -10.0, -10.0)
     assert hs["score"] == round(67.5 - 27.5 - 7.5 - 10 - 10)
     # the parts add up to the unrounded score
-    m2 = _model(final_anger_score=-0.5, step_thank=0.1)
+    m2 = _model(final_anger_log=-0.5, step_thank=0.1)
     hs = handling_score({**_state([2]), "anger_scores": [0.6]}, model=m2)
-    assert abs(hs["base"] + hs["anger_outcome"] + hs["steps_missed"] - m2.raw({"final_anger_score": 0.6})) < 0.1
+    assert (
+        abs(hs["base"] + hs["anger_outcome"] + hs["steps_missed"] - m2.raw({"final_anger_log": final_anger_log(0.6)}))
+        < 0.1
+    )
     # a line written before anger_scores existed: level / 3 stands in for the score
-    assert handling_score(_state([3]), model=m2)["anger_outcome"] == -12.5
+    assert handling_score(_state([3]), model=m2)["anger_outcome"] == round(-12.5 * final_anger_log(1.0), 1) == -25.1
 
 
 def test_qa_handling_score_counts_mistakes_per_turn() -> None:
@@ -504,12 +509,27 @@ def test_qa_fit_handling_model_keeps_the_signs() -> None:
     rng = np.random.default_rng(0)
     x = rng.random((300, len(FEATURES)))
     # a target that rewards anger and punishes apologising: the practice's signs forbid both
-    y = 0.5 * x[:, FEATURES.index("final_anger_score")] - 0.5 * x[:, FEATURES.index("step_apologize")]
+    y = 0.5 * x[:, FEATURES.index("final_anger_log")] - 0.5 * x[:, FEATURES.index("step_apologize")]
     y = y - 0.7 * x[:, FEATURES.index("mistake_argued")]
     m = fit_handling_model(x, y, ridge=0.0)
-    assert m.weights["final_anger_score"] == 0.0 and m.weights["step_apologize"] == 0.0
+    assert m.weights["final_anger_log"] == 0.0 and m.weights["step_apologize"] == 0.0
     assert m.weights["mistake_argued"] < -0.5
     assert "signals the data gave no weight" in m.formula()
+
+
+def test_qa_fit_handling_model_shrinks_behaviour_not_anger() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.random((400, len(FEATURES)))
+    y = -1.0 * x[:, FEATURES.index("final_anger_log")] + 0.5 * x[:, FEATURES.index("step_offer_options")]
+    free, shrunk = fit_handling_model(x, y, ridge=0.0), fit_handling_model(x, y, ridge=300.0)
+    assert free.weights["final_anger_log"] == pytest.approx(-1.0, abs=0.01)
+    assert shrunk.weights["final_anger_log"] == pytest.approx(-1.0, abs=0.05)  # anger is never shrunk
+    assert 0 < shrunk.weights["step_offer_options"] < 0.5 * free.weights["step_offer_options"]
+
+
+def test_qa_final_anger_log_scale() -> None:
+    assert final_anger_log(0.0) == 0.0 and final_anger_log(-0.1) == 0.0
+    assert final_anger_log(0.09) == pytest.approx(1.0) and final_anger_log(1.0) == pytest.approx(2.0043, abs=1e-4)
 
 
 def test_qa_agents_interval_and_rank() -> None:
