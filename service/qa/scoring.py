@@ -255,7 +255,7 @@ def fit_handling_model(
 
     The ridge shrinks the agent's signals (steps, mistakes, threat, the end), never the anger signals:
     anger is what people's ratings follow most, and shrinking it let a handful of behaviour signals
-    reorder chats the anger alone ranked better (the behaviour then cost ~0.01 instead of adding).
+    reorder chats the anger alone ranked better (the behaviour then cost rank correlation instead of adding).
     """
     from scipy.optimize import lsq_linear
 
