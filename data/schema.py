@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from data.vocab import AngerLabel, ComplaintType, values
 
@@ -14,7 +14,7 @@ COMPLAINT_TYPES: tuple[str, ...] = values(ComplaintType)
 SCRIPTS: tuple[str, ...] = ("hant", "hans")
 REGIONS: tuple[str, ...] = ("tw", "hk", "cn")
 #: the project's own written messages (never mixed with real text in reports)
-WRITTEN_SOURCE = "calmfirst_written"
+WRITTEN_SOURCE: Final = "calmfirst_written"
 
 
 def kind_of(source: str) -> str:

@@ -15,6 +15,7 @@ teach the Simplified model.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from data.script import convert
 
@@ -74,7 +75,7 @@ def augment(
     rng: random.Random,
     *,
     opencc_prob: float,
-    opencc_configs: list[str],
+    opencc_configs: Sequence[str],
     t2s_prob: float,
     noise_prob: float,
 ) -> str:

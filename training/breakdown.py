@@ -31,15 +31,18 @@ def groups(golds: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
         if idx:
             out[name] = idx
 
-    add("real", lambda g: kind_of(g["source"]) == "real")
-    add("written", lambda g: kind_of(g["source"]) == "written")
+    def having(kind: str | None = None, **fields: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda g: (kind is None or kind_of(g["source"]) == kind) and all(g[k] == v for k, v in fields.items())
+
+    add("real", having("real"))
+    add("written", having("written"))
     for region in ("cn", "tw", "hk"):
-        add(f"real {region}", lambda g, r=region: kind_of(g["source"]) == "real" and g["region"] == r)
+        add(f"real {region}", having("real", region=region))
     for script in ("hans", "hant"):
-        add(f"real {script}", lambda g, s=script: kind_of(g["source"]) == "real" and g["script"] == s)
-        add(f"written {script}", lambda g, s=script: kind_of(g["source"]) == "written" and g["script"] == s)
+        add(f"real {script}", having("real", script=script))
+        add(f"written {script}", having("written", script=script))
     for source in sorted({g["source"] for g in golds}):
-        add(f"source {source}", lambda g, s=source: g["source"] == s)
+        add(f"source {source}", having(source=source))
     return out
 
 

@@ -42,7 +42,8 @@ def build() -> tuple[int, int]:
     agents = {r["id"]: r for r in read_jsonl(AGENT_FILE)}
     previous = {r["id"]: r for r in read_jsonl(CUSTOMER_FILE)} if CUSTOMER_FILE.exists() else {}
     prev_agent = {r["id"]: r for r in read_jsonl(AGENT_AGREEMENT_FILE)} if AGENT_AGREEMENT_FILE.exists() else {}
-    rows, arows = [], []
+    rows: list[dict[str, Any]] = []
+    arows: list[dict[str, Any]] = []
     for lab in sorted(BATCH_LABELS.glob("agr-*.jsonl")) + sorted(BATCH_LABELS.glob("agragent-*.jsonl")):
         agent = lab.name.startswith("agragent")
         meta = {r["id"]: r for r in read_jsonl(BATCHES / lab.name)}
@@ -127,8 +128,8 @@ def apply(files: list[Path]) -> int:
                 continue
             r["adjudicated"] = {k: d[k] for k in keys}
             r["reason"] = d.get("reason")
-            dest = target or ANNOTATIONS / f"{r['source']}.jsonl"
-            changes.setdefault(str(dest), []).append({"id": r["id"], **r["adjudicated"], "adjudicated": True})
+            dest_path = target or ANNOTATIONS / f"{r['source']}.jsonl"
+            changes.setdefault(str(dest_path), []).append({"id": r["id"], **r["adjudicated"], "adjudicated": True})
             n += 1
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         for dest, recs in changes.items():

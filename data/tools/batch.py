@@ -65,7 +65,7 @@ def check(batch: Path, labels: Path) -> list[dict[str, Any]]:
     for n, lab in enumerate(read_jsonl(labels), start=1):
         where = f"{labels.name}:{n}"
         rid = lab.get("id")
-        if rid not in meta:
+        if not isinstance(rid, str) or rid not in meta:
             raise LabelError(f"{where}: id {rid!r} is not in batch {batch.name}")
         if rid in seen:
             raise LabelError(f"{where}: id {rid!r} labelled twice")
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("splits", help="recompute and store every record's split")
     args = ap.parse_args(argv)
     if args.cmd == "splits":
-        for name, c in write_splits().items():
-            print(name, c)
+        for name, counts in write_splits().items():
+            print(name, counts)
         return 0
     if args.cmd == "merge":
         for name, (added, replaced) in merge(args.names or None).items():

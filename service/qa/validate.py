@@ -471,13 +471,13 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exerci
     conv, info, agent_kind = _build_analyzer(args, store)
     results = analyze_dialogues(conv, dialogues)
     if args.features_out is not None:  # to study the score's form without re-reading 3,700 chats
-        np.savez(
-            args.features_out,
-            features=signal_matrix([facts_of(r) for r in results]),
-            names=np.array(FEATURES),
-            held_out=np.array([d.held_out for d in dialogues]),
+        arrays: dict[str, Any] = {
+            "features": signal_matrix([facts_of(r) for r in results]),
+            "names": np.array(FEATURES),
+            "held_out": np.array([d.held_out for d in dialogues]),
             **{k: np.array([d.quality[k] for d in dialogues]) for k in TARGETS},
-        )
+        }
+        np.savez(args.features_out, **arrays)
     model, report = validate(dialogues, results, bootstrap=args.bootstrap)
     report = {
         "created": datetime.now(UTC).strftime("%Y-%m-%d"),
