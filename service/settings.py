@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.onnx.runtime import SpinMode
 from service.routing.playbook import DEFAULT_PLAYBOOK
 
 #: The model shipped in the repository, used when no other is configured.
@@ -49,7 +50,7 @@ class Settings(BaseSettings):
     intra_op_threads: int | None = Field(
         default=None, ge=1, description="threads per forward pass; default: torch_threads (= cores) / workers"
     )
-    ort_spin: Literal["forward", "never", "always"] | None = Field(
+    ort_spin: SpinMode | None = Field(
         default=None,
         description="how ONNX Runtime's threads wait between the ops of a forward pass "
         "(model.onnx.runtime.SPIN_MODES); default: forward (spin during a forward only) for batch "

@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -42,7 +42,8 @@ BACKENDS = ("auto", "onnx", "torch")
 #:   *during* forwards, and two forwards may run at once (micro-batching's two slots): spinning
 #:   there cost 15% of the throughput at 8 concurrent clients (``make bench`` measures both).
 #: - ``always``: onnxruntime's own default, which also keeps spinning for a while after a forward.
-SPIN_MODES = ("forward", "never", "always")
+SpinMode = Literal["forward", "never", "always"]
+SPIN_MODES: tuple[str, ...] = get_args(SpinMode)
 #: Length bucketing: a batch takes texts up to PAD_RATIO x its shortest text's tokens, plus PAD_SLACK.
 PAD_RATIO = 1.3
 PAD_SLACK = 4

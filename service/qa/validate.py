@@ -307,12 +307,20 @@ def validate(
     results: Sequence[ConversationResult],
     *,
     bootstrap: int = 1000,
+    features_out: Path | None = None,
 ) -> tuple[HandlingModel, dict[str, Any]]:
-    """Fit the handling model on the non-held-out dialogues and measure it (and baselines) on both parts."""
+    """Fit the handling model on the non-held-out dialogues and measure it (and baselines) on both parts.
+
+    ``features_out``: also save the signals, the held-out mask and the ratings (.npz), to study the
+    score's form without re-reading 3,700 chats.
+    """
     facts = [facts_of(r) for r in results]
     feats = signal_matrix(facts)
     held = np.array([d.held_out for d in dialogues])
     quality = {k: np.array([d.quality[k] for d in dialogues]) for k in TARGETS}
+    if features_out is not None:
+        arrays: dict[str, Any] = {"features": feats, "names": np.array(FEATURES), "held_out": held, **quality}
+        np.savez(features_out, **arrays)
     ridge, cv = choose_ridge(feats[~held], quality["S"][~held])
     model = fit_handling_model(feats[~held], quality["S"][~held], ridge=ridge)
     score = np.array([model.score_features(dict(zip(FEATURES, row, strict=True))) for row in feats], dtype=float)
@@ -470,15 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exerci
     store = _Store(args.cache)
     conv, info, agent_kind = _build_analyzer(args, store)
     results = analyze_dialogues(conv, dialogues)
-    if args.features_out is not None:  # to study the score's form without re-reading 3,700 chats
-        arrays: dict[str, Any] = {
-            "features": signal_matrix([facts_of(r) for r in results]),
-            "names": np.array(FEATURES),
-            "held_out": np.array([d.held_out for d in dialogues]),
-            **{k: np.array([d.quality[k] for d in dialogues]) for k in TARGETS},
-        }
-        np.savez(args.features_out, **arrays)
-    model, report = validate(dialogues, results, bootstrap=args.bootstrap)
+    model, report = validate(dialogues, results, bootstrap=args.bootstrap, features_out=args.features_out)
     report = {
         "created": datetime.now(UTC).strftime("%Y-%m-%d"),
         "command": "python -m service.qa.validate"

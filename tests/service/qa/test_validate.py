@@ -66,8 +66,12 @@ def test_validation_fits_on_fit_ids_only_and_reports(
     fit_s = sorted(d.quality["S"] for d in dialogues if not d.held_out)
     assert seen and all(99.0 not in y for y in seen)  # the CV folds of the ridge choice and the final fit
     assert sorted(seen[-1].tolist()) == fit_s  # the final fit: every fit dialogue
-    model, report = v.validate(dialogues, results, bootstrap=50)
+    model, report = v.validate(dialogues, results, bootstrap=50, features_out=tmp_path / "signals.npz")
     assert report["dialogues"] == {"all": 20, "fit": 16, "held_out": 4}
+    saved = np.load(tmp_path / "signals.npz")
+    assert saved["features"].shape == (20, len(FEATURES)) and list(saved["names"]) == list(FEATURES)
+    assert saved["held_out"].tolist() == [d.held_out for d in dialogues]
+    assert saved["S"].tolist() == [d.quality["S"] for d in dialogues]
     for name in ("handling_score", "previous_handling_score", "final_anger_alone", "final_and_peak_anger"):
         assert set(report["spearman"][name]) == {"fit", "held_out"}
         assert set(report["spearman"][name]["held_out"]) == {"S", "E", "A"}
