@@ -62,7 +62,7 @@ class Analyzer:
         default_script: str = "hans",
         microbatch_wait_ms: float = 0.0,
         microbatch_max_size: int = 1,
-        microbatch_concurrency: int = 2,
+        microbatch_concurrency: int = 1,
     ) -> None:
         self.model = model
         self.policy = policy or Policy()
@@ -82,10 +82,10 @@ class Analyzer:
             )
 
     @classmethod
-    def from_settings(cls, settings: Any, *, model_path: str | Path | None = None, serving: bool = False) -> Analyzer:
-        """The analyzer the settings describe; ``serving``: for the HTTP server (see ``Settings.spin``)."""
+    def from_settings(cls, settings: Any, *, model_path: str | Path | None = None) -> Analyzer:
+        """The analyzer the settings describe (the server and batch scoring load it the same way)."""
         threads = settings.threads() if hasattr(settings, "threads") else settings.torch_threads
-        spin = settings.spin(serving=serving) if hasattr(settings, "spin") else "forward"
+        spin = getattr(settings, "ort_spin", "forward")
         path = Path(model_path or settings.model_path)
         check_model_dir(path)  # a missing or corrupt file is an error naming it, before anything loads
         started = time.perf_counter()
@@ -110,7 +110,7 @@ class Analyzer:
             default_script=settings.default_script,
             microbatch_wait_ms=getattr(settings, "microbatch_wait_ms", 0.0),
             microbatch_max_size=getattr(settings, "microbatch_max_size", 1),
-            microbatch_concurrency=getattr(settings, "microbatch_concurrency", 2),
+            microbatch_concurrency=getattr(settings, "microbatch_concurrency", 1),
         )
 
     def close(self) -> None:

@@ -16,8 +16,10 @@ even then only when there is evidence of concurrent traffic: more items were alr
 queued, or the previous batch had more than one item. ``adaptive=False`` always
 queues and always waits (deterministic batching, used in tests).
 
-Two slots by default in the service: while one forward runs, the next batch's Python
-work (tokenizing, scores, the HTTP layer) overlaps it instead of leaving the cores idle.
+One slot by default in the service: ONNX Runtime's threads spin during a forward
+(``Settings.ort_spin``) and have the cores to themselves; a second slot overlaps the
+next batch's Python work with it, which pays only where forwards sleep between ops
+(``CALMFIRST_ORT_SPIN=never CALMFIRST_MICROBATCH_CONCURRENCY=2``, a ``make bench`` row).
 
 When it pays: where a batch of k texts costs much less than k single forwards (many
 cores, a GPU, int8 kernels that want tall matrices); ``make bench`` measures it against

@@ -50,11 +50,11 @@ class Settings(BaseSettings):
     intra_op_threads: int | None = Field(
         default=None, ge=1, description="threads per forward pass; default: torch_threads (= cores) / workers"
     )
-    ort_spin: SpinMode | None = Field(
-        default=None,
+    ort_spin: SpinMode = Field(
+        default="forward",
         description="how ONNX Runtime's threads wait between the ops of a forward pass "
-        "(model.onnx.runtime.SPIN_MODES); default: forward (spin during a forward only) for batch "
-        "scoring, never for the HTTP server, whose request threads need the cores during forwards",
+        "(model.onnx.runtime.SPIN_MODES); default: forward (spin during a forward only, for batch scoring "
+        "and the server); never: on a host whose other processes need the cores during forwards",
     )
     microbatch_wait_ms: float = Field(
         default=0.0,
@@ -64,7 +64,11 @@ class Settings(BaseSettings):
         "never wait, batch only what is already queued",
     )
     microbatch_concurrency: int = Field(
-        default=2, ge=1, description="forwards that may run at once with micro-batching on (service.microbatch)"
+        default=1,
+        ge=1,
+        description="forwards that may run at once with micro-batching on (service.microbatch); 1 (default): "
+        "a forward's spinning threads have the cores to themselves, and requests that arrive meanwhile "
+        "share the next forward",
     )
     microbatch_max_size: int = Field(
         default=16,
@@ -107,10 +111,6 @@ class Settings(BaseSettings):
         if v not in {"hant", "hans"}:
             raise ValueError("default_script must be 'hant' or 'hans'")
         return v
-
-    def spin(self, *, serving: bool) -> str:
-        """ONNX Runtime's spin mode for this process: the setting, else the default of its kind."""
-        return self.ort_spin or ("never" if serving else "forward")
 
     def threads(self) -> int:
         """Intra-op threads for one process: cores are split between the serving workers."""

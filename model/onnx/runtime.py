@@ -36,11 +36,11 @@ BACKENDS = ("auto", "onnx", "torch")
 #:   sleeps between them is woken ~150 times per forward, which cost a single message a third of
 #:   its time on the 2-core bench machine (in process, 300 messages of 20-60 characters, median of
 #:   4 alternating rounds: p50 11.1 ms never spinning, 8.3 ms spinning; batches of 32: 108 vs 122
-#:   messages/s). The default of batch scoring (``calmfirst score``, ``qa``), where nothing else
-#:   wants the cores while a forward runs.
-#: - ``never``: the default of the HTTP server. Its event loop and request threads need a core
-#:   *during* forwards, and two forwards may run at once (micro-batching's two slots): spinning
-#:   there cost 15% of the throughput at 8 concurrent clients (``make bench`` measures both).
+#:   messages/s). The default of batch scoring (``calmfirst score``, ``qa``) and of the server, whose
+#:   micro-batcher runs one forward at a time: requests arriving meanwhile wait for the next one.
+#: - ``never``: for a host whose other processes need the cores during forwards. With two forward
+#:   slots, spinning cost 15% of the server's throughput at 8 concurrent clients (two forwards'
+#:   threads spinning against each other on 2 cores); ``make bench`` measures that variant too.
 #: - ``always``: onnxruntime's own default, which also keeps spinning for a while after a forward.
 SpinMode = Literal["forward", "never", "always"]
 SPIN_MODES: tuple[str, ...] = get_args(SpinMode)

@@ -135,11 +135,11 @@ def test_app_model_loads_in_lifespan(tiny_model_dir) -> None:  # type: ignore[no
         assert c.get("/readyz").status_code == 200
         assert c.post("/v1/analyze", json={"text": "請問"}).status_code == 200
         model = app.state.analyzer.model
-        if (
-            model.backend == "onnx"
-        ):  # the server's pool threads never spin (Settings.spin): its HTTP threads need the cores
+        if model.backend == "onnx":  # the server's pool threads spin during a forward only (Settings.ort_spin)
             opts = model.session.get_session_options()
-            assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+            assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+            assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
+        assert app.state.analyzer.microbatcher.max_concurrent == 1
 
 
 def test_app_conversation_state_fields(client: httpx.Client) -> None:
