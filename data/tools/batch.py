@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from data.schema import SCHEMA_VERSION, LabelError, validate_record
+from data.schema import SCHEMA_VERSION, WRITTEN_SOURCE, LabelError, validate_record
 from data.vocab import Mistake, Step, values
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("merge")
     m.add_argument("names", nargs="*", help="batch names (default: every finished batch)")
     sub.add_parser("splits", help="recompute and store every record's split")
+    sub.add_parser("redact", help="remove quoted source text from the notes of every committed label file")
     args = ap.parse_args(argv)
+    if args.cmd == "redact":
+        for name, n in redact_label_files().items():
+            print(f"{name}: {n} notes redacted")
+        return 0
     if args.cmd == "splits":
         for name, counts in write_splits().items():
             print(name, counts)
@@ -118,6 +124,46 @@ BATCHES = ROOT / "work" / "batches"
 AGENT_FILE = ROOT / "data" / "agent_steps" / "agent_turns.jsonl"
 #: label files that are agreement material, not training labels
 AGREEMENT_PREFIXES = ("agr-", "agragent-")
+
+
+#: free-text fields annotators fill in; they may quote the text they judged
+NOTE_FIELDS = ("note", "reason")
+#: a run of Chinese characters, CJK punctuation or full-width forms: a quotation of the source text
+_QUOTE = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef…]+")
+
+
+def redact_quotes(note: str) -> str:
+    """An annotator's note without the source text it quotes (each quoted run becomes «…»).
+
+    Why: the shared corpora's text must never be committed (ids and labels only), and notes like
+    "「建議您先確認…」 read as blame" quote it; the reasoning in English stays."""
+    return _QUOTE.sub("«…»", note)
+
+
+def redact_record(rec: dict[str, Any], *, written: bool = False) -> dict[str, Any]:
+    """``rec`` with quotations removed from its notes, unless it is the project's own written text."""
+    if written or rec.get("source") == WRITTEN_SOURCE:
+        return rec
+    return {k: redact_quotes(v) if k in NOTE_FIELDS and isinstance(v, str) else v for k, v in rec.items()}
+
+
+def committed_label_files() -> list[Path]:
+    """Every committed file of labels for shared text (the written messages' own file aside)."""
+    files = sorted(ANNOTATIONS.glob("*.jsonl")) + sorted(BATCH_LABELS.glob("*.jsonl")) + [AGENT_FILE]
+    return [f for f in files if f.stem != WRITTEN_SOURCE and not f.name.startswith("written")]
+
+
+def redact_label_files() -> dict[str, int]:
+    """Rewrite every committed label file without quotations in its notes; returns changed records per file."""
+    changed: dict[str, int] = {}
+    for path in committed_label_files():
+        recs = read_jsonl(path)
+        clean = [redact_record(r) for r in recs]
+        n = sum(a != b for a, b in zip(recs, clean, strict=True))
+        if n:
+            _write_jsonl(path, clean)
+            changed[str(path.relative_to(ROOT))] = n
+    return changed
 
 
 def _write_jsonl(path: Path, recs: list[dict[str, Any]]) -> None:
@@ -190,6 +236,7 @@ def merge(names: list[str] | None = None, *, remove: bool = False) -> dict[str, 
         report[lab.name] = got
         if remove:
             lab.unlink()
+    redact_label_files()  # the batch label files are committed too: no quotation of shared text in their notes
     return report
 
 
