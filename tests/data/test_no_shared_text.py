@@ -32,3 +32,9 @@ def test_no_committed_label_file_quotes_shared_text() -> None:
             for key, value in rec.items():
                 if isinstance(value, str):
                     assert not CJK.search(value), f"{path.name} line {n}: {key} quotes source text"
+
+
+def test_redacting_twice_changes_nothing() -> None:
+    once = redact_quotes("agent says 「請您自行確認…」 then 謝謝")
+    assert once == "agent says «…» then «…»"
+    assert redact_quotes(once) == once
