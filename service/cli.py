@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import IO, Any
@@ -36,8 +36,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return _score_ray(args, settings, out, fmt)
     analyzer = Analyzer.from_settings(settings, model_path=args.model)
-    try:
-        report = score_file(
+    return _stream_scores(
+        args,
+        out,
+        lambda: score_file(
             analyzer,
             args.input,
             out,
@@ -46,8 +48,18 @@ def _cmd_score(args: argparse.Namespace) -> int:
             id_field=args.id_field,
             lang=args.lang,
             progress=False if args.no_progress else None,
-        )
-    except InputFormatError as e:
+        ),
+        (InputFormatError,),
+    )
+
+
+def _stream_scores(
+    args: argparse.Namespace, out: IO[str], run: Callable[[], Any], errors: tuple[type[Exception], ...]
+) -> int:
+    """Score to a stream (stdout, or a file opened for it): close it whatever happens, report, exit code."""
+    try:
+        report = run()
+    except errors as e:
         print(f"calmfirst score: {e}", file=sys.stderr)
         return 2
     finally:
@@ -63,8 +75,10 @@ def _score_ray(args: argparse.Namespace, settings: Any, out: IO[str], fmt: str) 
     from service.ray_engine import RayOptions, score_file_ray
 
     options = RayOptions(address=args.ray_address, progress=not args.no_progress and sys.stderr.isatty())
-    try:
-        report = score_file_ray(
+    return _stream_scores(
+        args,
+        out,
+        lambda: score_file_ray(
             settings,
             args.input,
             out,
@@ -74,16 +88,9 @@ def _score_ray(args: argparse.Namespace, settings: Any, out: IO[str], fmt: str) 
             id_field=args.id_field,
             lang=args.lang,
             options=options,
-        )
-    except (InputFormatError, RuntimeError) as e:
-        print(f"calmfirst score: {e}", file=sys.stderr)
-        return 2
-    finally:
-        out.flush()
-        if args.output not in (None, "-"):
-            out.close()
-    print(f"calmfirst score: {report.scored} scored, {len(report.bad)} skipped", file=sys.stderr)
-    return 0 if report.scored > 0 else 1
+        ),
+        (InputFormatError, RuntimeError),
+    )
 
 
 def _score_to_file(args: argparse.Namespace, settings: Any) -> int:
