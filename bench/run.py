@@ -477,21 +477,10 @@ def serve_and_measure(
 # --------------------------------------------------------------------- quality
 def _metrics(model: Any, examples: Sequence[Any], texts: Sequence[str]) -> tuple[dict[str, Any], list[Any]]:
     """Test-split metrics (overall and per script) through ``model.predict``, which both backends have."""
-    from training.metrics import compute_all
+    from training.metrics import compute_all, prediction_row
 
     preds = model.predict(list(texts), batch_size=64)
-    rows = [
-        {
-            "anger_level": p.anger_level,
-            "complaint_type": p.complaint_type,
-            "threat": p.threat,
-            "calm_first_prob": p.calm_first_prob,
-            "anger_probs": p.anger_probs,
-            "type_confidence": max(p.type_scores.values()),
-        }
-        for p in preds
-    ]
-    return compute_all([e.as_gold() for e in examples], rows), preds
+    return compute_all([e.as_gold() for e in examples], [prediction_row(p) for p in preds]), preds
 
 
 def quality(model_dir: Path, optimised: Any) -> dict[str, Any]:

@@ -118,6 +118,18 @@ def compute_metrics(
     }
 
 
+def prediction_row(pred: Any) -> dict[str, Any]:
+    """What :func:`compute_metrics` and the error analysis read of a ``model.scores.Prediction``, built once."""
+    return {
+        "anger_level": pred.anger_level,
+        "complaint_type": pred.complaint_type,
+        "threat": pred.threat,
+        "calm_first_prob": pred.calm_first_prob,
+        "anger_probs": pred.anger_probs,
+        "type_confidence": max(pred.type_scores.values()),
+    }
+
+
 #: The headline metrics reported per script (defined once in data.vocab).
 HEADLINE: tuple[str, ...] = values(HEADLINE_METRICS)
 

@@ -31,7 +31,7 @@ from training.augment import augment
 from training.breakdown import breakdown, confident_mistakes, gold_record
 from training.config import TrainingArguments
 from training.data import Example, model_input
-from training.metrics import compute_all, selection_score
+from training.metrics import compute_all, prediction_row, selection_score
 
 logger = logging.getLogger(__name__)
 
@@ -439,17 +439,7 @@ def evaluate_model(
     if use_context is None:  # as the service does: context only for a model trained on it (model.context)
         use_context = model.config.context_input
     preds = predictions(model, [model_input(e, use_context=use_context) for e in full], batch_size=batch_size)
-    pred_dicts = [
-        {
-            "anger_level": p.anger_level,
-            "complaint_type": p.complaint_type,
-            "threat": p.threat,
-            "calm_first_prob": p.calm_first_prob,
-            "anger_probs": p.anger_probs,
-            "type_confidence": max(p.type_scores.values()),
-        }
-        for p in preds
-    ]
+    pred_dicts = [prediction_row(p) for p in preds]
     out = compute_all([e.as_gold() for e in full], pred_dicts)
     if breakdown_resamples is not None:
         golds = [gold_record(e) for e in full]
