@@ -34,9 +34,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded: Analyzer = (
-            analyzer
-            if analyzer is not None
-            else await run_in_threadpool(partial(Analyzer.from_settings, settings))
+            analyzer if analyzer is not None else await run_in_threadpool(partial(Analyzer.from_settings, settings))
         )
         # the agent-turn encoder follows the customer model's backend: ONNX Runtime without PyTorch by default
         detector = await run_in_threadpool(
