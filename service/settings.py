@@ -74,9 +74,9 @@ class Settings(BaseSettings):
         default=16,
         ge=1,
         description="most texts in one micro-batch (service.microbatch); 1 turns it off. On 2 idle cores it is "
-        "a wash at 8 concurrent clients (1.14x and 0.99x the throughput of no batching in two make bench runs, "
-        "2026-12-03); on cores shared with other jobs it measured slower (0.83x), so set 1 on a crowded host; "
-        "it pays with more cores",
+        "about a wash at 8 concurrent clients (0.94x-1.14x the throughput of no batching over six make bench "
+        "runs, 2026-12-03); on cores shared with other jobs it measured slower (0.83x), so set 1 on a crowded "
+        "host; it pays with more cores",
     )
     workers: int = Field(default=1, ge=1, description="server processes for `calmfirst serve` (each loads the model)")
     metrics: bool = Field(
