@@ -142,9 +142,9 @@ def redact_quotes(note: str) -> str:
     return _QUOTE.sub("«…»", note)
 
 
-def redact_record(rec: dict[str, Any], *, written: bool = False) -> dict[str, Any]:
+def redact_record(rec: dict[str, Any]) -> dict[str, Any]:
     """``rec`` with quotations removed from its notes, unless it is the project's own written text."""
-    if written or rec.get("source") == WRITTEN_SOURCE:
+    if rec.get("source") == WRITTEN_SOURCE:
         return rec
     return {k: redact_quotes(v) if k in NOTE_FIELDS and isinstance(v, str) else v for k, v in rec.items()}
 
