@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from data.script import detect_script
 from data.vocab import SCRIPT_LANG, AngerLabel, ComplaintType, Role, Script
@@ -38,6 +38,9 @@ from service.routing.agent_steps import AgentDetector, AgentTurn
 from service.routing.conversation import Turn, build_conversation
 from service.routing.playbook import DEFAULT_PLAYBOOK, ConversationRules, Playbook
 from service.routing.policy import Policy
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 from service.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -82,15 +85,19 @@ class Analyzer:
             )
 
     @classmethod
-    def from_settings(cls, settings: Any, *, model_path: str | Path | None = None) -> Analyzer:
-        """The analyzer the settings describe (the server and batch scoring load it the same way)."""
-        threads = settings.threads() if hasattr(settings, "threads") else settings.torch_threads
-        spin = getattr(settings, "ort_spin", "forward")
+    def from_settings(cls, settings: Settings, *, model_path: str | Path | None = None) -> Analyzer:
+        """The analyzer the settings describe (the server and batch scoring load it the same way).
+
+        Every knob is read from ``settings`` (``service.settings.Settings``), where its default is
+        written once; the keyword defaults of ``__init__`` are for code that builds an analyzer by hand.
+        """
+        threads = settings.threads()
         path = Path(model_path or settings.model_path)
         check_model_dir(path)  # a missing or corrupt file is an error naming it, before anything loads
         started = time.perf_counter()
-        backend, quantize = getattr(settings, "backend", "auto"), getattr(settings, "quantize", True)
-        model = load_model(path, backend=backend, quantize=quantize, threads=threads, spin=spin)
+        model = load_model(
+            path, backend=settings.backend, quantize=settings.quantize, threads=threads, spin=settings.ort_spin
+        )
         logger.info(
             "loaded model %s %s from %s in %.2f s (backend %s, %d threads, spin %s)",
             model.config.name,
@@ -99,7 +106,7 @@ class Analyzer:
             time.perf_counter() - started,
             model.backend,
             threads,
-            spin,
+            settings.ort_spin,
         )
         playbook = Playbook.load(settings.playbook_path)
         return cls(
@@ -108,9 +115,9 @@ class Analyzer:
             playbook=playbook,
             batch_size=settings.batch_size,
             default_script=settings.default_script,
-            microbatch_wait_ms=getattr(settings, "microbatch_wait_ms", 0.0),
-            microbatch_max_size=getattr(settings, "microbatch_max_size", 1),
-            microbatch_concurrency=getattr(settings, "microbatch_concurrency", 1),
+            microbatch_wait_ms=settings.microbatch_wait_ms,
+            microbatch_max_size=settings.microbatch_max_size,
+            microbatch_concurrency=settings.microbatch_concurrency,
         )
 
     def close(self) -> None:

@@ -11,10 +11,13 @@ what evaluation measures, never what routes a customer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data.vocab import ComplaintType, Flag, Situation
 from model.scores import Prediction
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 CALM_FIRST = Flag.CALM_FIRST
 READY = Flag.READY_FOR_SOLUTIONS
@@ -44,10 +47,10 @@ class Policy:
             raise ValueError(f"calm_first_prob must be in [0, 1], got {self.calm_first_prob}")
 
     @classmethod
-    def from_settings(cls, settings: Any, *, default_level: int | None = None) -> Policy:
+    def from_settings(cls, settings: Settings, *, default_level: int | None = None) -> Policy:
         """The policy of the settings; ``default_level`` (the playbook's ``thresholds.calm_first_level``)
         applies unless ``CALMFIRST_CALM_FIRST_LEVEL`` (or the caller) set the level explicitly."""
-        explicit = "calm_first_level" in getattr(settings, "model_fields_set", {"calm_first_level"})
+        explicit = "calm_first_level" in settings.model_fields_set
         return cls(
             calm_first_level=settings.calm_first_level if explicit or default_level is None else default_level,
             calm_first_prob=settings.calm_first_prob,
