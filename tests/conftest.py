@@ -60,15 +60,11 @@ def build_tiny_tokenizer():  # type: ignore[no-untyped-def]
     )
 
 
-def build_tiny_model(seed: int = 0):  # type: ignore[no-untyped-def]
-    import torch
-    from transformers import BertConfig, BertModel
+def tiny_bert_config(tok):  # type: ignore[no-untyped-def]
+    """The one tiny BERT shape of the tests (2 layers of 32): the session model and the saved backbone agree."""
+    from transformers import BertConfig
 
-    from model.classifier import CalmFirstConfig, CalmFirstModel, LoraSettings
-
-    torch.manual_seed(seed)
-    tok = build_tiny_tokenizer()
-    cfg = BertConfig(
+    return BertConfig(
         vocab_size=len(tok),
         hidden_size=32,
         num_hidden_layers=2,
@@ -77,6 +73,17 @@ def build_tiny_model(seed: int = 0):  # type: ignore[no-untyped-def]
         max_position_embeddings=128,
         pad_token_id=tok.pad_token_id,
     )
+
+
+def build_tiny_model(seed: int = 0):  # type: ignore[no-untyped-def]
+    import torch
+    from transformers import BertModel
+
+    from model.classifier import CalmFirstConfig, CalmFirstModel, LoraSettings
+
+    torch.manual_seed(seed)
+    tok = build_tiny_tokenizer()
+    cfg = tiny_bert_config(tok)
     bert = BertModel(cfg, add_pooling_layer=False)
     config = CalmFirstConfig(lora=LoraSettings(r=4, alpha=8, dropout=0.0), max_length=64, name="tiny", version="0.0.1")
     return CalmFirstModel.from_backbone(bert, tokenizer=tok, config=config, seed=seed)
@@ -115,19 +122,11 @@ def shared_data() -> Path:
 def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BERT + tokenizer saved as a normal ``save_pretrained`` folder: the path a user's own backbone takes."""
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     torch.manual_seed(0)
     tok = build_tiny_tokenizer()
-    cfg = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id,
-    )
+    cfg = tiny_bert_config(tok)
     path = tmp_path_factory.mktemp("tiny-backbone") / "bert"
     BertModel(cfg, add_pooling_layer=False).save_pretrained(path)
     tok.save_pretrained(path)
