@@ -51,7 +51,7 @@ def load_model(
     ``backend``: ``auto`` or ``onnx`` try onnxruntime and fall back to PyTorch with a
     warning (missing package, failed export); ``torch`` skips it. With ONNX Runtime and a
     cached export, PyTorch is never imported. ``spin``: how ONNX Runtime's threads wait between
-    ops (``model.onnx.runtime.SPIN_MODES``; batch scoring ``forward``, the server ``never``).
+    ops (``model.onnx.runtime.SPIN_MODES``; ``forward``, the default of scoring and the server since 2026-12-03).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
