@@ -73,7 +73,8 @@ class Analyzer:
         self.batch_size = batch_size
         self.default_script = default_script
         # single-text calls from concurrent threads (the HTTP API) can share one forward pass;
-        # off by default: on a 2-core CPU it measured slower than concurrent singles (bench/RESULTS.md)
+        # off for an analyzer built by hand (batch scoring sends whole batches); the server turns it on
+        # through Settings.microbatch_max_size (bench/RESULTS.md: never slower than no batching at 8 clients)
         self.microbatcher: MicroBatcher[str, Prediction] | None = None
         self.observers: list[AnalysisObserver] = []
         if microbatch_max_size > 1:
