@@ -162,7 +162,7 @@ def markdown(s: dict[str, Any]) -> str:
         src_rows.append(
             [
                 src,
-                rs[0]["region"] if src != WRITTEN_SOURCE else "tw/hk",
+                "/".join(sorted({str(r.get("region") or "?") for r in rs})),
                 n,
                 *[lv.get(i, 0) for i in range(4)],
                 sum(r["threat"] for r in rs),
