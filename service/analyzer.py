@@ -38,10 +38,10 @@ from service.routing.agent_steps import AgentDetector, AgentTurn
 from service.routing.conversation import Turn, build_conversation
 from service.routing.playbook import DEFAULT_PLAYBOOK, ConversationRules, Playbook
 from service.routing.policy import Policy
+from service.text import normalize_text
 
 if TYPE_CHECKING:
     from service.settings import Settings
-from service.text import normalize_text
 
 logger = logging.getLogger(__name__)
 
