@@ -112,7 +112,7 @@ class Analyzer:
         playbook = Playbook.load(settings.playbook_path)
         return cls(
             model,
-            policy=Policy.from_settings(settings, default_level=playbook.thresholds.calm_first_level),
+            policy=settings.policy(default_level=playbook.thresholds.calm_first_level),
             playbook=playbook,
             batch_size=settings.batch_size,
             default_script=settings.default_script,

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.onnx.runtime import SpinMode
 from service.routing.playbook import DEFAULT_PLAYBOOK
+from service.routing.policy import Policy
 
 #: The model shipped in the repository, used when no other is configured.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "default"
@@ -73,10 +74,9 @@ class Settings(BaseSettings):
     microbatch_max_size: int = Field(
         default=16,
         ge=1,
-        description="most texts in one micro-batch (service.microbatch); 1 turns it off. On 2 idle cores it is "
-        "about a wash at 8 concurrent clients (0.94x-1.14x the throughput of no batching over six make bench "
-        "runs, 2026-12-03); on cores shared with other jobs it measured slower (0.83x), so set 1 on a crowded "
-        "host; it pays with more cores",
+        description="most texts in one micro-batch (service.microbatch); 1 turns it off (make bench measures "
+        "both at 8 concurrent clients: bench/RESULTS.md); it pays with more cores, and on a host crowded with "
+        "other jobs 1 can be faster",
     )
     workers: int = Field(default=1, ge=1, description="server processes for `calmfirst serve` (each loads the model)")
     metrics: bool = Field(
@@ -115,3 +115,16 @@ class Settings(BaseSettings):
     def threads(self) -> int:
         """Intra-op threads for one process: cores are split between the serving workers."""
         return self.intra_op_threads or max(1, self.torch_threads // self.workers)
+
+    def policy(self, *, default_level: int | None = None) -> Policy:
+        """The routing policy of these settings. ``default_level`` (the playbook's
+        ``thresholds.calm_first_level``) applies unless ``CALMFIRST_CALM_FIRST_LEVEL`` (or the caller)
+        set the level explicitly. Built here, not in ``service.routing``: routing may not import the
+        settings, which import the playbook from routing."""
+        explicit = "calm_first_level" in self.model_fields_set
+        return Policy(
+            calm_first_level=self.calm_first_level if explicit or default_level is None else default_level,
+            calm_first_prob=self.calm_first_prob,
+            threat_threshold=self.threat_threshold,
+            escalate_on_furious=self.escalate_on_furious,
+        )

@@ -11,29 +11,13 @@ what evaluation measures, never what routes a customer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from data.vocab import ComplaintType, Flag, Situation
 from model.scores import Prediction
 
 CALM_FIRST = Flag.CALM_FIRST
 READY = Flag.READY_FOR_SOLUTIONS
-
-
-class PolicySettings(Protocol):
-    """What the policy reads from ``service.settings.Settings`` (a protocol: routing must not import the
-    settings module, which imports the playbook from routing)."""
-
-    @property
-    def calm_first_level(self) -> int: ...
-    @property
-    def calm_first_prob(self) -> float | None: ...
-    @property
-    def threat_threshold(self) -> float: ...
-    @property
-    def escalate_on_furious(self) -> bool: ...
-    @property
-    def model_fields_set(self) -> set[str]: ...
 
 
 @dataclass(frozen=True)
@@ -58,18 +42,6 @@ class Policy:
             raise ValueError(f"calm_first_level must be 1-3, got {self.calm_first_level}")
         if self.calm_first_prob is not None and not 0.0 <= self.calm_first_prob <= 1.0:
             raise ValueError(f"calm_first_prob must be in [0, 1], got {self.calm_first_prob}")
-
-    @classmethod
-    def from_settings(cls, settings: PolicySettings, *, default_level: int | None = None) -> Policy:
-        """The policy of the settings; ``default_level`` (the playbook's ``thresholds.calm_first_level``)
-        applies unless ``CALMFIRST_CALM_FIRST_LEVEL`` (or the caller) set the level explicitly."""
-        explicit = "calm_first_level" in settings.model_fields_set
-        return cls(
-            calm_first_level=settings.calm_first_level if explicit or default_level is None else default_level,
-            calm_first_prob=settings.calm_first_prob,
-            threat_threshold=settings.threat_threshold,
-            escalate_on_furious=settings.escalate_on_furious,
-        )
 
     def p_calm_first(self, pred: Prediction) -> float:
         return float(sum(pred.anger_probs[self.calm_first_level :]))

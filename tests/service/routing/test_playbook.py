@@ -63,13 +63,12 @@ def test_playbook_bad_yaml_file(tmp_path) -> None:  # type: ignore[no-untyped-de
 
 
 def test_playbook_calm_first_level_is_the_policy_default(tmp_path, raw, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from service.routing.policy import Policy
     from service.settings import Settings
 
     changed = copy.deepcopy(raw)
     changed["thresholds"]["calm_first_level"] = 3
     pb = Playbook.from_dict(changed)
-    assert Policy.from_settings(Settings(), default_level=pb.thresholds.calm_first_level).calm_first_level == 3
+    assert Settings().policy(default_level=pb.thresholds.calm_first_level).calm_first_level == 3
     monkeypatch.setenv("CALMFIRST_CALM_FIRST_LEVEL", "1")  # an explicit setting wins over the playbook
-    assert Policy.from_settings(Settings(), default_level=3).calm_first_level == 1
+    assert Settings().policy(default_level=3).calm_first_level == 1
     assert Playbook.from_dict(raw).to_dict()["thresholds"] == raw["thresholds"]
