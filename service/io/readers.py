@@ -169,6 +169,25 @@ def _csv_records(
     if text_field not in reader.fieldnames:
         raise InputFormatError(f"CSV header has no column {text_field!r} (columns: {reader.fieldnames})")
     row_no = 0
+    for item in csv_rows(reader):
+        if isinstance(item, BadLine):
+            yield item
+            continue
+        line, row = item
+        row_no += 1
+        text = row.get(text_field)
+        if None in row:
+            yield BadLine(line, "more fields than the header")
+            continue
+        if not text or not text.strip():
+            yield BadLine(line, f"column {text_field!r} empty")
+            continue
+        yield Record(line, row.get(id_field) or default_id(row_no - 1), text)
+
+
+def csv_rows(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str | Any, Any]] | BadLine]:
+    """``(line number, row)`` for each row, or a ``BadLine`` for a row the csv module cannot read
+    (which does not end the file: the rows after it are still read)."""
     while True:
         try:
             row = next(reader)
@@ -177,15 +196,7 @@ def _csv_records(
         except csv.Error as e:
             yield BadLine(reader.line_num, f"unreadable CSV row ({e})")
             continue
-        row_no += 1
-        text = row.get(text_field)
-        if None in row:
-            yield BadLine(reader.line_num, "more fields than the header")
-            continue
-        if not text or not text.strip():
-            yield BadLine(reader.line_num, f"column {text_field!r} empty")
-            continue
-        yield Record(reader.line_num, row.get(id_field) or default_id(row_no - 1), text)
+        yield reader.line_num, row
 
 
 def _chain(first: list[str], rest: Iterable[str]) -> Iterator[str]:

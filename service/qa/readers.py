@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from data.vocab import Role
-from service.io.readers import BadLine, InputFormatError, file_label, input_files, read_jsonl
+from service.io.readers import BadLine, InputFormatError, csv_rows, file_label, input_files, read_jsonl
 from service.routing.conversation import Turn
 
 CSV_REQUIRED = ("conversation_id", "turn_index", "role", "text")
@@ -147,15 +147,11 @@ def _csv_conversations(f: IO[str]) -> Iterator[SourceConversation | BadLine]:
         rows.clear()
         return conv
 
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            yield BadLine(reader.line_num, f"unreadable CSV row ({e})")
+    for item in csv_rows(reader):
+        if isinstance(item, BadLine):
+            yield item
             continue
-        n = reader.line_num
+        n, row = item
         is_short = any(v is None for v in row.values())
         if None in row or is_short:
             if current is not None and (row.get("conversation_id") or "").strip() == current.key:
