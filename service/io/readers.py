@@ -194,7 +194,8 @@ def csv_rows(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str | Any,
         except StopIteration:
             return
         except csv.Error as e:
-            yield BadLine(reader.line_num, f"unreadable CSV row ({e})")
+            # the csv module has not counted the rejected row yet: it starts on the next line
+            yield BadLine(reader.line_num + 1, f"unreadable CSV row ({e})")
             continue
         yield reader.line_num, row
 

@@ -60,3 +60,27 @@ def test_transcript_folder(tmp_path: Path) -> None:
     assert all(c.path for c in convs)
     bad = [b for b in items if isinstance(b, BadLine)]
     assert [(Path(b.path or "").name, b.line) for b in bad] == [("two.csv", 3)]
+
+
+def test_unreadable_csv_row_is_reported_and_the_rest_read(tmp_path: Path) -> None:
+    """A row the csv module rejects (here: a field over its size limit) is a bad line naming its line,
+    for messages and transcripts alike; the rows after it are still read."""
+    import csv
+
+    msgs = tmp_path / "m.csv"
+    msgs.write_text("id,text\na,短\nb," + "長" * 200 + "\nc,好\n", encoding="utf-8")
+    conv = tmp_path / "c.csv"
+    conv.write_text(
+        "conversation_id,turn_index,role,text\nx,0,customer,你好\nx,1,agent," + "長" * 200 + "\ny,0,customer,再見\n",
+        encoding="utf-8",
+    )
+    old = csv.field_size_limit(100)
+    try:
+        got = list(read_records(str(msgs)))
+        convs = list(read_conversations(conv))
+    finally:
+        csv.field_size_limit(old)
+    assert [(r.line, r.id) for r in got if isinstance(r, Record)] == [(2, "a"), (4, "c")]
+    assert [(b.line, b.reason.split(" (")[0]) for b in got if isinstance(b, BadLine)] == [(3, "unreadable CSV row")]
+    assert [b.line for b in convs if isinstance(b, BadLine)] == [3]
+    assert [c.key for c in convs if isinstance(c, SourceConversation)] == ["x", "y"]
