@@ -1,4 +1,4 @@
-"""``calmfirst train``, ``calmfirst evaluate`` and ``calmfirst calibrate``, registered through an entry point."""
+"""``calmfirst train``, ``evaluate``, ``calibrate`` and ``soup``, registered through entry points."""
 
 from __future__ import annotations
 
@@ -70,6 +70,18 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_soup(args: argparse.Namespace) -> int:
+    from training.soup import SoupError, soup_folders
+
+    try:
+        result = soup_folders(args.models, args.output, version=args.version)
+    except (SoupError, FileNotFoundError) as e:
+        print(f"calmfirst soup: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
 def register_train(sub: Any) -> None:
     p = sub.add_parser("train", help="fine-tune a model from a YAML/TOML config")
     p.add_argument("config", help="config file (see training/configs/default.yaml)")
@@ -99,3 +111,14 @@ def register_calibrate(sub: Any) -> None:
     p.add_argument("--output", default=None, help="write a calibrated copy here instead of changing --model")
     p.add_argument("--columns", default=None, help='JSON column mapping, e.g. {"text": "content"}')
     p.set_defaults(func=_cmd_calibrate)
+
+
+def register_soup(sub: Any) -> None:
+    p = sub.add_parser(
+        "soup",
+        help="average runs of one recipe from the same start into one model (then: calmfirst calibrate)",
+    )
+    p.add_argument("output", help="folder for the souped model")
+    p.add_argument("models", nargs="+", help="two or more model folders (runs from the same init_from)")
+    p.add_argument("--version", default=None, help="version of the souped model (default: the first run's)")
+    p.set_defaults(func=_cmd_soup)

@@ -1,0 +1,137 @@
+"""Weight soups: one model whose fine-tuned part is the average of several runs from the same start.
+
+Why: runs of one recipe that differ only in their seed (the data order, dropout and augmentation
+draws) land in the same basin when they start from the same weights, and their average is often
+better than either (Wortsman et al., 2022, "Model soups"). It costs no extra inference time: the
+soup is one model.
+
+Exact for LoRA: each run's update of a weight is ``scale * B_i @ A_i``; stacking the runs' ``A``
+along the rank and their ``B`` (divided by k) along the rank gives ``scale * mean_i(B_i @ A_i)``
+with rank ``k * r`` and ``alpha`` scaled alike, so the scale ``alpha / r`` is unchanged. The task
+heads are averaged as they are. The temperatures are the first run's; calibrate the soup on dev
+afterwards (``calmfirst calibrate``). Only runs of one backbone, one label vocabulary and one LoRA
+layout can be souped; anything else is a ``SoupError`` naming the differing key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model.config import BACKBONE_SUBDIR, CONFIG_NAME, WEIGHTS_NAME
+
+#: Config keys that must agree for the average to mean anything.
+MUST_AGREE = (
+    "backbone",
+    "backbone_checksum",
+    "backbone_embedded",
+    "max_length",
+    "text_prefix",
+    "pooling",
+    "anger_labels",
+    "complaint_types",
+    "schema_version",
+    "context_input",
+)
+LORA_MUST_AGREE = ("r", "alpha", "dropout", "target_modules")
+
+
+class SoupError(ValueError):
+    """The runs cannot be averaged; the message names the key that differs."""
+
+
+@dataclass(frozen=True)
+class SoupResult:
+    output: Path
+    sources: tuple[str, ...]
+    rank: int | None
+    tensors: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"output": str(self.output), "sources": list(self.sources), "rank": self.rank, "tensors": self.tensors}
+
+
+def _load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    from safetensors.numpy import load_file
+
+    if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise SoupError(f"{path}: not a CalmFirst model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    return json.loads((path / CONFIG_NAME).read_text(encoding="utf-8")), load_file(str(path / WEIGHTS_NAME))
+
+
+def _tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def soup_folders(sources: Sequence[str | Path], output: str | Path, *, version: str | None = None) -> SoupResult:
+    """Average the fine-tuned parts of ``sources`` (model folders) into ``output``; see the module doc."""
+    paths = [Path(p) for p in sources]
+    if len(paths) < 2:
+        raise SoupError("a soup needs at least two model folders")
+    loaded = [_load(p) for p in paths]
+    (cfg0, state0), k = loaded[0], len(loaded)
+    for path, (cfg, state) in zip(paths[1:], loaded[1:], strict=True):
+        for key in MUST_AGREE:
+            if cfg.get(key) != cfg0.get(key):
+                raise SoupError(f"{path}: config key {key!r} differs from {paths[0]} ({cfg.get(key)!r})")
+        lora, lora0 = cfg.get("lora") or {}, cfg0.get("lora") or {}
+        for key in LORA_MUST_AGREE:
+            if lora.get(key) != lora0.get(key):
+                raise SoupError(f"{path}: config key 'lora.{key}' differs from {paths[0]} ({lora.get(key)!r})")
+        if set(state) != set(state0):
+            diff = sorted(set(state) ^ set(state0))
+            raise SoupError(f"{path}: weights differ in their names from {paths[0]} (e.g. {diff[0]!r})")
+        for name, value in state.items():
+            if value.shape != state0[name].shape:
+                raise SoupError(f"{path}: weight {name!r} has shape {value.shape}, not {state0[name].shape}")
+    if cfg0.get("backbone_embedded"):
+        digests = {_tree_digest(p / BACKBONE_SUBDIR) for p in paths}
+        if len(digests) > 1:
+            raise SoupError(f"config key 'backbone_embedded': the embedded backbones of {paths} differ")
+
+    souped: dict[str, np.ndarray] = {}
+    for name, first in state0.items():
+        values = [state[name] for _, state in loaded]
+        if ".lora_A." in name:
+            souped[name] = np.concatenate(values, axis=0)
+        elif ".lora_B." in name:
+            souped[name] = (np.concatenate([v.astype(np.float32) for v in values], axis=1) / k).astype(first.dtype)
+        else:
+            souped[name] = np.mean([v.astype(np.float32) for v in values], axis=0).astype(first.dtype)
+
+    from safetensors.numpy import save_file
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(souped, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    if cfg0.get("backbone_embedded"):
+        shutil.copytree(paths[0] / BACKBONE_SUBDIR, out / BACKBONE_SUBDIR, dirs_exist_ok=True)
+    cfg = dict(cfg0)
+    rank = None
+    if cfg0.get("lora"):
+        lora = dict(cfg0["lora"])
+        lora["r"], lora["alpha"] = lora["r"] * k, lora["alpha"] * k
+        rank = lora["r"]
+        cfg["lora"] = lora
+    if version:
+        cfg["version"] = version
+    training = dict(cfg0.get("training") or {})
+    training["soup"] = {
+        "of": [str(p) for p in paths],
+        "versions": [c.get("version") for c, _ in loaded],
+        "seeds": [((c.get("training") or {}).get("hyperparameters") or {}).get("seed") for c, _ in loaded],
+        "note": "fine-tuned weights averaged exactly (LoRA updates stacked by rank); temperatures of the first run",
+    }
+    cfg["training"] = training
+    (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return SoupResult(out, tuple(str(p) for p in paths), rank, len(souped))
