@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 SOAK_MINUTES ?= 10
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser backbone run test test-slow lint format train ship evaluate bench soak data-stats qa-demo clean
+.PHONY: help install browser backbone run test test-slow lint format train ship evaluate bench soak data-stats clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'

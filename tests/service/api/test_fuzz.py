@@ -8,7 +8,7 @@ schema the document gives for that status (a 422 has ``detail`` and ``errors``, 
 contract result).
 
 How many examples each operation got is printed at the end of the session and, when
-``CALMFIRST_FUZZ_REPORT`` names a file, written there as JSON (``make fuzz-report``).
+``CALMFIRST_FUZZ_REPORT`` names a file, written there as JSON (``CALMFIRST_FUZZ_REPORT=f.json make test``).
 """
 
 from __future__ import annotations
