@@ -9,8 +9,8 @@ The rule:
   ASAP's sample files); STC-3 splits by dialogue, so a conversation never straddles two splits;
 * every other record is split by a hash of its *normalised* text (whitespace and punctuation
   removed, full-width folded, lower case), so the same text lands in the same split wherever it
-  occurs; the real Taiwan and Hong Kong sources put more in dev and test (0.15 / 0.20) because
-  their test split must hold at least 400 records;
+  occurs; records from Taiwan and Hong Kong (real or written: the fractions are per region) put more in
+  dev and test (0.15 / 0.20) because their test split must hold at least 400 records;
 * where normalised duplicates still disagree (an STC-3 turn equal to a written message, say),
   every copy takes the split of the copy whose (source, id) sorts first.
 """

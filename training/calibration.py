@@ -1,6 +1,6 @@
 """Temperature scaling of the anger head, jointly and per script.
 
-Why per script: one temperature fitted on a dev split that is two thirds Simplified leaves the
+Why per script: one temperature fitted on a dev split that is mostly Simplified leaves the
 Traditional records over-confident (v1 on the labels-v2 dev split: calm_first ECE 0.075 mainland,
 0.086 Taiwan, 0.164 Hong Kong). The script of the model input is known at serving time for free
 (``data.script.detect_script``), so each script gets its own temperature, fitted on that script's

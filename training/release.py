@@ -5,7 +5,7 @@ Why a separate step: the trainer's card knows the training run; a release is als
 with the runs that did not ship. This joins those files into the model folder's README.md, so the
 figures in the card are the ones the commands wrote, never typed by hand.
 
-    python -m training.release --model model/default --test runs/v2eval/test.json \\
+    python -m training.release --model model/default --test runs/eval/test.json \\
         --experiments training/experiments/v2_dev.md
 """
 

@@ -18,7 +18,7 @@ the others, so what the model misses is drawn too. Dialogues of the handling sco
 held-out validation (id % 5 == 0) are drawn only when their split is test: training and
 threshold fitting never read them.
 
-    python -m data.tools.select_v2 customers --round 1 --out work/batches
+    python -m data.tools.select_v2 trad --round 3 --scale 0.5 --out work/batches
     python -m data.tools.select_v2 agent --out work/batches
 """
 
