@@ -68,7 +68,7 @@ TYPICAL_CHARS = (20, 60)
 #: The server's default until 2026-12-03: two forward slots whose threads sleep between ops.
 TWO_SLOTS = "2 slots, threads sleep between ops"
 TWO_SLOTS_ENV = {"CALMFIRST_ORT_SPIN": "never", "CALMFIRST_MICROBATCH_CONCURRENCY": "2"}
-MICROBATCH_ON = "micro-batching on (16, no wait, 2 slots)"
+MICROBATCH_ON = "micro-batching on (16, no wait, 1 slot)"
 MICROBATCH_OFF = "no micro-batching"
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -1098,9 +1098,9 @@ def notes(r: dict[str, Any]) -> list[str]:
         "The load generator (Python threads, one keep-alive `http.client` connection each) runs on the same 2 "
         "cores as the server, so at concurrency 8 client and server compete for CPU; latencies include loopback "
         "HTTP, JSON and the routing policy.",
-        f"Concurrency 1 sends the {r.get('typical_messages', {}).get('count', '?')} bench messages of "
-        f"{TYPICAL_CHARS[0]}-{TYPICAL_CHARS[1]} characters (the issue's typical message); concurrency 8 sends all "
-        "of them, the texts `calmfirst score` gets.",
+        f"Concurrency 1 draws its requests from the {r.get('typical_messages', {}).get('count', '?')} bench "
+        f"messages of {TYPICAL_CHARS[0]}-{TYPICAL_CHARS[1]} characters (the issue's typical message); concurrency 8 "
+        "draws from all of them, the texts `calmfirst score` gets.",
         "ONNX Runtime's threads spin between the ops of a forward (`CALMFIRST_ORT_SPIN=forward`) in `calmfirst score` "
         "and in the server, which runs one forward at a time; the "
         f"'{TWO_SLOTS}' row is the server's earlier default (`never`, two forward slots).",

@@ -228,7 +228,8 @@ class CalmFirstModel(nn.Module):
     def _finetuned_state(self) -> dict[str, torch.Tensor]:
         """What training changed: the heads, and the LoRA adapters or (fully fine-tuned) the encoder layers.
 
-        The word-embedding table is never saved: it is frozen in full fine-tuning and comes from the backbone.
+        The embedding layer (word, position and token-type tables and its LayerNorm) is never saved: it is
+        frozen in full fine-tuning and comes from the backbone.
         """
         state = {}
         full = self.config.lora is None
@@ -305,7 +306,8 @@ class CalmFirstModel(nn.Module):
     def unfreeze_encoder(self) -> None:
         """Switch to full fine-tuning: fold any LoRA adapters into the weights for good (``config.lora``
         becomes None, so saving writes the encoder layers) and train every encoder parameter except the
-        word-embedding table (frozen: 96M parameters that real traffic would barely move, never saved)."""
+        embedding layer (frozen and never saved: its word table is 96M parameters that real traffic would
+        barely move; the position and token-type tables and its LayerNorm go with it)."""
         if self.config.lora is not None and hasattr(self.backbone, "merge_and_unload"):
             wrapped: Any = self.backbone
             self.backbone = wrapped.merge_and_unload()

@@ -46,6 +46,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             out_format=fmt,
             text_field=args.text_field,
             id_field=args.id_field,
+            chunk_size=args.chunk,
             lang=args.lang,
             progress=False if args.no_progress else None,
         ),
@@ -86,6 +87,7 @@ def _score_ray(args: argparse.Namespace, settings: Any, out: IO[str], fmt: str) 
             out_format=fmt,
             text_field=args.text_field,
             id_field=args.id_field,
+            chunk_size=args.chunk,
             lang=args.lang,
             options=options,
         ),
@@ -263,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--lang", choices=["zh-Hant", "zh-Hans", "en"], default=None, help="next-step language")
     p.add_argument(
-        "--chunk", type=int, default=2048, help="messages per model call; an interrupted -o FILE resumes per chunk"
+        "--chunk",
+        type=int,
+        default=2048,
+        help="messages per model call (per Ray task with --engine ray); an interrupted -o FILE resumes per chunk",
     )
     p.add_argument("--no-progress", action="store_true")
     _engine_options(p)

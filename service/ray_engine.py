@@ -7,7 +7,7 @@ as the local engine's:
 
 - **This process reads and writes.** The input is read by the same readers, with the same bad-line
   reports, duplicate checks and (for ``qa``) resuming, and cut into the same chunks as the local
-  engine (``score``: 2,048 messages; ``qa``: 64 conversations or 512 customer turns). Only the
+  engine (``--chunk``: ``score`` 2,048 messages, ``qa`` 64 conversations or 512 customer turns, by default). Only the
   scoring of a chunk runs on the cluster: ``map_batches`` over a dataset of chunks, one chunk per
   batch, with the model loaded once per actor (``ScoreChunks``, ``QAChunks``) and one actor per CPU
   of the cluster, each running ONNX Runtime on one thread.
@@ -49,7 +49,7 @@ from service.io.writers import ResultWriter
 logger = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
-#: Messages per chunk for ``score``: the local engine's chunk (``service.score.score_file``).
+#: Messages per chunk for ``score`` unless ``--chunk`` says otherwise: the local engine's default chunk.
 SCORE_CHUNK = 2048
 #: Environment every Ray worker gets (no hub downloads, one thread per actor).
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
@@ -241,6 +241,7 @@ def score_file_ray(
     out_format: str = "jsonl",
     text_field: str = "text",
     id_field: str = "id",
+    chunk_size: int = SCORE_CHUNK,
     lang: str | None = None,
     options: RayOptions | None = None,
     err: IO[str] | None = None,
@@ -262,7 +263,7 @@ def score_file_ray(
                 err.write(item.report(source))
                 continue
             pending.append(item)
-            if len(pending) >= SCORE_CHUNK:
+            if len(pending) >= chunk_size:
                 yield json.dumps([[r.id, r.text] for r in pending], ensure_ascii=False)
                 pending = []
         if pending:

@@ -8,7 +8,7 @@ Patterns cover mainland China, Taiwan and Hong Kong formats:
 
 - ID numbers: mainland resident ID (18 characters, birth date inside, check character 0-9/X),
   Taiwan national ID and new-format resident certificate (letter + 1/2/8/9 + 8 digits) and old-format
-  resident certificate (two letters + 8 digits), Hong Kong identity card (one or two letters, six
+  resident certificate (a letter, then A-D, then 8 digits), Hong Kong identity card (one or two letters, six
   digits, check digit in brackets);
 - phones: mainland mobiles (+86), Taiwan mobiles (09.., +886 9..), Taiwan and mainland landlines with
   their area code, Hong Kong 8-digit numbers (+852);

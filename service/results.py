@@ -96,7 +96,9 @@ class Explanation(_Model):
 class MessageResult(_Model):
     """One result per message (CONTRACT.md, "One result per message")."""
 
-    id: JsonValue = Field(..., description="as given, or the 0-based line number")
+    id: JsonValue = Field(
+        ..., description="as given, or the 0-based line (JSONL, text) or data row (CSV), or the position in a batch"
+    )
     anger: Anger
     complaint: Complaint
     threat: Threat

@@ -32,10 +32,11 @@ text's scores can move in the third decimal depending on which texts share its
 batch. The benchmark (``bench/run.py``) checks the task metrics on the test split.
 
 The package: ``cache`` (export key, where exports live, the build lock), ``export`` (PyTorch ->
-ONNX, fused, verified; the only module that imports PyTorch), ``quantize`` (int8 attention, FFN and
-word-embedding table), ``spm`` (the SentencePiece tokenizer), ``runtime`` (``OnnxCalmFirstModel``);
-``model.loading.load_model`` picks the backend. Serving from a cached export imports ``runtime``,
-``spm`` and ``cache`` only: no PyTorch in the process.
+ONNX, fused, verified), ``quantize`` (int8 attention, FFN and word-embedding table), ``spm`` (the
+SentencePiece tokenizer), ``runtime`` (``OnnxCalmFirstModel``), ``encoder`` (the agent-turn
+sentence encoder's export and runtime); ``model.loading.load_model`` picks the backend. Only
+building an export (``export``, and ``encoder``'s build) imports PyTorch: serving from a cached
+export imports ``runtime``, ``spm`` and ``cache`` (with ``quantize``'s constants), no PyTorch.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Building the ONNX export: PyTorch -> ONNX, fused, (int8-)quantized, verified against PyTorch.
 
-The only module of the ONNX path that imports PyTorch: it runs once per model (about a minute)
+With ``encoder``'s build, the only code of the ONNX path that imports PyTorch: it runs once per model (about a minute)
 and its result is cached (``model.onnx.cache``). Serving a cached export never imports it.
 """
 

@@ -1,9 +1,10 @@
 """Serving from an ONNX export: ``OnnxCalmFirstModel``, without PyTorch.
 
 Loading a cached export needs neither the backbone, nor transformers, nor PyTorch (the tokenizer
-is the plain ``tokenizers`` one, post-processing is ``model.scores`` in numpy), which keeps a
-serving process small and quick to start. Texts are tokenized once, sorted by token count and
-padded per batch only to that batch's longest text, with the input order restored afterwards.
+is SentencePiece, ``tokenizer.spm``, when the export has one, else the plain ``tokenizers`` one;
+post-processing is ``model.scores`` in numpy), which keeps a serving process small and quick to
+start. Texts are tokenized once, sorted by token count and padded per batch only to that batch's
+longest text, with the input order restored afterwards.
 
 A note on int8: activations are quantized with one scale per tensor per call, so a text's scores
 can move in the third decimal depending on which texts share its batch. The benchmark

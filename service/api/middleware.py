@@ -11,8 +11,9 @@ Outermost first:
    in ``x-api-key``, compared in constant time; new routes are covered without doing anything.
 4. :class:`BodyGuard`: what the routes' models cannot see. A body over ``max_body_bytes`` is a 413
    (on ``Content-Length`` before reading, or while reading a chunked body); a body that is not JSON
-   (content type), not UTF-8, not parseable, nested too deeply, holding an over-long number or a
-   lone surrogate is a 415/422 naming ``body`` or the field. The body is read once and replayed.
+   (content type), not in a JSON encoding (UTF-8, or UTF-16/32 as RFC 8259 detects), not parseable,
+   nested too deeply, holding an over-long number or a lone surrogate is a 415/422 naming ``body`` or
+   the field. The body is read once and replayed.
 
 Every early answer first *drains* what the client is still sending (reads and discards it, up to
 ``drain_max_bytes`` and ``drain_timeout_s``), as nginx's lingering close does: a server that answers
@@ -341,7 +342,8 @@ class BodyGuard:
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
-    """The edge (``service.api.middleware``), outermost last: request id, CORS (if configured), key, body."""
+    """The edge (``service.api.middleware``), added innermost first: body, key, CORS (if configured), request id
+    (the outermost, so every answer carries an id)."""
     app.add_middleware(BodyGuard, settings=settings)
     app.add_middleware(ApiKeyMiddleware, settings=settings)
     if settings.cors_origins:

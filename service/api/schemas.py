@@ -207,7 +207,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: {"model": Detail, "description": "the body is not JSON (Content-Type other than application/json)"},
     422: {
         "model": ErrorResponse,
-        "description": "a field is missing or invalid, or the body is not valid UTF-8 JSON; the message names it",
+        "description": "a field is missing or invalid, or the body is not valid JSON; the message names it",
     },
     503: {"model": Detail, "description": "the model is still loading"},
 }

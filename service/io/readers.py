@@ -7,8 +7,8 @@ as a whole (unknown format, missing CSV column) raises :class:`InputFormatError`
 An input may also be a folder or a glob (``calls/2026-11-*.jsonl``, ``calls/**/*.csv``): its files
 are read one after the other in sorted order, each exactly as it would be alone; a bad line is
 reported with its own file's name and line number, and a record without an id gets
-``"<file>:<0-based line>"`` (the file's path as globbed, or relative to the folder), so ids stay
-unique across files.
+``"<file>:<0-based line>"`` (for CSV the 0-based data row, header excluded; the file's path as
+globbed, or relative to the folder), so ids stay unique across files.
 """
 
 from __future__ import annotations

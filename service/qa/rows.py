@@ -1,4 +1,4 @@
-"""The rows ``calmfirst qa`` writes: one per turn, one per conversation, one per agent.
+"""The rows ``calmfirst qa`` writes: one per turn and one per conversation (per agent: ``service.qa.aggregate``).
 
 Typed once here, from the typed ``ConversationResult``; the JSONL files are these models' JSON and
 the CSV files their flat form (lists joined by ``|``). Message text is never stored unless the run

@@ -9,7 +9,7 @@ score with the annotators' mean S, E and A on the fit dialogues and on the held-
 (id % 5 == 0), which are never used to fit, tune or select anything.
 
     python -m service.qa.validate                 # model/default on ONNX, writes the figures
-    python -m service.qa.validate --model runs/v2 --no-write   # just print, for another model
+    python -m service.qa.validate --model model/v2 --no-write   # just print, for another model
 
 It writes ``service/qa/handling_score.json`` (the weights the score uses), the figures to
 ``service/qa/validation.json`` and the table between the markers of ``service/README_QA.md``.

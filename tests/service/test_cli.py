@@ -45,6 +45,28 @@ def test_cli_score_jsonl_with_bad_lines(tmp_path, env_model, capsys) -> None:  #
     assert rows[0]["script"] == "hant"
 
 
+def test_cli_score_chunk_reaches_stdout_output(tmp_path, env_model, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``--chunk`` sets the messages per model call on every path (it once reached ``-o FILE`` only)."""
+    from service.analyzer import Analyzer
+
+    calls: list[int] = []
+    analyze = Analyzer.analyze
+
+    def spy(self, texts, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(texts))
+        return analyze(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(Analyzer, "analyze", spy)
+    src = tmp_path / "in.txt"
+    src.write_text(
+        "\n".join(["退款什么时候到账", "太離譜了!!", "請問怎麼退貨", "謝謝", "你们客服态度太差"]) + "\n",
+        encoding="utf-8",
+    )
+    assert main(["score", str(src), "--chunk", "2", "--no-progress"]) == 0
+    assert calls == [2, 2, 1]
+    assert len(capsys.readouterr().out.splitlines()) == 5
+
+
 def test_cli_score_csv_in_csv_out(tmp_path, env_model) -> None:  # type: ignore[no-untyped-def]
     src = tmp_path / "in.csv"
     with open(src, "w", encoding="utf-8", newline="") as f:

@@ -128,7 +128,7 @@ def test_ray_score_matches_local(
     lines.insert(4, json.dumps({"id": "x", "text": ""}))
     (folder / "a.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (folder / "b.txt").write_text("\n".join(MESSAGES[5:]) + "\n", encoding="utf-8")
-    base = ["score", str(folder), "--model", str(model_dir), "--no-progress"]
+    base = ["score", str(folder), "--model", str(model_dir), "--no-progress", "--chunk", "3"]  # several chunks
 
     code, err_local = _run([*base, "-o", str(tmp_path / "local.jsonl")], capsys)
     assert code == 0
