@@ -135,6 +135,9 @@ def test_app_model_loads_in_lifespan(tiny_model_dir) -> None:  # type: ignore[no
         assert c.get("/readyz").status_code == 200
         assert c.post("/v1/analyze", json={"text": "請問"}).status_code == 200
         model = app.state.analyzer.model
+        from model.onnx.runtime import onnxruntime_available
+
+        assert model.backend == ("onnx" if onnxruntime_available() else "torch")  # no silent fall-back
         if model.backend == "onnx":  # the server's pool threads spin during a forward only (Settings.ort_spin)
             opts = model.session.get_session_options()
             assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"

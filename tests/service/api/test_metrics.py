@@ -100,6 +100,8 @@ def test_metrics_counts_requests_inference_and_product(client: httpx.Client) -> 
     calm_first = sum(x["route"]["flag"] == "calm_first" for x in results)
     assert value(m, "calmfirst_route_flags_total", flag="calm_first") == calm_first
     assert value(m, "calmfirst_route_flags_total", flag="ready_for_solutions") == 5 - calm_first
+    # present even at 0 (value() reads a missing sample as 0, so a renamed counter would pass unseen)
+    assert {"calmfirst_escalations_total", "calmfirst_threats_total"} <= set(m)
     assert value(m, "calmfirst_escalations_total") == sum(x["route"]["escalate"] for x in results)
     assert value(m, "calmfirst_threats_total") == sum(x["threat"]["detected"] for x in results)
     assert value(m, "calmfirst_complaints_total") == 5
