@@ -43,6 +43,9 @@ def test_classifier_predict_accepts_string_or_list(tiny_model) -> None:  # type:
     assert isinstance(one, Prediction)
     assert len(many) == 3 and all(isinstance(p, Prediction) for p in many)
     assert many[0].anger_probs == pytest.approx(one.anger_probs, abs=1e-5)  # batching/ordering keeps identity
+    for text, p in zip(["請問", "太離譜了", "退款"], many, strict=True):  # every row, not only the first
+        assert p.anger_probs == pytest.approx(tiny_model.predict(text).anger_probs, abs=1e-5)
+    assert len({round(p.anger_score, 4) for p in many}) == 3  # the texts score apart: a swap would show
     assert tiny_model.predict([]) == []
     with pytest.raises(TypeError, match="text 1"):
         tiny_model.predict(["ok", 3])
