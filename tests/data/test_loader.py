@@ -84,6 +84,7 @@ def test_loader_missing_shared_text_raises_or_skips(tmp_path: Path) -> None:
     # shared folder absent altogether: a clear error, or nothing when skipping
     with pytest.raises(FileNotFoundError, match="shared data not found"):
         load_annotations(ann, shared_dir=tmp_path / "nowhere")
+    assert load_annotations(ann, shared_dir=tmp_path / "nowhere", on_missing="skip") == []
 
 
 @pytest.mark.parametrize(

@@ -219,7 +219,9 @@ def test_fallback_to_tfidf_without_heads(tmp_path: Path, monkeypatch: pytest.Mon
         load_agent_detector(tmp_path / "missing", fallback=False)
 
 
-def test_environment_chooses_the_detector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_chooses_the_detector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from service.routing import agent_steps
 
     sentinel = object()
@@ -227,7 +229,9 @@ def test_environment_chooses_the_detector(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("CALMFIRST_AGENT_MODEL", "tfidf")
     assert load_agent_detector() is sentinel
     monkeypatch.setenv("CALMFIRST_AGENT_MODEL", str(tmp_path / "nowhere"))
-    assert load_agent_detector() is sentinel  # a folder without a model: the fallback, with a warning
+    with caplog.at_level("WARNING"):
+        assert load_agent_detector() is sentinel  # a folder without a model: the fallback, with a warning
+    assert any(r.levelname == "WARNING" and "nowhere" in r.getMessage() for r in caplog.records)
 
 
 def test_shipped_agent_model_files() -> None:
