@@ -15,6 +15,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import IO, Any
 
+from service.io.readers import SCORE_CHUNK
+
 logger = logging.getLogger("calmfirst")
 
 
@@ -267,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chunk",
         type=int,
-        default=2048,
+        default=SCORE_CHUNK,
         help="messages per model call (per Ray task with --engine ray); an interrupted -o FILE resumes per chunk",
     )
     p.add_argument("--no-progress", action="store_true")

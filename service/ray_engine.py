@@ -43,14 +43,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from service.io.readers import BadLine, Record, read_records
+from service.io.readers import SCORE_CHUNK, BadLine, Record, read_records
 from service.io.writers import ResultWriter
 
 logger = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
-#: Messages per chunk for ``score`` unless ``--chunk`` says otherwise: the local engine's default chunk.
-SCORE_CHUNK = 2048
 #: Environment every Ray worker gets (no hub downloads, one thread per actor).
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 

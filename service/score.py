@@ -17,7 +17,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from service.analyzer import Analyzer
-from service.io.readers import BadLine, InputFormatError, Record, count_lines, read_records
+from service.io.readers import SCORE_CHUNK, BadLine, InputFormatError, Record, count_lines, read_records
 from service.io.resumable import ResumableOutput, input_identity
 from service.io.writers import ResultWriter
 
@@ -40,7 +40,7 @@ def score_file(
     out_format: str = "jsonl",
     text_field: str = "text",
     id_field: str = "id",
-    chunk_size: int = 2048,
+    chunk_size: int = SCORE_CHUNK,
     lang: str | None = None,
     progress: bool | None = None,
     err: IO[str] | None = None,
@@ -118,7 +118,7 @@ def score_to_file(
     *,
     text_field: str = "text",
     id_field: str = "id",
-    chunk_size: int = 2048,
+    chunk_size: int = SCORE_CHUNK,
     lang: str | None = None,
     model: str | None = None,
     progress: bool | None = None,

@@ -15,7 +15,6 @@ layout can be souped; anything else is a ``SoupError`` naming the differing key.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from model.config import BACKBONE_SUBDIR, CONFIG_NAME, WEIGHTS_NAME
+from model.onnx.cache import backbone_fingerprint
 
 #: Config keys that must agree for the average to mean anything.
 MUST_AGREE = (
@@ -65,14 +65,6 @@ def _load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return json.loads((path / CONFIG_NAME).read_text(encoding="utf-8")), load_file(str(path / WEIGHTS_NAME))
 
 
-def _tree_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(folder)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def soup_folders(sources: Sequence[str | Path], output: str | Path, *, version: str | None = None) -> SoupResult:
     """Average the fine-tuned parts of ``sources`` (model folders) into ``output``; see the module doc."""
     paths = [Path(p) for p in sources]
@@ -95,7 +87,7 @@ def soup_folders(sources: Sequence[str | Path], output: str | Path, *, version: 
             if value.shape != state0[name].shape:
                 raise SoupError(f"{path}: weight {name!r} has shape {value.shape}, not {state0[name].shape}")
     if cfg0.get("backbone_embedded"):
-        digests = {_tree_digest(p / BACKBONE_SUBDIR) for p in paths}
+        digests = {backbone_fingerprint(cfg, p) for p, (cfg, _) in zip(paths, loaded, strict=True)}
         if len(digests) > 1:
             raise SoupError(f"config key 'backbone_embedded': the embedded backbones of {paths} differ")
 

@@ -35,7 +35,7 @@ SPM_FILE = "tokenizer.spm"
 INPUT_NAMES = ("input_ids", "attention_mask")
 
 
-def _backbone_fingerprint(config: dict[str, Any], model_dir: Path) -> bytes:
+def backbone_fingerprint(config: dict[str, Any], model_dir: Path) -> bytes:
     """What identifies the backbone weights the export is built from."""
     parts = [str(config.get("backbone", "")), str(config.get("backbone_checksum", ""))]
     if config.get("backbone_embedded"):
@@ -63,7 +63,7 @@ def export_key(model_dir: str | Path, *, quantize: bool) -> str:
         ("onnxruntime", onnxruntime.__version__.encode()),
         ("config", config_bytes),
         ("heads", sha256_file(model_dir / WEIGHTS_NAME).encode()),
-        ("backbone", _backbone_fingerprint(json.loads(config_bytes), model_dir)),
+        ("backbone", backbone_fingerprint(json.loads(config_bytes), model_dir)),
     ):
         h.update(label.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
     return h.hexdigest()[:20]

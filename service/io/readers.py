@@ -24,6 +24,10 @@ from typing import IO, Any
 
 from service.text import replace_surrogates
 
+#: Messages per model call of ``calmfirst score`` (both engines) unless ``--chunk`` says otherwise: bigger
+#: chunks waste less padding (``service.score.score_file``).
+SCORE_CHUNK = 2048
+
 
 class InputFormatError(ValueError):
     """The input as a whole cannot be read (unknown format, missing CSV column)."""
