@@ -97,6 +97,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def copy_model(src: Path, dst: Path) -> Path:
+    """A private copy of a model folder without its ONNX exports.
+
+    Why: tests that load the session's ``tiny_model_dir`` with the ONNX backend leave an export in it, and a
+    copy that carried it would find that export instead of building its own, so export tests would pass or
+    fail by the order pytest ran them in.
+    """
+    import shutil
+
+    from model.onnx.cache import EXPORT_SUBDIR
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(EXPORT_SUBDIR))
+    return dst
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     from model.classifier import CalmFirstModel

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from model.onnx import (
     export_key,
     find_export,
 )
-from tests.conftest import build_tiny_model
+from tests.conftest import build_tiny_model, copy_model
 
 TEXTS = list(SAMPLE_MESSAGES[:7])
 
@@ -36,7 +35,7 @@ TEXTS = list(SAMPLE_MESSAGES[:7])
 def model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private copy of the tiny model: these tests write exports next to it."""
     path = tmp_path_factory.mktemp("onnx") / "model"
-    shutil.copytree(tiny_model_dir, path)
+    copy_model(tiny_model_dir, path)
     return path
 
 
@@ -100,7 +99,7 @@ def test_onnx_cache_is_reused_without_rebuilding(model_dir: Path, int8_model, mo
 
 def test_onnx_cache_rebuilt_when_weights_change(tiny_model_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, path)
+    copy_model(tiny_model_dir, path)
     first = load_model(path, threads=1)
     assert isinstance(first, OnnxCalmFirstModel)
     key = export_key(path, quantize=True)
@@ -117,7 +116,7 @@ def test_onnx_cache_rebuilt_when_weights_change(tiny_model_dir: Path, tmp_path: 
 
 def test_onnx_readonly_model_folder_uses_user_cache(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, path)
+    copy_model(tiny_model_dir, path)
     monkeypatch.setenv("CALMFIRST_CACHE", str(tmp_path / "cache"))
     real = onnx_cache._writable
     monkeypatch.setattr(onnx_cache, "_writable", lambda p: p.parent != path and real(p))
@@ -137,7 +136,7 @@ def test_onnx_falls_back_to_torch_without_onnxruntime(model_dir: Path, monkeypat
 
 def test_onnx_falls_back_to_torch_when_export_fails(tiny_model_dir: Path, tmp_path: Path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, path)
+    copy_model(tiny_model_dir, path)
 
     def broken(*a, **k):  # type: ignore[no-untyped-def]
         raise RuntimeError("exporter exploded")

@@ -3,7 +3,6 @@ serves half-loaded."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from service.model_check import ModelFolderError, check_model_dir
 from service.settings import Settings
+from tests.conftest import copy_model
 
 
 def _truncate(path: Path) -> None:
@@ -66,7 +66,7 @@ CASES: list[tuple[str, str, Callable[[Path], None], str]] = [
 def broken(tmp_path: Path, tiny_model_dir: Path) -> Callable[[str, Callable[[Path], None]], Path]:
     def make(file: str, damage: Callable[[Path], None]) -> Path:
         folder = tmp_path / "model"
-        shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("onnx"))
+        copy_model(tiny_model_dir, folder)
         damage(folder / file)
         return folder
 

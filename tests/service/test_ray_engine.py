@@ -27,6 +27,7 @@ pytest.importorskip("onnxruntime")
 
 from data.samples import SAMPLE_MESSAGES
 from service.cli import main
+from tests.conftest import copy_model
 
 MESSAGES = [*SAMPLE_MESSAGES[:7], "再不處理我就找消保官"]
 
@@ -42,7 +43,7 @@ def model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     from model.onnx import ensure_export
 
     path = tmp_path_factory.mktemp("ray") / "model"
-    shutil.copytree(tiny_model_dir, path)
+    copy_model(tiny_model_dir, path)
     ensure_export(path)  # once, here: the actors then only load it
     return path
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.conftest import copy_model
 from training.release import write_release_card
 from training.run import run_evaluation
 
 
 def test_release_card_carries_the_evaluated_figures(tiny_model_dir: Path, tmp_path: Path) -> None:
-    import shutil
-
     model = tmp_path / "m"
-    shutil.copytree(tiny_model_dir, model)
+    copy_model(tiny_model_dir, model)
     data = tmp_path / "d.jsonl"
     rows = [
         {"id": f"w{i}", "text": t, "anger_level": i % 4, "complaint_type": "delivery", "threat": False, "split": "test"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.api import create_app
 from service.settings import Settings
+from tests.conftest import copy_model
 
 
 def _free_port() -> int:
@@ -123,7 +123,7 @@ def test_metrics_summed_over_workers(tiny_model_dir: Path, tmp_path: Path) -> No
     from model.onnx import ensure_export
 
     model = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, model)
+    copy_model(tiny_model_dir, model)
     ensure_export(model)  # built once here, so the two workers only load it
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CALMFIRST_METRICS": "true"}
