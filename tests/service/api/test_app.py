@@ -224,11 +224,16 @@ def test_app_console_page_served(client: httpx.Client) -> None:
 def test_app_logs_carry_no_personal_data(tiny_analyzer, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
     import logging
 
-    settings = Settings(max_text_chars=10)
+    text = "我的電話是0912345678身分證A123456789請回電"
     with caplog.at_level(logging.DEBUG):
-        for c in _serve(settings, tiny_analyzer):
-            c.post("/v1/analyze", json={"text": "我的電話是0912345678身分證A123456789請回電"})
-            logging.getLogger("service.api.app").warning("echo %s", "0912345678 A123456789")
+        # one server answers it, one refuses it as too long: neither path may log or echo the numbers
+        for settings, status in ((Settings(), 200), (Settings(max_text_chars=10), 422)):
+            for c in _serve(settings, tiny_analyzer):
+                r = c.post("/v1/analyze", json={"text": text})
+                assert r.status_code == status, r.text
+                assert "0912345678" not in r.text and "A123456789" not in r.text
+                logging.getLogger("service.api.app").warning("echo %s", "0912345678 A123456789")
+    assert "echo" in caplog.text  # the line was captured, masked
     assert "0912345678" not in caplog.text and "A123456789" not in caplog.text
 
 
