@@ -38,8 +38,11 @@ MUST_AGREE = (
     "complaint_types",
     "schema_version",
     "context_input",
+    "lora.r",
+    "lora.alpha",
+    "lora.dropout",
+    "lora.target_modules",
 )
-LORA_MUST_AGREE = ("r", "alpha", "dropout", "target_modules")
 
 
 class SoupError(ValueError):
@@ -65,6 +68,14 @@ def _load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return json.loads((path / CONFIG_NAME).read_text(encoding="utf-8")), load_file(str(path / WEIGHTS_NAME))
 
 
+def _config_value(cfg: dict, dotted: str) -> object:
+    """``cfg["lora"]["r"]`` for ``"lora.r"``; None where a level is missing."""
+    value: object = cfg
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def soup_folders(sources: Sequence[str | Path], output: str | Path, *, version: str | None = None) -> SoupResult:
     """Average the fine-tuned parts of ``sources`` (model folders) into ``output``; see the module doc."""
     paths = [Path(p) for p in sources]
@@ -74,12 +85,8 @@ def soup_folders(sources: Sequence[str | Path], output: str | Path, *, version: 
     (cfg0, state0), k = loaded[0], len(loaded)
     for path, (cfg, state) in zip(paths[1:], loaded[1:], strict=True):
         for key in MUST_AGREE:
-            if cfg.get(key) != cfg0.get(key):
-                raise SoupError(f"{path}: config key {key!r} differs from {paths[0]} ({cfg.get(key)!r})")
-        lora, lora0 = cfg.get("lora") or {}, cfg0.get("lora") or {}
-        for key in LORA_MUST_AGREE:
-            if lora.get(key) != lora0.get(key):
-                raise SoupError(f"{path}: config key 'lora.{key}' differs from {paths[0]} ({lora.get(key)!r})")
+            if _config_value(cfg, key) != _config_value(cfg0, key):
+                raise SoupError(f"{path}: config key {key!r} differs from {paths[0]} ({_config_value(cfg, key)!r})")
         if set(state) != set(state0):
             diff = sorted(set(state) ^ set(state0))
             raise SoupError(f"{path}: weights differ in their names from {paths[0]} (e.g. {diff[0]!r})")
