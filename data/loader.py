@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from data.schema import RECORD_FIELDS, SPLITS, LabelError, validate_record
-from data.sources import READERS, hash_split, read_source, shared_data_dir
+from data.sources import READERS, read_source, shared_data_dir
+from data.splits import base_split
 
 logger = logging.getLogger(__name__)
 
@@ -85,22 +86,30 @@ def load_annotations(
                 if "context" in row.meta:  # later turns of a dialogue: the turns just before
                     contexts[(source, row.id)] = [tuple(t) for t in json.loads(row.meta["context"])]
     out: list[dict[str, Any]] = []
-    missing = 0
+    missing = unsplit = 0
     for rec in records:
         rec = dict(rec)
+        source_split = "train"
         if "text" not in rec:
             found = texts.get((rec["source"], rec["id"]))
             if found is None:
                 missing += 1
                 continue
             rec["text"], source_split = found
-            rec.setdefault("split", source_split)
             if (rec["source"], rec["id"]) in contexts:
                 rec["context"] = contexts[(rec["source"], rec["id"])]
-        else:
-            rec.setdefault("split", hash_split(f"{rec['source']}:{rec['id']}"))
+        if "split" not in rec:
+            # Why the project's rule and not the source's own split: a freshly merged batch must not train on
+            # records that `data.tools.batch splits` will later put in dev or test
+            rec["split"] = base_split(rec, source_split)
+            unsplit += 1
         out.append(rec)
-    # splits are stored in the label files (data.splits); the fallbacks above serve files that predate that
+    if unsplit:
+        logger.warning(
+            "%d annotation records carry no stored split: split now by data.splits' rule; "
+            "`python -m data.tools.batch splits` stores them and makes duplicates across files share one",
+            unsplit,
+        )
     if missing:
         msg = f"{missing} annotation records had no text in {root}"
         if on_missing == "raise" and root.is_dir():

@@ -2,7 +2,8 @@
 
 Why stored: the split depends on the text (duplicates must share a split), and a fresh
 machine without ``../shared`` must still know every record's split (``data-stats``, the card).
-``python -m data.tools.batch splits`` recomputes and writes it after each merge.
+``python -m data.tools.batch merge`` writes it after each merge (``splits`` alone recomputes it); a record
+without one (a label file edited by hand) is split by the same rule at load time, with a warning.
 
 The rule:
 * sources with a split of their own keep it (SMP2020 eval sets are test, osm ``evl`` is test,

@@ -7,7 +7,7 @@ labelled exactly once (or skipped with a reason). ``merge`` adds the batch's met
 (source, script, region, selection), then appends the records to the per-source label files.
 
     python -m data.tools.batch check work/batches/tw-r1-001.jsonl data/annotations/batches/tw-r1-001.jsonl
-    python -m data.tools.batch merge
+    python -m data.tools.batch merge     # then stores every record's split (data.splits), as `splits` does
 """
 
 from __future__ import annotations
@@ -105,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             print(name, counts)
         return 0
     if args.cmd == "merge":
-        for name, (added, replaced) in merge(args.names or None).items():
+        merged = merge(args.names or None)
+        for name, (added, replaced) in merged.items():
             print(f"{name}: {added} added, {replaced} replaced")
+        if any(added for added, _ in merged.values()):  # new records get their stored split at once
+            for name, counts in write_splits().items():
+                print(name, counts)
         return 0
     try:
         recs = check(args.batch, args.labels)

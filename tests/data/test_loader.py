@@ -143,3 +143,28 @@ def test_loader_project_annotations_join_real_shared_data(shared_data: Path) -> 
     assert len(records) == total
     splits = {r["split"] for r in records}
     assert splits == {"train", "dev", "test"}
+
+
+def test_loader_splits_a_record_without_a_stored_split_by_the_project_rule(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A merged batch not yet through ``batch splits`` must land where ``data.splits`` will put it, not in train."""
+    import logging
+
+    from data.splits import base_split
+
+    def rec(i: int, **extra: str) -> dict:
+        return {
+            "id": f"w-{i}", "source": "calmfirst_written", "text": f"客服電話一直打不通,第{i}次了", "anger_level": 1,
+            "complaint_type": "service_quality", "types": ["service_quality"], "threat": False, "script": "hant",
+            "region": "tw", "schema": "1.2", **extra,
+        }  # fmt: skip
+
+    # texts the rule sends to dev or test where the old fallback (a hash of the id) said train, and the reverse
+    rows = [rec(1), rec(10), rec(17), rec(11, split="train")]
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="data.loader"):
+        got = {r["id"]: r["split"] for r in load_annotations(tmp_path, shared_dir=tmp_path / "none")}
+    assert got == {"w-1": "dev", "w-10": "test", "w-17": "train", "w-11": "train"}  # a stored split is kept
+    assert all(got[r["id"]] == base_split(r, "train") for r in rows[:3])
+    assert "3 annotation records carry no stored split" in caplog.text
