@@ -39,8 +39,8 @@ browser: ## install Debian chromium + chromium-driver for the console tests
 		else echo "browser: could not install chromium + chromium-driver; the console tests will be skipped" >&2; fi; \
 	fi
 
-backbone: $(STAMP) ## convert the bundled multilingual-e5-small once (cached under ~/.cache/calmfirst)
-	$(BIN)/calmfirst prepare-backbone
+backbone: $(STAMP) ## convert the bundled multilingual-e5-small once and build the ONNX exports the server loads (cached)
+	$(BIN)/calmfirst prepare-backbone --exports
 
 run: backbone ## serve the HTTP API and agent console on the shipped model (HOST, PORT)
 	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} $(BIN)/calmfirst serve --host $(HOST) --port $(PORT)

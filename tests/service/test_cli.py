@@ -130,3 +130,21 @@ def test_cli_unknown_output_format(tmp_path, env_model, capsys) -> None:  # type
     src.write_text("hi\n")
     assert main(["score", str(src), "-o", str(tmp_path / "x.parquet")]) == 2
     assert "output must be" in capsys.readouterr().err
+
+
+def test_cli_prepare_backbone_exports_builds_what_the_server_loads(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``make backbone`` (``prepare-backbone --exports``) builds both exports, so no server builds one in process."""
+    import model.backbone
+    import model.onnx
+    import service.routing.agent_model
+
+    calls: list[str] = []
+    monkeypatch.setattr(model.backbone, "prepare_default_backbone", lambda force=False: tmp_path / "backbone")
+    monkeypatch.setattr(model.onnx, "ensure_export", lambda path, quantize=True: calls.append(f"model {path}") or path)
+    monkeypatch.setattr(
+        service.routing.agent_model, "load_agent_detector", lambda threads=None: calls.append("agent-turn encoder")
+    )
+    monkeypatch.setenv("CALMFIRST_MODEL_PATH", str(tmp_path / "m"))
+    assert main(["prepare-backbone"]) == 0 and calls == []  # without the flag: the backbone only, as before
+    assert main(["prepare-backbone", "--exports"]) == 0
+    assert calls == [f"model {tmp_path / 'm'}", "agent-turn encoder"]
