@@ -44,7 +44,7 @@ def build() -> tuple[int, int]:
     prev_agent = {r["id"]: r for r in read_jsonl(AGENT_AGREEMENT_FILE)} if AGENT_AGREEMENT_FILE.exists() else {}
     rows: list[dict[str, Any]] = []
     arows: list[dict[str, Any]] = []
-    for lab in sorted(BATCH_LABELS.glob("agr-*.jsonl")) + sorted(BATCH_LABELS.glob("agragent-*.jsonl")):
+    for lab in sorted(BATCH_LABELS.glob("agr-r2-*.jsonl")) + sorted(BATCH_LABELS.glob("agragent-r2-*.jsonl")):
         agent = lab.name.startswith("agragent")
         meta = {r["id"]: r for r in read_jsonl(BATCHES / lab.name)}
         for b in read_jsonl(lab):
@@ -166,17 +166,22 @@ def customer_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def agent_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def agent_metrics(rows: list[dict[str, Any]], a_key: str = "annotator_a", b_key: str = "annotator_b") -> dict[str, Any]:
+    """Per-code and micro agreement between two label sets of each row (``a_key`` against ``b_key``);
+    ``mistakes_micro_f1`` and ``steps_micro_f1`` are the agent-turn model's two targets' measures."""
     out: dict[str, Any] = {"n": len(rows), "codes": {}}
     tp_all = fp_fn = 0
+    part = {"steps": [0, 0], "mistakes": [0, 0]}
     for code in (*STEP_CODES, *MISTAKE_CODES):
         key = "steps" if code in STEP_CODES else "mistakes"
-        a = [code in r["annotator_a"][key] for r in rows]
-        b = [code in r["annotator_b"][key] for r in rows]
+        a = [code in r[a_key][key] for r in rows]
+        b = [code in r[b_key][key] for r in rows]
         tp = sum(x and y for x, y in zip(a, b, strict=True))
         either = sum(x or y for x, y in zip(a, b, strict=True))
         tp_all += tp
         fp_fn += either - tp
+        part[key][0] += tp
+        part[key][1] += either - tp
         out["codes"][code] = {
             "a": sum(a),
             "b": sum(b),
@@ -185,9 +190,9 @@ def agent_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "kappa": _kappa(a, b),
         }
     out["micro_f1"] = round(2 * tp_all / max(1, 2 * tp_all + fp_fn), 3)
-    out["exact_match"] = round(
-        sum(_same(r["annotator_a"], r["annotator_b"], True) for r in rows) / max(1, len(rows)), 3
-    )
+    for key, (tp, miss) in part.items():
+        out[f"{key}_micro_f1"] = round(2 * tp / max(1, 2 * tp + miss), 3)
+    out["exact_match"] = round(sum(_same(r[a_key], r[b_key], True) for r in rows) / max(1, len(rows)), 3)
     return out
 
 

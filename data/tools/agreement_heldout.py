@@ -1,0 +1,198 @@
+"""Blind second annotation of the real agent turns the agent-turn model is measured on (dev and test).
+
+Why: the agent-turn model's mistake figures were measured against one annotator's labels, and the
+only double annotation before this (agreement v1.2: 200 turns drawn at random) held 15 mistakes, too
+few to say how far people agree on the held-out turns, which are rich in hard, pre-selected ones.
+So every real dev and test turn is labelled again by a different annotator who sees neither the first
+labels nor how the turn was chosen (batches ``agragent-s2-NNN``). Where the two disagree on a mistake,
+an adjudicator reads the turn and both mistake sets (unnamed, in random order) and decides the
+mistakes; the decided mistakes replace the first annotator's in ``agent_turns.jsonl`` (the steps stay
+the first annotator's: people agree on them at micro-F1 0.95 and they are not what is in question).
+
+    python -m data.tools.agreement_heldout build            # A + B -> data/agent_steps/agreement_heldout.jsonl
+    python -m data.tools.agreement_heldout to-adjudicate --out work/batches --size 60
+    python -m data.tools.agreement_heldout apply data/annotations/batches/adjagent-s2-*.jsonl
+    python -m data.tools.agreement_heldout metrics          # -> data/agent_steps/agreement_heldout.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from data.schema import LabelError
+from data.tools.agreement_v12 import AGENT_KEYS, agent_metrics
+from data.tools.batch import AGENT_FILE, BATCH_LABELS, BATCHES, MISTAKE_CODES, _upsert, _write_jsonl, read_jsonl
+
+STUDY = "agragent-s2"
+ADJUDICATION = "adjagent-s2"
+AGREEMENT_FILE = AGENT_FILE.parent / "agreement_heldout.jsonl"
+METRICS_FILE = AGENT_FILE.parent / "agreement_heldout.json"
+
+
+def _labels(rec: dict[str, Any]) -> dict[str, list[str]]:
+    return {k: sorted(rec[k]) for k in AGENT_KEYS}
+
+
+def build(
+    agent_file: Path = AGENT_FILE, labels_dir: Path = BATCH_LABELS, out: Path = AGREEMENT_FILE
+) -> list[dict[str, Any]]:
+    """One row per turn of the study's finished label files: the first annotator's labels (A, kept from
+    the first build, since ``apply`` later changes the label file), the second's (B), and the decision."""
+    first = {r["id"]: r for r in read_jsonl(agent_file)}
+    previous = {r["id"]: r for r in read_jsonl(out)} if out.exists() else {}
+    rows = []
+    for lab in sorted(labels_dir.glob(f"{STUDY}-*.jsonl")):
+        for b in read_jsonl(lab):
+            old = previous.get(b["id"])
+            a_rec = first[b["id"]]
+            a_lab = old["annotator_a"] if old else _labels(a_rec)
+            b_lab = _labels(b)
+            agreed = a_lab["mistakes"] == b_lab["mistakes"]
+            rows.append(
+                {
+                    "id": b["id"],
+                    **{k: a_rec[k] for k in ("source", "script", "region", "split")},
+                    "selection": a_rec.get("selection", "random"),
+                    "annotator_a_id": old["annotator_a_id"] if old else a_rec.get("annotator"),
+                    "annotator_b_id": b.get("annotator"),
+                    "annotator_a": a_lab,
+                    "annotator_b": b_lab,
+                    "agreed_mistakes": agreed,
+                    "adjudicated": (old or {}).get("adjudicated") or (a_lab if agreed else None),
+                    "reason": (old or {}).get("reason"),
+                }
+            )
+    _write_jsonl(out, rows)
+    return rows
+
+
+def to_adjudicate(
+    out_dir: Path, size: int, agreement: Path = AGREEMENT_FILE, batches: Path = BATCHES, seed: int = 0
+) -> list[Path]:
+    """Batches of the turns the two annotators disagree on (mistakes), each with the two mistake sets as
+    ``label_1``/``label_2`` in an order drawn per turn, so the adjudicator cannot tell whose is whose."""
+    texts: dict[str, dict[str, Any]] = {}
+    for p in sorted(batches.glob(f"{STUDY}-*.jsonl")):
+        texts.update({r["id"]: r for r in read_jsonl(p)})
+    rng = random.Random(seed)
+    todo = []
+    for r in read_jsonl(agreement):
+        if r["adjudicated"] is not None:
+            continue
+        pair = [r["annotator_a"]["mistakes"], r["annotator_b"]["mistakes"]]
+        rng.shuffle(pair)
+        t = texts[r["id"]]
+        todo.append(
+            {
+                **{k: r[k] for k in ("id", "source", "script", "region")},
+                "selection": "adjudication",
+                "text": t["text"],
+                "context": t.get("context"),
+                "label_1": {"mistakes": pair[0]},
+                "label_2": {"mistakes": pair[1]},
+            }
+        )
+    paths = []
+    for i in range(0, len(todo), size):
+        path = out_dir / f"{ADJUDICATION}-{i // size + 1:03d}.jsonl"
+        _write_jsonl(path, todo[i : i + size])
+        paths.append(path)
+    return paths
+
+
+def read_decisions(files: list[Path]) -> dict[str, dict[str, Any]]:
+    """The adjudicators' decisions, each checked: ``mistakes`` a list of distinct mistake codes
+    (errors name the file, line and field)."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in files:
+        for n, d in enumerate(read_jsonl(f), start=1):
+            m = d.get("mistakes")
+            if not isinstance(m, list) or len(set(m)) != len(m) or any(c not in MISTAKE_CODES for c in m):
+                raise LabelError(f"{f.name}:{n}: mistakes must be a list of distinct codes from {list(MISTAKE_CODES)}")
+            if d.get("id") in out:
+                raise LabelError(f"{f.name}:{n}: id {d.get('id')!r} decided twice")
+            out[d["id"]] = d
+    return out
+
+
+def apply(files: list[Path], agreement: Path = AGREEMENT_FILE, agent_file: Path = AGENT_FILE) -> int:
+    """Write the decided mistakes into the agreement rows and the training label file (steps: A's;
+    ``interrogated`` brings ``ask_details``, as the contract says it always does)."""
+    decided = read_decisions(files)
+    rows = read_jsonl(agreement)
+    known = {r["id"] for r in rows}
+    if unknown := sorted(set(decided) - known):
+        raise LabelError(f"decisions for ids not in the study: {unknown[:5]}")
+    changes = []
+    for r in rows:
+        d = decided.get(r["id"])
+        if d is None:
+            continue
+        steps = list(r["annotator_a"]["steps"])
+        if "interrogated" in d["mistakes"] and "ask_details" not in steps:
+            steps.append("ask_details")
+        r["adjudicated"] = {"steps": sorted(steps), "mistakes": sorted(d["mistakes"])}
+        r["reason"] = d.get("reason")
+        changes.append({"id": r["id"], **r["adjudicated"], "adjudicated": True})
+    _write_jsonl(agreement, rows)
+    _upsert(agent_file, changes, key=lambda r: r["id"])
+    return len(changes)
+
+
+def metrics(agreement: Path = AGREEMENT_FILE, out: Path | None = METRICS_FILE) -> dict[str, Any]:
+    """A against B (how far two people agree), and each against the adjudicated labels (the reference the
+    model is measured on), overall and per split and source."""
+    rows = read_jsonl(agreement)
+    groups = {
+        "all": rows,
+        "dev": [r for r in rows if r["split"] == "dev"],
+        "test": [r for r in rows if r["split"] == "test"],
+        "test, not pre-selected": [r for r in rows if r["split"] == "test" and not r["selection"].startswith("model")],
+        "stc3": [r for r in rows if r["source"] == "stc3"],
+        "tw replies": [r for r in rows if r["source"] != "stc3"],
+    }
+    res: dict[str, Any] = {"a_vs_b": {g: agent_metrics(rs) for g, rs in groups.items() if rs}}
+    done = [r for r in rows if r["adjudicated"] is not None]
+    res["adjudicated"] = len(done)
+    res["disagreements_on_mistakes"] = sum(not r["agreed_mistakes"] for r in rows)
+    if done and len(done) == len(rows):
+        for who in ("annotator_a", "annotator_b"):
+            res[f"{who}_vs_adjudicated"] = {g: agent_metrics(rs, who, "adjudicated") for g, rs in groups.items() if rs}
+    if out is not None:
+        out.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("build")
+    t = sub.add_parser("to-adjudicate")
+    t.add_argument("--out", type=Path, default=BATCHES)
+    t.add_argument("--size", type=int, default=60)
+    a = sub.add_parser("apply")
+    a.add_argument("files", nargs="+", type=Path)
+    sub.add_parser("metrics")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "build":
+            print(len(build()), "turns in the study")
+        elif args.cmd == "to-adjudicate":
+            for p in to_adjudicate(args.out, args.size):
+                print(p)
+        elif args.cmd == "apply":
+            print(apply(args.files), "decisions applied")
+        else:
+            print(json.dumps(metrics(), indent=1, ensure_ascii=False))
+    except LabelError as e:
+        print(f"error: {e}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
