@@ -849,11 +849,15 @@ def is_drawn_by_model(row: dict[str, Any]) -> bool:
     return str(row.get("selection", "")).startswith("model_score:")
 
 
-def measure(model: Any, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def measure(
+    model: Any, rows: Sequence[dict[str, Any]], *, levels: Sequence[int | None] | None = None, rules: Any = None
+) -> dict[str, Any]:
     """Per-code figures of ``model`` on ``rows``: all turns, real turns, real turns drawn without a model's
-    pre-selection (``real_unselected``, the mix of real traffic) and written turns."""
+    pre-selection (``real_unselected``, the mix of real traffic) and written turns. With ``levels`` (the
+    customer model's level of each turn's context) and ``rules``, ``solution_while_furious`` is decided as a
+    conversation decides it (:func:`with_conversation_rule`)."""
     probs = model.probs([r["text"] for r in rows], [r.get("context") for r in rows])
-    pred = model.predict_codes(probs)
+    pred = model.predict_codes(probs) if levels is None else with_conversation_rule(model, probs, levels, rules)
     y = label_matrix(rows, model.codes)
     real = np.array([is_real(r) for r in rows])
     unselected = real & ~np.array([is_drawn_by_model(r) for r in rows])
@@ -862,6 +866,21 @@ def measure(model: Any, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if mask.any():
             out[name] = evaluate_codes(y[mask], pred[mask], model.codes)
     return out
+
+
+def with_conversation_rule(model: Any, probs: np.ndarray, levels: Sequence[int | None], rules: Any) -> np.ndarray:
+    """Predicted codes with ``solution_while_furious`` decided as a conversation decides it (the
+    playbook's rule on the predicted steps and the customer model's level of the turn before), not by
+    the model's own score: what ``POST /v1/conversations/analyze`` and ``calmfirst qa`` report."""
+    from service.routing.conversation import solution_while_furious
+
+    pred = model.predict_codes(probs).copy()
+    j = model.codes.index("solution_while_furious")
+    steps_idx = [(k, c) for k, c in enumerate(model.codes) if c in STEP_CODES]
+    for i, level in enumerate(levels):
+        steps = [c for k, c in steps_idx if pred[i, k]]
+        pred[i, j] = solution_while_furious(rules, steps, level)
+    return pred
 
 
 # ------------------------------------------------------------------ loading for the service
@@ -1037,15 +1056,37 @@ def _cmd_train(args: Any) -> int:
     return 0
 
 
+def _rule_inputs(customer_model: Path, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The customer model's level of each turn's context and the default playbook's conversation rules."""
+    from model.loading import load_model
+    from service.routing.playbook import DEFAULT_PLAYBOOK, Playbook
+
+    scorer = load_model(customer_model)
+    ctx = [(i, r["context"]) for i, r in enumerate(rows) if r.get("context")]
+    levels: list[int | None] = [None] * len(rows)
+    for (i, _), pred in zip(ctx, scorer.predict([c for _, c in ctx]), strict=True):
+        levels[i] = pred.anger_level
+    return {"levels": levels, "rules": Playbook.load(DEFAULT_PLAYBOOK).conversation}
+
+
 def _cmd_evaluate(args: Any) -> int:
     """The saved model on the held-out test split; ``--write`` adds the figures to its metrics.json."""
     enc = _cached_encoder(args.cache, args.threads)
     model = AgentTurnModel.load(args.model, encoder=enc)
-    out = measure(model, training_rows(args.data)["test"])
+    rows = training_rows(args.data)[args.split]
+    out = measure(model, rows)
+    if args.customer_model is not None:
+        out = {"model_score": out, "conversation_rule": measure(model, rows, **_rule_inputs(args.customer_model, rows))}
     if args.write:
         path = Path(args.model) / METRICS_FILE
         metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        metrics["test"] = out
+        if args.customer_model is not None:
+            metrics[args.split], metrics[f"{args.split}_conversation_rule"] = (
+                out["model_score"],
+                out["conversation_rule"],
+            )
+        else:
+            metrics[args.split] = out
         path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(out, indent=2))  # noqa: T201
     return 0
@@ -1075,7 +1116,14 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exerci
             p.add_argument("--no-test", action="store_true", help="dev figures only (for choosing settings)")
         if name == "evaluate":
             p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
-            p.add_argument("--write", action="store_true", help="record the test figures in the model's metrics.json")
+            p.add_argument("--write", action="store_true", help="record the figures in the model's metrics.json")
+            p.add_argument("--split", default="test", choices=("dev", "test"))
+            p.add_argument(
+                "--customer-model",
+                type=Path,
+                default=None,
+                help="also decide solution_while_furious as a conversation does, from this customer model's levels",
+            )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.cmd == "train" and args.output is not None and str(args.output) in ("-", "none"):

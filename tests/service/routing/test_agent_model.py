@@ -27,6 +27,7 @@ from service.routing.agent_model import (
     stc3_holdout,
     train_and_evaluate,
     units,
+    with_conversation_rule,
 )
 from service.routing.agent_steps import AgentTurn
 from tests.conftest import TINY_AGENT_TURNS, build_tiny_tokenizer
@@ -246,3 +247,33 @@ def test_shipped_agent_model_files() -> None:
     assert {"steps_micro", "mistakes_micro", "per_code"} <= set(metrics["test"]["real"])
     size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir())
     assert size < 8_000_000  # small enough to commit
+
+
+def test_solution_while_furious_decided_as_a_conversation_decides_it() -> None:
+    """The service-path measure: the model's own score for the code is replaced by the playbook's rule on the
+    predicted steps and the customer's level (solution content at level 3 without an apology or acknowledgement)."""
+    from service.routing.playbook import DEFAULT_PLAYBOOK, Playbook
+
+    class Fixed:
+        codes = CODES
+
+        def predict_codes(self, probs: np.ndarray) -> np.ndarray:
+            return probs >= 0.5
+
+    def turn(*codes: str) -> list[float]:
+        return [1.0 if c in codes else 0.0 for c in CODES]
+
+    probs = np.array(
+        [
+            turn("answer_question", "solution_while_furious"),  # level 2: the model's own call is overruled
+            turn("answer_question"),  # level 3, no apology: the rule fires though the model did not
+            turn("answer_question", "apologize"),  # level 3 with an apology: blocked
+            turn("ask_details"),  # level 3, a request is not solution content
+            turn("commit_action"),  # no customer turn before it
+        ]
+    )
+    rules = Playbook.load(DEFAULT_PLAYBOOK).conversation
+    pred = with_conversation_rule(Fixed(), probs, [2, 3, 3, 3, None], rules)
+    j = CODES.index("solution_while_furious")
+    assert pred[:, j].tolist() == [False, True, False, False, False]
+    assert (np.delete(pred, j, axis=1) == np.delete(probs >= 0.5, j, axis=1)).all()  # every other code as predicted
