@@ -9,6 +9,10 @@ an adjudicator reads the turn and both mistake sets (unnamed, in random order) a
 mistakes; the decided mistakes replace the first annotator's in ``agent_turns.jsonl`` (the steps stay
 the first annotator's: people agree on them at micro-F1 0.95 and they are not what is in question).
 
+The same is then done for the real train turns (``--study train``: batches ``agragent-s3-NNN``, mistakes only,
+the second annotator given the adjudicators' rulings; ``data/agent_steps/agreement_train.jsonl``), so that the
+labels the model learns from follow the reading of the labels it is measured against.
+
     python -m data.tools.agreement_heldout build            # A + B -> data/agent_steps/agreement_heldout.jsonl
     python -m data.tools.agreement_heldout to-adjudicate --out work/batches --size 60
     python -m data.tools.agreement_heldout apply data/annotations/batches/adjagent-s2-*.jsonl
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +32,38 @@ from data.schema import LabelError
 from data.tools.agreement_v12 import AGENT_KEYS, agent_metrics
 from data.tools.batch import AGENT_FILE, BATCH_LABELS, BATCHES, MISTAKE_CODES, _upsert, _write_jsonl, read_jsonl
 
-STUDY = "agragent-s2"
-ADJUDICATION = "adjagent-s2"
-AGREEMENT_FILE = AGENT_FILE.parent / "agreement_heldout.jsonl"
-METRICS_FILE = AGENT_FILE.parent / "agreement_heldout.json"
+
+@dataclass(frozen=True)
+class Study:
+    """One double-annotation pass: its batch prefix, its adjudication batches and its files.
+    ``steps_asked``: whether the second annotator labelled steps too (else only mistakes, and the
+    study reports mistakes only)."""
+
+    name: str
+    adjudication: str
+    agreement_file: Path
+    metrics_file: Path
+    steps_asked: bool = True
+
+
+HELDOUT = Study(
+    "agragent-s2",
+    "adjagent-s2",
+    AGENT_FILE.parent / "agreement_heldout.jsonl",
+    AGENT_FILE.parent / "agreement_heldout.json",
+)
+#: the real train turns (the STC-3 held-out dialogues aside), mistakes only, with the rulings the held-out
+#: study's adjudicators used, so that training labels follow the same reading as the labels measured against
+TRAIN = Study(
+    "agragent-s3",
+    "adjagent-s3",
+    AGENT_FILE.parent / "agreement_train.jsonl",
+    AGENT_FILE.parent / "agreement_train.json",
+    steps_asked=False,
+)
+STUDIES = {"heldout": HELDOUT, "train": TRAIN}
+STUDY, ADJUDICATION = HELDOUT.name, HELDOUT.adjudication
+AGREEMENT_FILE, METRICS_FILE = HELDOUT.agreement_file, HELDOUT.metrics_file
 
 
 def _labels(rec: dict[str, Any]) -> dict[str, list[str]]:
@@ -38,19 +71,23 @@ def _labels(rec: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def build(
-    agent_file: Path = AGENT_FILE, labels_dir: Path = BATCH_LABELS, out: Path = AGREEMENT_FILE
+    agent_file: Path = AGENT_FILE,
+    labels_dir: Path = BATCH_LABELS,
+    out: Path = AGREEMENT_FILE,
+    study: Study = HELDOUT,
 ) -> list[dict[str, Any]]:
     """One row per turn of the study's finished label files: the first annotator's labels (A, kept from
     the first build, since ``apply`` later changes the label file), the second's (B), and the decision."""
     first = {r["id"]: r for r in read_jsonl(agent_file)}
     previous = {r["id"]: r for r in read_jsonl(out)} if out.exists() else {}
     rows = []
-    for lab in sorted(labels_dir.glob(f"{STUDY}-*.jsonl")):
+    for lab in sorted(labels_dir.glob(f"{study.name}-*.jsonl")):
         for b in read_jsonl(lab):
             old = previous.get(b["id"])
             a_rec = first[b["id"]]
             a_lab = old["annotator_a"] if old else _labels(a_rec)
-            b_lab = _labels(b)
+            # steps not asked: the row carries A's, so that the rows keep one shape (the study reports mistakes only)
+            b_lab = _labels(b) if study.steps_asked else {"steps": a_lab["steps"], "mistakes": sorted(b["mistakes"])}
             agreed = a_lab["mistakes"] == b_lab["mistakes"]
             rows.append(
                 {
@@ -71,12 +108,17 @@ def build(
 
 
 def to_adjudicate(
-    out_dir: Path, size: int, agreement: Path = AGREEMENT_FILE, batches: Path = BATCHES, seed: int = 0
+    out_dir: Path,
+    size: int,
+    agreement: Path = AGREEMENT_FILE,
+    batches: Path = BATCHES,
+    seed: int = 0,
+    study: Study = HELDOUT,
 ) -> list[Path]:
     """Batches of the turns the two annotators disagree on (mistakes), each with the two mistake sets as
     ``label_1``/``label_2`` in an order drawn per turn, so the adjudicator cannot tell whose is whose."""
     texts: dict[str, dict[str, Any]] = {}
-    for p in sorted(batches.glob(f"{STUDY}-*.jsonl")):
+    for p in sorted(batches.glob(f"{study.name}-*.jsonl")):
         texts.update({r["id"]: r for r in read_jsonl(p)})
     rng = random.Random(seed)
     todo = []
@@ -98,7 +140,7 @@ def to_adjudicate(
         )
     paths = []
     for i in range(0, len(todo), size):
-        path = out_dir / f"{ADJUDICATION}-{i // size + 1:03d}.jsonl"
+        path = out_dir / f"{study.adjudication}-{i // size + 1:03d}.jsonl"
         _write_jsonl(path, todo[i : i + size])
         paths.append(path)
     return paths
@@ -177,17 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("apply")
     a.add_argument("files", nargs="+", type=Path)
     sub.add_parser("metrics")
+    ap.add_argument("--study", choices=sorted(STUDIES), default="heldout")
     args = ap.parse_args(argv)
+    st = STUDIES[args.study]
     try:
         if args.cmd == "build":
-            print(len(build()), "turns in the study")
+            print(len(build(out=st.agreement_file, study=st)), "turns in the study")
         elif args.cmd == "to-adjudicate":
-            for p in to_adjudicate(args.out, args.size):
+            for p in to_adjudicate(args.out, args.size, st.agreement_file, study=st):
                 print(p)
         elif args.cmd == "apply":
-            print(apply(args.files), "decisions applied")
+            print(apply(args.files, st.agreement_file), "decisions applied")
         else:
-            print(json.dumps(metrics(), indent=1, ensure_ascii=False))
+            print(json.dumps(metrics(st.agreement_file, st.metrics_file), indent=1, ensure_ascii=False))
     except LabelError as e:
         print(f"error: {e}")
         return 1

@@ -132,3 +132,16 @@ def test_a_bad_decision_names_its_line_and_field(study: dict[str, Path]) -> None
     with pytest.raises(LabelError, match=r"bad.jsonl:2: mistakes"):
         ah.apply([bad], study["agreement"], study["agent"])
     assert study["agent"].read_text(encoding="utf-8") == before  # nothing half-applied
+
+
+def test_a_mistakes_only_study_keeps_the_first_steps_and_its_own_files(study: dict[str, Path]) -> None:
+    """The train pass asks for mistakes only: its rows carry A's steps (one shape), its batches have their own prefix."""
+    only = ah.Study("agragent-s3", "adjagent-s3", study["agreement"], study["agreement"].with_suffix(".json"), False)
+    _write(
+        study["labels"] / "agragent-s3-001.jsonl",
+        [{"id": "4-t1", "mistakes": ["argued"], "annotator": "a50"}],
+    )
+    rows = ah.build(study["agent"], study["labels"], study["agreement"], study=only)
+    assert [r["id"] for r in rows] == ["4-t1"]  # the s2 batch of the fixture is not this study's
+    assert rows[0]["annotator_b"] == {"steps": ["apologize"], "mistakes": ["argued"]}
+    assert rows[0]["agreed_mistakes"] is False and rows[0]["adjudicated"] is None
