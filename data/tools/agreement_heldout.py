@@ -185,9 +185,12 @@ def apply(files: list[Path], agreement: Path = AGREEMENT_FILE, agent_file: Path 
     return len(changes)
 
 
-def metrics(agreement: Path = AGREEMENT_FILE, out: Path | None = METRICS_FILE) -> dict[str, Any]:
+def metrics(
+    agreement: Path = AGREEMENT_FILE, out: Path | None = METRICS_FILE, *, steps_asked: bool = True
+) -> dict[str, Any]:
     """A against B (how far two people agree), and each against the adjudicated labels (the reference the
-    model is measured on), overall and per split and source."""
+    model is measured on), overall and per split and source. Without ``steps_asked`` the rows carry A's steps
+    for B, so the step figures would be agreement with itself: only the mistake figures are reported."""
     rows = read_jsonl(agreement)
     groups = {
         "all": rows,
@@ -204,9 +207,22 @@ def metrics(agreement: Path = AGREEMENT_FILE, out: Path | None = METRICS_FILE) -
     if done and len(done) == len(rows):
         for who in ("annotator_a", "annotator_b"):
             res[f"{who}_vs_adjudicated"] = {g: agent_metrics(rs, who, "adjudicated") for g, rs in groups.items() if rs}
+    if not steps_asked:
+        res = _mistakes_only(res)
     if out is not None:
         out.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return res
+
+
+def _mistakes_only(res: dict[str, Any]) -> dict[str, Any]:
+    def trim(m: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "n": m["n"],
+            "mistakes_micro_f1": m["mistakes_micro_f1"],
+            "codes": {c: v for c, v in m["codes"].items() if c in MISTAKE_CODES},
+        }
+
+    return {k: {g: trim(m) for g, m in v.items()} if isinstance(v, dict) else v for k, v in res.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,7 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "apply":
             print(apply(args.files, st.agreement_file), "decisions applied")
         else:
-            print(json.dumps(metrics(st.agreement_file, st.metrics_file), indent=1, ensure_ascii=False))
+            print(
+                json.dumps(
+                    metrics(st.agreement_file, st.metrics_file, steps_asked=st.steps_asked),
+                    indent=1,
+                    ensure_ascii=False,
+                )
+            )
     except LabelError as e:
         print(f"error: {e}")
         return 1

@@ -145,3 +145,6 @@ def test_a_mistakes_only_study_keeps_the_first_steps_and_its_own_files(study: di
     assert [r["id"] for r in rows] == ["4-t1"]  # the s2 batch of the fixture is not this study's
     assert rows[0]["annotator_b"] == {"steps": ["apologize"], "mistakes": ["argued"]}
     assert rows[0]["agreed_mistakes"] is False and rows[0]["adjudicated"] is None
+    res = ah.metrics(study["agreement"], out=None, steps_asked=False)
+    assert set(res["a_vs_b"]["all"]) == {"n", "mistakes_micro_f1", "codes"}  # no step figures: B was not asked
+    assert "thank" not in res["a_vs_b"]["all"]["codes"] and res["a_vs_b"]["all"]["mistakes_micro_f1"] == 0.0
