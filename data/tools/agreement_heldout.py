@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from data.schema import LabelError
-from data.tools.agreement_v12 import AGENT_KEYS, agent_metrics
+from data.tools.agreement_v12 import AGENT_KEYS, agent_metrics, pair_fields
 from data.tools.batch import AGENT_FILE, BATCH_LABELS, BATCHES, MISTAKE_CODES, _upsert, _write_jsonl, read_jsonl
 
 
@@ -94,13 +94,15 @@ def build(
                     "id": b["id"],
                     **{k: a_rec[k] for k in ("source", "script", "region", "split")},
                     "selection": a_rec.get("selection", "random"),
-                    "annotator_a_id": old["annotator_a_id"] if old else a_rec.get("annotator"),
-                    "annotator_b_id": b.get("annotator"),
-                    "annotator_a": a_lab,
-                    "annotator_b": b_lab,
-                    "agreed_mistakes": agreed,
-                    "adjudicated": (old or {}).get("adjudicated") or (a_lab if agreed else None),
-                    "reason": (old or {}).get("reason"),
+                    **pair_fields(
+                        old["annotator_a_id"] if old else a_rec.get("annotator"),
+                        b.get("annotator"),
+                        a_lab,
+                        b_lab,
+                        agreed,
+                        old,
+                        agreed_key="agreed_mistakes",
+                    ),
                 }
             )
     _write_jsonl(out, rows)

@@ -66,18 +66,35 @@ def build() -> tuple[int, int]:
                 "script": m["script"],
                 "region": m["region"],
                 "schema": "1.2",
-                "annotator_a_id": a_who,
-                "annotator_b_id": b.get("annotator"),
-                "annotator_a": a_lab,
-                "annotator_b": b_lab,
-                "agreed": agreed,
-                "adjudicated": (old or {}).get("adjudicated") or (a_lab if agreed else None),
-                "reason": (old or {}).get("reason"),
+                **pair_fields(a_who, b.get("annotator"), a_lab, b_lab, agreed, old),
             }
             (arows if agent else rows).append(row)
     for path, rs in ((CUSTOMER_FILE, rows), (AGENT_AGREEMENT_FILE, arows)):
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rs), encoding="utf-8")
     return len(rows), len(arows)
+
+
+def pair_fields(
+    a_who: Any,
+    b_who: Any,
+    a_lab: dict[str, Any],
+    b_lab: dict[str, Any],
+    agreed: bool,
+    old: dict[str, Any] | None,
+    *,
+    agreed_key: str = "agreed",
+) -> dict[str, Any]:
+    """Both annotators' labels and the decision, as every agreement file stores them: a decision from an
+    earlier build is kept (adjudication may have happened since), else A's labels where the two agree."""
+    return {
+        "annotator_a_id": a_who,
+        "annotator_b_id": b_who,
+        "annotator_a": a_lab,
+        "annotator_b": b_lab,
+        agreed_key: agreed,
+        "adjudicated": (old or {}).get("adjudicated") or (a_lab if agreed else None),
+        "reason": (old or {}).get("reason"),
+    }
 
 
 def _same(a: dict[str, Any], b: dict[str, Any], agent: bool) -> bool:
