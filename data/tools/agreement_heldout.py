@@ -21,7 +21,6 @@ labels the model learns from follow the reading of the labels it is measured aga
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from data.schema import LabelError
-from data.tools.agreement_v12 import AGENT_KEYS, agent_metrics, pair_fields
+from data.tools.agreement_v12 import AGENT_KEYS, agent_metrics, pair_fields, study_commands
 from data.tools.batch import AGENT_FILE, BATCH_LABELS, BATCHES, MISTAKE_CODES, _upsert, _write_jsonl, read_jsonl
 
 
@@ -228,15 +227,8 @@ def _mistakes_only(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("build")
-    t = sub.add_parser("to-adjudicate")
-    t.add_argument("--out", type=Path, default=BATCHES)
+    ap, _, t = study_commands(__doc__.splitlines()[0])
     t.add_argument("--size", type=int, default=60)
-    a = sub.add_parser("apply")
-    a.add_argument("files", nargs="+", type=Path)
-    sub.add_parser("metrics")
     ap.add_argument("--study", choices=sorted(STUDIES), default="heldout")
     args = ap.parse_args(argv)
     st = STUDIES[args.study]

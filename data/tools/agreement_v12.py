@@ -260,15 +260,21 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_commands(description: str) -> tuple[argparse.ArgumentParser, Any, argparse.ArgumentParser]:
+    """The commands every agreement study has (build, to-adjudicate --out, apply FILES, metrics): the parser,
+    its subparsers (for more commands) and the to-adjudicate parser (for more options)."""
+    ap = argparse.ArgumentParser(description=description)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("build")
     t = sub.add_parser("to-adjudicate")
     t.add_argument("--out", type=Path, default=BATCHES)
-    a = sub.add_parser("apply")
-    a.add_argument("files", nargs="+", type=Path)
+    sub.add_parser("apply").add_argument("files", nargs="+", type=Path)
     sub.add_parser("metrics")
+    return ap, sub, t
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap, sub, _ = study_commands(__doc__.splitlines()[0])
     md = sub.add_parser("markdown", help="replace the agreement section of a card file")
     md.add_argument("card", type=Path)
     args = ap.parse_args(argv)
