@@ -13,7 +13,8 @@ The rule:
   occurs; records from Taiwan and Hong Kong (real or written: the fractions are per region) put more in
   dev and test (0.15 / 0.20) because their test split must hold at least 400 records;
 * where normalised duplicates still disagree (an STC-3 turn equal to a written message, say),
-  every copy takes the split of the copy whose (source, id) sorts first.
+  every copy takes the split of the copy whose (source, id) sorts first; after a merge, a record that
+  already has a stored split keeps it and decides its duplicates' (``assign(stored=...)``).
 """
 
 from __future__ import annotations
@@ -49,10 +50,23 @@ def base_split(rec: dict[str, Any], source_split: str) -> str:
     return hash_split(text_key(rec["text"]), dev=dev, test=test)
 
 
-def assign(records: Iterable[dict[str, Any]], source_splits: dict[tuple[str, str], str]) -> dict[tuple[str, str], str]:
-    """(source, id) -> split for records that carry ``text``; duplicates share one split."""
+def assign(
+    records: Iterable[dict[str, Any]],
+    source_splits: dict[tuple[str, str], str],
+    stored: dict[tuple[str, str], str] | None = None,
+) -> dict[tuple[str, str], str]:
+    """(source, id) -> split for records that carry ``text``; duplicates share one split.
+
+    ``stored``: splits already stored for labelled records, which then decide their duplicate clusters.
+    Why: a new record whose (source, id) sorts first would otherwise carry its whole cluster with it, and a
+    merge would move dev and test records that models were already measured on into train (round 5 of the
+    agent turns did, for 4 turns). With ``stored`` a merge never moves a labelled record; a new duplicate of a
+    held-out record joins it in dev or test."""
     recs = sorted(records, key=lambda r: (r["source"], r["id"]))
     first: dict[str, str] = {}
+    for r in recs:
+        if (kept := (stored or {}).get((r["source"], r["id"]))) is not None:
+            first.setdefault(text_key(r["text"]), kept)
     out: dict[tuple[str, str], str] = {}
     for r in recs:
         key = text_key(r["text"])

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, (added, replaced) in merged.items():
             print(f"{name}: {added} added, {replaced} replaced")
         if any(added for added, _ in merged.values()):  # new records get their stored split at once
-            for name, counts in write_splits().items():
+            for name, counts in write_splits(keep_stored=True).items():
                 print(name, counts)
         return 0
     try:
@@ -246,8 +246,11 @@ def merge(names: list[str] | None = None, *, remove: bool = False) -> dict[str, 
     return report
 
 
-def write_splits() -> dict[str, dict[str, int]]:
-    """Recompute every record's split (``data.splits``) and store it in the label files."""
+def write_splits(*, keep_stored: bool = False) -> dict[str, dict[str, int]]:
+    """Compute the records' splits (``data.splits``) and store them in the label files.
+
+    ``keep_stored`` (what ``merge`` uses): records that already have a split keep it, and new records that
+    duplicate them join them; only ``splits`` on its own recomputes every record from the rule."""
     from collections import Counter
 
     from data.loader import AGENT_TURNS_FILE, annotation_files, load_agent_turns
@@ -269,7 +272,8 @@ def write_splits() -> dict[str, dict[str, int]]:
     everything = [
         {**r, "text": r.get("text") or texts.get((r["source"], r["id"]), "")} for rs in recs.values() for r in rs
     ] + [{**a, "source": a.get("source", "calmfirst_written"), "region": a.get("region", "cn")} for a in agents]
-    split = assign([r for r in everything if r["text"]], source_split)
+    stored = {(r["source"], r["id"]): r["split"] for r in everything if keep_stored and r.get("split")}
+    split = assign([r for r in everything if r["text"]], source_split, stored)
     counts: dict[str, dict[str, int]] = {}
     for p, rs in recs.items():
         for r in rs:

@@ -119,3 +119,30 @@ def test_card_tables_count_real_and_written_apart(tmp_path: Path) -> None:
     assert "| thank | 1 | 1 |" in md
     assert "not met" in md  # two records are far from the labels-v2 minimums
     assert read_label_file(ann / "x.jsonl")[0]["region"] == "tw"
+
+
+def test_stored_splits_decide_their_duplicates_so_a_merge_never_moves_a_held_out_record() -> None:
+    """A new record whose (source, id) sorts first would carry its duplicate cluster's split with it; with the
+    stored splits passed, the labelled record keeps its split and the new duplicate joins it."""
+    old = {"source": "stc3", "id": "9-t1", "text": "您好,请私信我们!", "region": "cn"}
+    new = {"source": "stc3", "id": "1-t1", "text": "您好 请私信我们", "region": "cn"}
+    own = {("stc3", "9-t1"): "test", ("stc3", "1-t1"): "train"}
+    assert assign([old, new], own) == {("stc3", "1-t1"): "train", ("stc3", "9-t1"): "train"}  # the old rule moves it
+    kept = assign([old, new], own, stored={("stc3", "9-t1"): "test"})
+    assert kept == {("stc3", "1-t1"): "test", ("stc3", "9-t1"): "test"}
+    lone = {"source": "stc3", "id": "2-t1", "text": "别的回复", "region": "cn"}
+    assert assign([old, new, lone], {**own, ("stc3", "2-t1"): "dev"}, stored={})[("stc3", "2-t1")] == "dev"
+
+
+def test_batch_merge_stores_splits_keeping_the_stored_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`batch merge` stores the new records' splits at once, and never by recomputing the labelled ones."""
+    from data.tools import batch
+
+    calls: list[dict] = []
+    monkeypatch.setattr(batch, "merge", lambda names: {"agent-r9-001.jsonl": (3, 0)})
+    monkeypatch.setattr(batch, "write_splits", lambda **kw: calls.append(kw) or {})
+    assert batch.main(["merge"]) == 0
+    assert calls == [{"keep_stored": True}]
+    monkeypatch.setattr(batch, "merge", lambda names: {"agent-r9-001.jsonl": (0, 3)})
+    batch.main(["merge"])
+    assert len(calls) == 1  # nothing added: nothing to split
