@@ -272,7 +272,12 @@ def write_splits(*, keep_stored: bool = False) -> dict[str, dict[str, int]]:
     everything = [
         {**r, "text": r.get("text") or texts.get((r["source"], r["id"]), "")} for rs in recs.values() for r in rs
     ] + [{**a, "source": a.get("source", "calmfirst_written"), "region": a.get("region", "cn")} for a in agents]
-    stored = {(r["source"], r["id"]): r["split"] for r in everything if keep_stored and r.get("split")}
+    # stored = written in the label files; not the loader's fill-in for a record without one (a new record
+    # would otherwise look stored, and carry a held-out duplicate that sorts after it into train)
+    written = [r for rs in recs.values() for r in rs] + [
+        {**a, "source": a.get("source", "calmfirst_written")} for a in read_jsonl(AGENT_TURNS_FILE)
+    ]
+    stored = {(r["source"], r["id"]): r["split"] for r in written if keep_stored and r.get("split")}
     split = assign([r for r in everything if r["text"]], source_split, stored)
     counts: dict[str, dict[str, int]] = {}
     for p, rs in recs.items():

@@ -146,3 +146,34 @@ def test_batch_merge_stores_splits_keeping_the_stored_ones(monkeypatch: pytest.M
     monkeypatch.setattr(batch, "merge", lambda names: {"agent-r9-001.jsonl": (0, 3)})
     batch.main(["merge"])
     assert len(calls) == 1  # nothing added: nothing to split
+
+
+def test_write_splits_after_a_merge_keeps_a_test_turn_whose_new_duplicate_sorts_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only splits written in the label file count as stored: the loader fills a missing split in from the
+    source (train, by dialogue), and taking that fill-in as stored let a new record carry its held-out
+    duplicate into train (round 6 of the agent turns, 3 turns, caught by a record-by-record check)."""
+    import data.loader
+    import data.sources
+    from data.sources import SourceText
+    from data.tools import batch
+
+    agent_file = tmp_path / "agent_turns.jsonl"
+    held = {"id": "9-t1", "source": "stc3", "steps": ["thank"], "mistakes": [], "split": "test"}
+    new = {"id": "1-t1", "source": "stc3", "steps": ["thank"], "mistakes": []}
+    agent_file.write_text("".join(json.dumps(r) + "\n" for r in (held, new)), encoding="utf-8")
+    rows = [SourceText(r["id"], "stc3", "感谢您的反馈!", "train", {"context": ""}) for r in (held, new)]
+
+    def load_agent_turns() -> list[dict]:  # as the loader does: text joined, a missing split filled in
+        return [{**r, "text": "感谢您的反馈!", "split": r.get("split", "train")} for r in batch.read_jsonl(agent_file)]
+
+    monkeypatch.setattr(data.loader, "AGENT_TURNS_FILE", agent_file)
+    monkeypatch.setattr(data.loader, "annotation_files", lambda: [])
+    monkeypatch.setattr(data.loader, "load_agent_turns", load_agent_turns)
+    monkeypatch.setattr(data.sources, "read_agent_turns", lambda root: iter(rows))
+    batch.write_splits(keep_stored=True)
+    got = {r["id"]: r["split"] for r in batch.read_jsonl(agent_file)}
+    assert got == {"9-t1": "test", "1-t1": "test"}  # the held-out turn stays; its new duplicate joins it
+    batch.write_splits()  # `batch splits` alone recomputes by the rule: the first id's dialogue split decides
+    assert {r["split"] for r in batch.read_jsonl(agent_file)} == {"train"}
