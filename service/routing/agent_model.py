@@ -850,13 +850,20 @@ def is_drawn_by_model(row: dict[str, Any]) -> bool:
 
 
 def measure(
-    model: Any, rows: Sequence[dict[str, Any]], *, levels: Sequence[int | None] | None = None, rules: Any = None
+    model: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    probs: np.ndarray | None = None,
+    levels: Sequence[int | None] | None = None,
+    rules: Any = None,
 ) -> dict[str, Any]:
     """Per-code figures of ``model`` on ``rows``: all turns, real turns, real turns drawn without a model's
     pre-selection (``real_unselected``, the mix of real traffic) and written turns. With ``levels`` (the
     customer model's level of each turn's context) and ``rules``, ``solution_while_furious`` is decided as a
-    conversation decides it (:func:`with_conversation_rule`)."""
-    probs = model.probs([r["text"] for r in rows], [r.get("context") for r in rows])
+    conversation decides it (:func:`with_conversation_rule`). ``probs``: the model's scores of ``rows`` when
+    already computed (both measures of one evaluation read the turns once)."""
+    if probs is None:
+        probs = model.probs([r["text"] for r in rows], [r.get("context") for r in rows])
     pred = model.predict_codes(probs) if levels is None else with_conversation_rule(model, probs, levels, rules)
     y = label_matrix(rows, model.codes)
     real = np.array([is_real(r) for r in rows])
@@ -875,7 +882,7 @@ def with_conversation_rule(model: Any, probs: np.ndarray, levels: Sequence[int |
     from service.routing.conversation import solution_while_furious
 
     pred = model.predict_codes(probs).copy()
-    j = model.codes.index("solution_while_furious")
+    j = model.codes.index(Mistake.SOLUTION_WHILE_FURIOUS)
     steps_idx = [(k, c) for k, c in enumerate(model.codes) if c in STEP_CODES]
     for i, level in enumerate(levels):
         steps = [c for k, c in steps_idx if pred[i, k]]
@@ -1074,9 +1081,11 @@ def _cmd_evaluate(args: Any) -> int:
     enc = _cached_encoder(args.cache, args.threads)
     model = AgentTurnModel.load(args.model, encoder=enc)
     rows = training_rows(args.data)[args.split]
-    out = measure(model, rows)
+    probs = model.probs([r["text"] for r in rows], [r.get("context") for r in rows])
+    out = measure(model, rows, probs=probs)
     if args.customer_model is not None:
-        out = {"model_score": out, "conversation_rule": measure(model, rows, **_rule_inputs(args.customer_model, rows))}
+        by_rule = measure(model, rows, probs=probs, **_rule_inputs(args.customer_model, rows))
+        out = {"model_score": out, "conversation_rule": by_rule}
     if args.write:
         path = Path(args.model) / METRICS_FILE
         metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
