@@ -29,7 +29,16 @@ from typing import Any
 
 from data.schema import LabelError
 from data.tools.agreement_v12 import AGENT_KEYS, agent_metrics, pair_fields, study_commands
-from data.tools.batch import AGENT_FILE, BATCH_LABELS, BATCHES, MISTAKE_CODES, _upsert, _write_jsonl, read_jsonl
+from data.tools.batch import (
+    AGENT_FILE,
+    BATCH_LABELS,
+    BATCHES,
+    MISTAKE_CODES,
+    _upsert,
+    _write_jsonl,
+    check_codes,
+    read_jsonl,
+)
 
 
 @dataclass(frozen=True)
@@ -153,9 +162,7 @@ def read_decisions(files: list[Path]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for f in files:
         for n, d in enumerate(read_jsonl(f), start=1):
-            m = d.get("mistakes")
-            if not isinstance(m, list) or len(set(m)) != len(m) or any(c not in MISTAKE_CODES for c in m):
-                raise LabelError(f"{f.name}:{n}: mistakes must be a list of distinct codes from {list(MISTAKE_CODES)}")
+            check_codes(d, "mistakes", MISTAKE_CODES, f"{f.name}:{n}")
             if d.get("id") in out:
                 raise LabelError(f"{f.name}:{n}: id {d.get('id')!r} decided twice")
             out[d["id"]] = d

@@ -49,11 +49,16 @@ def complete(label: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+def check_codes(rec: dict[str, Any], key: str, codes: tuple[str, ...], where: str) -> None:
+    """``rec[key]`` is a list of distinct codes from ``codes`` (the error names the place and the field)."""
+    val = rec.get(key)
+    if not isinstance(val, list) or any(c not in codes for c in val) or len(set(val)) != len(val):
+        raise LabelError(f"{where}: {key} must be a list of distinct codes from {list(codes)}, got {val!r}")
+
+
 def validate_agent(rec: dict[str, Any], where: str) -> None:
     for key, codes in (("steps", STEP_CODES), ("mistakes", MISTAKE_CODES)):
-        val = rec.get(key)
-        if not isinstance(val, list) or any(c not in codes for c in val) or len(set(val)) != len(val):
-            raise LabelError(f"{where}: {key} must be a list of distinct codes from {list(codes)}, got {val!r}")
+        check_codes(rec, key, codes, where)
     if "interrogated" in rec["mistakes"] and "ask_details" not in rec["steps"]:
         raise LabelError(f"{where}: interrogated always also carries ask_details")
 
@@ -267,17 +272,18 @@ def write_splits(*, keep_stored: bool = False) -> dict[str, dict[str, int]]:
                 source_split[(source, row.id)] = row.split
                 texts[(source, row.id)] = row.text
     agents = load_agent_turns()
+    arecs = read_jsonl(AGENT_TURNS_FILE)  # as written: a missing split stays missing (the loader fills one in)
     for row in read_agent_turns(shared_dir_or_default()):
         source_split[(row.source, row.id)] = row.split
     everything = [
         {**r, "text": r.get("text") or texts.get((r["source"], r["id"]), "")} for rs in recs.values() for r in rs
-    ] + [{**a, "source": a.get("source", "calmfirst_written"), "region": a.get("region", "cn")} for a in agents]
+    ] + [{**a, "source": a.get("source", WRITTEN_SOURCE), "region": a.get("region", "cn")} for a in agents]
     # stored = written in the label files; not the loader's fill-in for a record without one (a new record
     # would otherwise look stored, and carry a held-out duplicate that sorts after it into train)
-    written = [r for rs in recs.values() for r in rs] + [
-        {**a, "source": a.get("source", "calmfirst_written")} for a in read_jsonl(AGENT_TURNS_FILE)
-    ]
-    stored = {(r["source"], r["id"]): r["split"] for r in written if keep_stored and r.get("split")}
+    stored: dict[tuple[str, str], str] = {}
+    if keep_stored:
+        stored = {(r["source"], r["id"]): r["split"] for rs in recs.values() for r in rs if r.get("split")}
+        stored |= {(a.get("source", WRITTEN_SOURCE), a["id"]): a["split"] for a in arecs if a.get("split")}
     split = assign([r for r in everything if r["text"]], source_split, stored)
     counts: dict[str, dict[str, int]] = {}
     for p, rs in recs.items():
@@ -285,9 +291,8 @@ def write_splits(*, keep_stored: bool = False) -> dict[str, dict[str, int]]:
             r["split"] = split[(r["source"], r["id"])]
         _write_jsonl(p, rs)
         counts[p.name] = dict(Counter(r["split"] for r in rs))
-    arecs = read_jsonl(AGENT_TURNS_FILE)
     for r in arecs:
-        r["split"] = split.get((r.get("source", "calmfirst_written"), r["id"]), r.get("split", "train"))
+        r["split"] = split.get((r.get("source", WRITTEN_SOURCE), r["id"]), r.get("split", "train"))
     _write_jsonl(AGENT_TURNS_FILE, arecs)
     counts[AGENT_TURNS_FILE.name] = dict(Counter(r["split"] for r in arecs))
     return counts
