@@ -858,7 +858,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
 
     from model.loading import load_model
-    from model.onnx import ensure_export
+    from service.exports import AGENT_ENCODER, MODEL, server_exports
     from service.settings import Settings
 
     settings = Settings()
@@ -902,9 +902,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         encoding="utf-8",
     )
 
+    # the exports every server loads, built before any server starts (service.exports says why)
+    builds = server_exports(model_dir, quantize=settings.quantize, threads=settings.threads())
+
     def export() -> dict[str, Any]:
         t0 = time.perf_counter()
-        d = ensure_export(model_dir, quantize=settings.quantize)
+        d = builds[MODEL]()
         meta = json.loads((d / "export.json").read_text())
         return {
             "dir": str(d.relative_to(ROOT)) if d.is_relative_to(ROOT) else str(d),
@@ -918,13 +921,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["export"] = timed("ONNX export (built once, then cached)", export, retries=0)
 
     def agent_export() -> dict[str, Any]:
-        # Why here: the server loads the agent-turn model too, and on a fresh machine the first server would
-        # otherwise build its encoder export in process (PyTorch loaded: ~5 GB peak, 1.7 GB kept), measuring a
-        # one-time build as the server's memory
-        from service.routing.agent_model import load_agent_detector
-
         t0 = time.perf_counter()
-        detector = load_agent_detector(threads=settings.threads())
+        detector = builds[AGENT_ENCODER]()
         return {"seconds": round(time.perf_counter() - t0, 1), "detector": type(detector).__name__}
 
     results["agent_export"] = timed("agent-turn ONNX encoder (built once, then cached)", agent_export, retries=0)

@@ -219,20 +219,21 @@ def _cmd_prepare_backbone(args: argparse.Namespace) -> int:
 
     path = prepare_default_backbone(force=args.force)
     print(path)
-    if args.exports:
-        # Why here: a server that finds no export builds it in its own process, which then keeps PyTorch
-        # loaded (~1.7 GB RSS) until it restarts; built now, every server starts from the cache
-        from model.onnx import ensure_export
+    if args.exports:  # built now, every server starts from the cache (service.exports says why)
         from model.onnx.runtime import onnxruntime_available
-        from service.routing.agent_model import load_agent_detector
+        from service.exports import MODEL, server_exports
         from service.settings import Settings
 
         if not onnxruntime_available():
             print("onnxruntime is not installed: no ONNX exports built", file=sys.stderr)
             return 0
         settings = Settings()
-        print(ensure_export(settings.model_path, quantize=settings.quantize))
-        load_agent_detector(threads=settings.threads())  # builds the agent-turn encoder's export once
+        for name, build in server_exports(
+            settings.model_path, quantize=settings.quantize, threads=settings.threads()
+        ).items():
+            built = build()
+            if name == MODEL:
+                print(built)
     return 0
 
 
