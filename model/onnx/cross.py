@@ -16,15 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from model.onnx.cache import MODEL_FILE, RECIPE_VERSION, TOKENIZER_FILE, build_lock
+from model.onnx.cache import MODEL_FILE, RECIPE_VERSION
+from model.onnx.encoder import build_once, export_int8, run_padded
 from model.onnx.runtime import _session
 from model.onnx.spm import SpmTokenizer, load_tokenizer
 
@@ -82,26 +83,9 @@ def ensure_cross_export(model_dir: Path, *, cache: Path | None = None) -> Path:
     from service.routing.agent_cross import CONFIG_FILE, WEIGHTS_FILE
 
     sha = sha256_file(model_dir / WEIGHTS_FILE) + sha256_file(model_dir / CONFIG_FILE)
-    key = cross_key(sha)
-    parent = cache or cache_dir() / "onnx-cross"
-    final = parent / key
-    if (final / META).is_file():
-        return final
-    parent.mkdir(parents=True, exist_ok=True)
-    with build_lock(parent):
-        if (final / META).is_file():
-            return final
-        tmp = parent / f".tmp-{key}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            info = build_cross_export(model_dir, tmp)
-            info["key"] = key
-            (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    final, _ = build_once(
+        cache or cache_dir() / "onnx-cross", cross_key(sha), META, partial(build_cross_export, model_dir)
+    )
     return final
 
 
@@ -109,18 +93,15 @@ def build_cross_export(model_dir: Path, out: Path) -> dict[str, Any]:
     import torch
     from torch import nn
 
-    from model.onnx.encoder import externalize_weights
-    from model.onnx.export import _fuse, save_tokenizer
-    from model.onnx.quantize import quantize_linear, quantize_word_embedding
-    from model.onnx.spm import write_spm
-    from service.routing.agent_cross import CrossEncoder
+    from service.routing.agent_cross import CrossEncoder, pooled_logits
 
     started = time.perf_counter()
     cross = CrossEncoder.load(model_dir)
-    encoder = cross.encoder.merge_and_unload()
+    peft_model: Any = cross.encoder
+    encoder: Any = peft_model.merge_and_unload()
     encoder.eval()
     if hasattr(encoder, "set_attn_implementation"):
-        encoder.set_attn_implementation("eager")  # type: ignore[operator]  # the pattern onnxruntime fuses
+        encoder.set_attn_implementation("eager")  # the pattern onnxruntime fuses
 
     class Scored(nn.Module):
         def __init__(self) -> None:
@@ -129,42 +110,18 @@ def build_cross_export(model_dir: Path, out: Path) -> dict[str, Any]:
             self.head = cross.head
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-            return torch.sigmoid(self.head(pooled))
+            return torch.sigmoid(pooled_logits(self.encoder, self.head, input_ids, attention_mask))
 
     turns = ["我們這邊系統顯示已經簽收了", "非常抱歉造成您的困擾，我現在馬上幫您查詢", "请您提供订单号"]
     contexts = ["我根本沒收到！", "你們到底要拖多久", ""]
     module = Scored().eval()
     enc = cross.tokenize(turns, contexts)
-    raw = out / "raw.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            (enc["input_ids"], enc["attention_mask"]),
-            str(raw),
-            dynamo=False,
-            input_names=["input_ids", "attention_mask"],
-            output_names=[OUTPUT],
-            dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}, OUTPUT: {0: "b"}},
-            opset_version=17,
-        )
-    cfg: Any = encoder.config
-    proto, fused = _fuse(raw, num_heads=int(cfg.num_attention_heads), hidden_size=int(cfg.hidden_size))
-    raw.unlink()
     info: dict[str, Any] = {
-        "fused": fused,
         "prefix": cross.prefix,
         "codes": list(cross.settings.codes),
         "max_length": cross.settings.max_length,
-        "pad_id": int(cross.tokenizer.pad_token_id or 0),
     }
-    info |= quantize_word_embedding(proto)
-    info |= quantize_linear(proto, out / MODEL_FILE)
-    info |= externalize_weights(out / MODEL_FILE)
-    save_tokenizer(cross.tokenizer, out / TOKENIZER_FILE)
-    info |= write_spm(out, out / TOKENIZER_FILE)
+    info |= export_int8(module, enc, out, output=OUTPUT, config=encoder.config, tokenizer=cross.tokenizer)
     with torch.no_grad():
         ref = module(enc["input_ids"], enc["attention_mask"]).numpy()
     got = OnnxCrossEncoder.load(out, threads=1, info=info).probs(turns, contexts)
@@ -200,24 +157,12 @@ class OnnxCrossEncoder:
         return cls(_session(export_dir / MODEL_FILE, threads=threads), load_tokenizer(export_dir), info)
 
     def probs(self, texts: Sequence[str], contexts: Sequence[str | None]) -> np.ndarray:
-        out = np.zeros((len(texts), len(self.codes)), dtype=np.float32)
         if not len(texts):
-            return out
+            return np.zeros((0, len(self.codes)), dtype=np.float32)
         ids = encode_pairs(
             self.tokenizer,
             [self.prefix + t for t in texts],
             [(c or "").strip() for c in contexts],
             max_length=self.max_length,
         )
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            width = max(len(ids[i]) for i in idx)
-            input_ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                input_ids[row, : len(ids[i])] = ids[i]
-                mask[row, : len(ids[i])] = 1
-            (p,) = self.session.run([OUTPUT], {"input_ids": input_ids, "attention_mask": mask})
-            out[idx] = p
-        return out
+        return run_padded(self.session, ids, pad_id=self.pad_id, batch_size=self.batch_size, output=OUTPUT)

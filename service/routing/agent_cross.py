@@ -140,10 +140,7 @@ class CrossEncoder:
         )
 
     def forward(self, enc: dict[str, Any]) -> Any:
-        hidden = self.encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return self.head(pooled)
+        return pooled_logits(self.encoder, self.head, enc["input_ids"], enc["attention_mask"])
 
     # ------------------------------------------------------------- train
     def fit(self, rows: Sequence[dict[str, Any]], *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -244,6 +241,13 @@ class CrossEncoder:
         return model
 
 
+def pooled_logits(encoder: Any, head: Any, input_ids: Any, attention_mask: Any) -> Any:
+    """The head on the encoder's mean-pooled tokens (padding left out): training, inference and the export."""
+    hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return head((hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0))
+
+
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
     """Shuffled batches of similar length: shuffle, sort within windows of 8 batches, shuffle the batches.
     Less padding (a CPU pays for every padded token) while every epoch still sees a new order."""
@@ -276,7 +280,8 @@ def _cmd_probs(args: argparse.Namespace) -> int:
         arrays[f"{split}_ids"] = np.array([str(r["id"]) for r in rows])
         arrays[f"{split}_probs"] = model.probs([r["text"] for r in rows], [r.get("context") for r in rows])
     out = Path(args.model) / "probs.npz"
-    np.savez(out, codes=np.array(model.settings.codes), **arrays)
+    arrays["codes"] = np.array(model.settings.codes)
+    np.savez(out, **arrays)  # type: ignore[arg-type]
     logger.info("wrote %s", out)
     return 0
 
