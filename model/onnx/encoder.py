@@ -28,7 +28,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,59 +68,26 @@ def ensure_encoder_export(backbone: str | None = None, *, cache: Path | None = N
     _, meta = resolve_backbone(backbone)
     key = encoder_key(backbone, str(meta.get("weights_sha256", "")))
     parent = cache or cache_dir() / "onnx-encoder"
-
-    def build(tmp: Path) -> dict[str, Any]:
-        info = _build(backbone, tmp, prefix=str(meta.get("text_prefix", "query: ")))
-        return info | {"backbone": backbone, "checksum": str(meta.get("weights_sha256", ""))}
-
-    final, built = build_once(parent, key, META, build)
-    if built:
-        _remove_stale(parent, keep=key, backbone=backbone)
-    return final
-
-
-def build_once(parent: Path, key: str, meta_name: str, build: Callable[[Path], dict[str, Any]]) -> tuple[Path, bool]:
-    """``parent/key``, built by ``build(tmp)`` into a temporary folder under a lock and renamed into place
-    (a reader never sees half an export); ``meta_name`` (written last, with ``key`` added) marks it done.
-    Returns the folder and whether this call built it."""
     final = parent / key
-    if (final / meta_name).is_file():
-        return final, False
+    if (final / META).is_file():
+        return final
     parent.mkdir(parents=True, exist_ok=True)
     with build_lock(parent):
-        if (final / meta_name).is_file():
-            return final, False
+        if (final / META).is_file():
+            return final
         tmp = parent / f".tmp-{key}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            info = build(tmp) | {"key": key}
-            (tmp / meta_name).write_text(json.dumps(info, indent=2) + "\n")
+            info = _build(backbone, tmp, prefix=str(meta.get("text_prefix", "query: ")))
+            info |= {"key": key, "backbone": backbone, "checksum": str(meta.get("weights_sha256", ""))}
+            (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return final, True
-
-
-def run_padded(session: Any, ids: Sequence[Sequence[int]], *, pad_id: int, batch_size: int, output: str) -> np.ndarray:
-    """``output`` of ``session`` for every id list: length-sorted batches padded to their longest, input order."""
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out: np.ndarray | None = None
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(ids[i]) for i in idx)
-        input_ids = np.full((len(idx), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(idx), width), dtype=np.int64)
-        for row, i in enumerate(idx):
-            input_ids[row, : len(ids[i])] = ids[i]
-            mask[row, : len(ids[i])] = 1
-        (value,) = session.run([output], {"input_ids": input_ids, "attention_mask": mask})
-        if out is None:
-            out = np.zeros((len(ids), *value.shape[1:]), dtype=np.float32)
-        out[idx] = value
-    assert out is not None
-    return out
+        _remove_stale(parent, keep=key, backbone=backbone)
+    return final
 
 
 def _remove_stale(parent: Path, *, keep: str, backbone: str) -> None:
@@ -165,6 +132,9 @@ def _build(backbone: str, out: Path, *, prefix: str) -> dict[str, Any]:
     from torch import nn
 
     from model.classifier import _load_encoder
+    from model.onnx.export import _fuse, save_tokenizer
+    from model.onnx.quantize import quantize_linear, quantize_word_embedding
+    from model.onnx.spm import write_spm
 
     started = time.perf_counter()
     module, tokenizer, _ = _load_encoder(backbone)
@@ -185,9 +155,28 @@ def _build(backbone: str, out: Path, *, prefix: str) -> dict[str, Any]:
 
     texts = [prefix + "你们的快递到现在还没到", prefix + "非常抱歉造成您的困擾，我現在馬上幫您查詢"]
     enc = tokenizer(texts, padding=True, return_tensors="pt")
+    raw = out / "raw.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            Pooled(module),
+            (enc["input_ids"], enc["attention_mask"]),
+            str(raw),
+            dynamo=False,
+            input_names=["input_ids", "attention_mask"],
+            output_names=[OUTPUT],
+            dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}, OUTPUT: {0: "b"}},
+            opset_version=17,
+        )
     cfg: Any = module.config
-    info: dict[str, Any] = {"prefix": prefix, "dim": int(cfg.hidden_size)}
-    info |= export_int8(Pooled(module), enc, out, output=OUTPUT, config=cfg, tokenizer=tokenizer)
+    proto, fused = _fuse(raw, num_heads=int(cfg.num_attention_heads), hidden_size=int(cfg.hidden_size))
+    raw.unlink()
+    info: dict[str, Any] = {"fused": fused, "prefix": prefix, "dim": int(cfg.hidden_size)}
+    info |= quantize_word_embedding(proto)
+    info |= quantize_linear(proto, out / MODEL_FILE)
+    info |= externalize_weights(out / MODEL_FILE)
+    save_tokenizer(tokenizer, out / TOKENIZER_FILE)
+    info |= write_spm(out, out / TOKENIZER_FILE)
+    info["pad_id"] = int(tokenizer.pad_token_id or 0)
     with torch.no_grad():
         ref = Pooled(module)(enc["input_ids"], enc["attention_mask"]).numpy()
     got = OnnxSentenceEncoder.load(out, threads=1, info=info).encode([t[len(prefix) :] for t in texts])
@@ -195,40 +184,6 @@ def _build(backbone: str, out: Path, *, prefix: str) -> dict[str, Any]:
     if info["verify_min_cosine"] < 0.98:
         raise RuntimeError(f"ONNX encoder disagrees with PyTorch (cosine {info['verify_min_cosine']:.4f})")
     info["build_seconds"] = round(time.perf_counter() - started, 1)
-    return info
-
-
-def export_int8(module: Any, enc: Any, out: Path, *, output: str, config: Any, tokenizer: Any) -> dict[str, Any]:
-    """``module(input_ids, attention_mask) -> output`` exported into ``out`` with the classifier's recipe
-    (fused, int8 attention, 8-bit MatMulNBits FFN, int8 word-embedding table), its weights memory-mapped
-    (``externalize_weights``) and its tokenizer (JSON and SentencePiece). Returns what to record."""
-    import torch
-
-    from model.onnx.export import _fuse, save_tokenizer
-    from model.onnx.quantize import quantize_linear, quantize_word_embedding
-    from model.onnx.spm import write_spm
-
-    raw = out / "raw.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            (enc["input_ids"], enc["attention_mask"]),
-            str(raw),
-            dynamo=False,
-            input_names=["input_ids", "attention_mask"],
-            output_names=[output],
-            dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}, output: {0: "b"}},
-            opset_version=17,
-        )
-    proto, fused = _fuse(raw, num_heads=int(config.num_attention_heads), hidden_size=int(config.hidden_size))
-    raw.unlink()
-    info: dict[str, Any] = {"fused": fused}
-    info |= quantize_word_embedding(proto)
-    info |= quantize_linear(proto, out / MODEL_FILE)
-    info |= externalize_weights(out / MODEL_FILE)
-    save_tokenizer(tokenizer, out / TOKENIZER_FILE)
-    info |= write_spm(out, out / TOKENIZER_FILE)
-    info["pad_id"] = int(tokenizer.pad_token_id or 0)
     return info
 
 
@@ -270,4 +225,15 @@ class OnnxSentenceEncoder:
         if not texts:
             return out
         ids = [e.ids for e in self.tokenizer.encode_batch([self.prefix + t for t in texts])]
-        return run_padded(self.session, ids, pad_id=self.pad_id, batch_size=self.batch_size, output=OUTPUT)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            width = max(len(ids[i]) for i in idx)
+            input_ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                input_ids[row, : len(ids[i])] = ids[i]
+                mask[row, : len(ids[i])] = 1
+            (emb,) = self.session.run([OUTPUT], {"input_ids": input_ids, "attention_mask": mask})
+            out[idx] = emb
+        return out

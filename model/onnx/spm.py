@@ -163,8 +163,7 @@ class SpmTokenizer:
         i = int(self.sp.piece_to_id(token))
         return None if i == self.sp.unk_id() and token != self.sp.id_to_piece(i) else i
 
-    def content_ids(self, text: str) -> list[int]:
-        """The ids of ``text`` without ``<s>``/``</s>`` and untruncated (pairs are assembled by the caller)."""
+    def _content(self, text: str) -> list[int]:
         if self._split is None or not any(name in text for name in self.specials):
             return list(self.sp.encode(text))
         ids: list[int] = []
@@ -179,7 +178,7 @@ class SpmTokenizer:
         room = None if self.max_length is None else max(0, self.max_length - 2)
         out = []
         for text in texts:
-            ids = self.content_ids(text)
+            ids = self._content(text)
             if room is not None:
                 ids = ids[:room]
             out.append(_Encoding([self.bos, *ids, self.eos]))

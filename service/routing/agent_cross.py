@@ -1,19 +1,22 @@
 """A cross-encoder for agent turns: the customer's turn before and the agent's turn read *together*.
 
-Why: the shipped agent-turn model (``service.routing.agent_model``) embeds the agent's turn and the
-customer's turn separately with the *frozen* encoder and learns a head on the two vectors. The
-mistakes (``argued``, ``blamed_customer``, ``last_word``, ``interrogated``) are about how the
-reply answers *that* message, which two separately pooled vectors carry poorly: on the real
-held-out test turns the frozen model finds them at micro-F1 0.44, people agree at 0.65-0.76.
-Here the encoder itself is fine-tuned (LoRA) on the pair, so attention runs across the two turns.
+Why it was tried: the shipped agent-turn model (``service.routing.agent_model``) embeds the agent's
+turn and the customer's turn separately with the *frozen* encoder and learns a head on the two
+vectors (stacked with character n-grams). The mistakes (``argued``, ``blamed_customer``,
+``last_word``, ``interrogated``) are about how the reply answers *that* message, which two
+separately pooled vectors carry poorly. Here the encoder itself is fine-tuned (LoRA) on the pair,
+so attention runs across the two turns.
 
-This module trains and runs that model in PyTorch (an experiment, measured against the shipped
-model on dev by ``python -m service.routing.agent_cross``); it is not on the serving path.
+Result (2026-12-04, ``model/agent_steps/README.md``): on the dev split's cross-fitted measure it
+lost to the shipped model (real mistakes micro-F1 0.379 alone, 0.523 averaged with the shipped
+model's logits, against 0.549), so it is not on the serving path; this module keeps the experiment
+reproducible.
 
 Commands::
 
-    python -m service.routing.agent_cross train --output runs/agent_cross   # train split, ~40 min on 2 cores
-    python -m service.routing.agent_cross probs --model runs/agent_cross      # dev/test probabilities (npz)
+    python -m service.routing.agent_cross train --output runs/agent_cross   # ~40 min on 2 cores
+    python -m service.routing.agent_cross probs --model runs/agent_cross     # dev/test scores -> probs.npz
+    python -m service.routing.agent_cross compare --model runs/agent_cross   # dev, against the shipped model
 """
 
 from __future__ import annotations
@@ -119,8 +122,6 @@ class CrossEncoder:
         self.prefix = prefix
         hidden = int(module.config.hidden_size)
         self.head = torch.nn.Linear(hidden, len(settings.codes))
-        #: the folder it was loaded from (None: trained in this process)
-        self.source: Path | None = None
 
     @property
     def codes(self) -> tuple[str, ...]:
@@ -237,7 +238,6 @@ class CrossEncoder:
         model.head.load_state_dict({k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")})
         model.encoder.eval()
         model.head.eval()
-        model.source = path
         return model
 
 
@@ -286,6 +286,60 @@ def _cmd_probs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cross_fitted_f1(
+    probs: np.ndarray, y: np.ndarray, codes: Sequence[str], score: np.ndarray, *, halvings: int = 50, seed: int = 0
+) -> tuple[float, float]:
+    """Mean and sd of mistakes micro-F1 over random halvings of ``y``'s rows: per-code thresholds fitted on one
+    half (``fit_thresholds``, as the shipped model's on dev), F1 on the rows of the other half where ``score``
+    is true (the real turns). Both halves take each role, so ``2 * halvings`` figures."""
+    from service.routing.agent_model import fit_thresholds
+
+    mis = np.array([c in MISTAKE_CODES for c in codes])
+    y = y > 0.5
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(halvings):
+        half = rng.random(len(y)) < 0.5
+        for fit, held in ((half, ~half), (~half, half)):
+            th = fit_thresholds(probs[fit], y[fit].astype(np.float32), codes)
+            pred = probs >= np.array([th[c] for c in codes])
+            rows = held & score
+            t, p = y[rows][:, mis], pred[rows][:, mis]
+            denom = t.sum() + p.sum()
+            values.append(2 * (t & p).sum() / denom if denom else 0.0)
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Dev only: the shipped model, the cross-encoder's mistake scores in its place, and their logits averaged."""
+    from service.routing.agent_model import (
+        DEFAULT_CACHE,
+        AgentTurnModel,
+        _cached_encoder,
+        _logit,
+        is_real,
+    )
+
+    shipped = AgentTurnModel.load(args.shipped, encoder=_cached_encoder(DEFAULT_CACHE, args.threads))
+    dev = training_rows()["dev"]
+    npz = np.load(Path(args.model) / "probs.npz")
+    if list(npz["codes"]) != list(shipped.codes) or list(npz["dev_ids"]) != [str(r["id"]) for r in dev]:
+        raise SystemExit(f"{args.model}/probs.npz is not of these codes and dev turns: run `probs` again")
+    p_ship = shipped.probs([r["text"] for r in dev], [r.get("context") for r in dev])
+    p_cross = npz["dev_probs"]
+    mis = np.array([c in MISTAKE_CODES for c in shipped.codes])
+    candidates = {"shipped": p_ship}
+    for name, p in (("cross", p_cross), ("mean", 1 / (1 + np.exp(-(_logit(p_ship) + _logit(p_cross)) / 2)))):
+        q = p_ship.copy()
+        q[:, mis] = p[:, mis]  # steps stay the shipped model's
+        candidates[name] = q
+    y = label_matrix(dev, shipped.codes)
+    real = np.array([is_real(r) for r in dev])
+    out = {name: cross_fitted_f1(p, y, shipped.codes, real) for name, p in candidates.items()}
+    print(json.dumps({k: {"mean": round(m, 4), "sd": round(sd, 4)} for k, (m, sd) in out.items()}, indent=2))  # noqa: T201
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exercised by hand
     parser = argparse.ArgumentParser(prog="python -m service.routing.agent_cross", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -298,9 +352,13 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exerci
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--splits", nargs="+", default=["dev", "test"])
     p.add_argument("--threads", type=int, default=None)
+    c = sub.add_parser("compare")
+    c.add_argument("--model", type=Path, required=True, help="a cross-encoder folder with its probs.npz")
+    c.add_argument("--shipped", type=Path, default=Path("model/agent_steps"))
+    c.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    return {"train": _cmd_train, "probs": _cmd_probs}[args.cmd](args)
+    return {"train": _cmd_train, "probs": _cmd_probs, "compare": _cmd_compare}[args.cmd](args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -616,65 +616,6 @@ def apply_stack(parts: Sequence[np.ndarray], w: np.ndarray) -> np.ndarray:
     return np.asarray(1.0 / (1.0 + np.exp(-z)))
 
 
-#: How the cross-encoder's scores enter: ``mistakes`` replace the mistake codes' scores, ``mean_mistakes``
-#: average their logits with the frozen-encoder model's for the mistake codes; steps stay the heads' either way.
-CROSS_MODES = ("mistakes", "mean_mistakes")
-CROSS_SUBDIR = "cross"
-
-
-def combine_cross(p: np.ndarray, cross: np.ndarray, codes: Sequence[str], mode: str) -> np.ndarray:
-    """The heads' scores ``p`` with the cross-encoder's ``cross`` (same codes, same order) put in by ``mode``."""
-    if mode not in CROSS_MODES:
-        raise ValueError(f"cross_mode must be one of {', '.join(CROSS_MODES)}, got {mode!r}")
-    out = p.copy()
-    mis = np.array([c in MISTAKE_CODES for c in codes])
-    if mode == "mistakes":
-        out[:, mis] = cross[:, mis]
-    else:
-        z = (_logit(p[:, mis]) + _logit(cross[:, mis])) / 2.0
-        out[:, mis] = 1.0 / (1.0 + np.exp(-z))
-    return out
-
-
-def _save_cross(cross: Any, dst: Path) -> None:
-    """The cross-encoder's files into ``dst``: saved when it was trained in this process, else copied from
-    the folder it was loaded from (an ONNX-served one cannot save itself)."""
-    import shutil
-
-    from service.routing.agent_cross import CONFIG_FILE as CROSS_CONFIG
-    from service.routing.agent_cross import WEIGHTS_FILE as CROSS_WEIGHTS
-
-    src = getattr(cross, "source", None)
-    if src is None:
-        cross.save(dst)
-        return
-    if Path(src).resolve() == dst.resolve():
-        return
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in (CROSS_WEIGHTS, CROSS_CONFIG):
-        shutil.copyfile(Path(src) / name, dst / name)
-
-
-def load_cross(path: Path, *, backend: str = "auto", threads: int | None = None) -> Any:
-    """The cross-encoder saved in ``path``: through its ONNX export (built once, cached; no PyTorch after) with
-    ``auto``/``onnx``, else PyTorch (``service.routing.agent_cross.CrossEncoder``)."""
-    if backend != "torch":
-        from model.onnx.runtime import onnxruntime_available
-
-        if onnxruntime_available():
-            try:
-                from model.onnx.cross import OnnxCrossEncoder, ensure_cross_export
-
-                onnx_cross = OnnxCrossEncoder.load(ensure_cross_export(path), threads=threads)
-                onnx_cross.source = path
-                return onnx_cross
-            except Exception as e:  # a failed export must leave a working detector
-                logger.warning("ONNX cross-encoder unavailable (%s: %s); using PyTorch", type(e).__name__, str(e)[:200])
-    from service.routing.agent_cross import CrossEncoder
-
-    return CrossEncoder.load(path, threads=threads)
-
-
 @dataclass
 class AgentTurnModel:
     """Heads over the frozen encoder; implements the detector interface (``detect``, ``scores``, ``codes``)."""
@@ -690,10 +631,6 @@ class AgentTurnModel:
     kind: str = "e5-heads"
     ngram: NgramModel | None = None
     stack: np.ndarray | None = None
-    #: the fine-tuned cross-encoder (``service.routing.agent_cross``: PyTorch, or ``model.onnx.cross``) and
-    #: how its scores enter (``CROSS_MODES``); None: the frozen-encoder heads alone
-    cross: Any = None
-    cross_mode: str | None = None
 
     # -------------------------------------------------------------- train
     def fit(
@@ -766,9 +703,6 @@ class AgentTurnModel:
         p = _head_probs(self.head, features)
         if self.ngram is not None and self.stack is not None:
             p = apply_stack([p, self.ngram.probs(texts)], self.stack)
-        if self.cross is not None:
-            ctx = list(contexts) if contexts is not None else [None] * len(texts)
-            p = combine_cross(p, self.cross.probs(list(texts), ctx), self.codes, self.cross_mode or "mistakes")
         return p.astype(np.float32)
 
     def scores(self, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[dict[str, float]]:
@@ -818,11 +752,8 @@ class AgentTurnModel:
             "settings": self.settings.to_dict(),
             "stack": None if self.stack is None else np.round(self.stack, 6).tolist(),
             "stack_parts": ["e5 heads", "character n-grams"],
-            "cross": None if self.cross is None else {"dir": CROSS_SUBDIR, "mode": self.cross_mode},
             "info": self.info,
         }
-        if self.cross is not None:
-            _save_cross(self.cross, path / CROSS_SUBDIR)
         (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if metrics is not None:
             (path / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
@@ -860,14 +791,6 @@ class AgentTurnModel:
                 logger.warning("agent-turn heads were trained on encoder %s, reading with %s", trained_on, encoder.name)
         if encoder.dim * 3 + 1 != int(cfg["n_in"]):
             raise ValueError(f"{path}: heads expect {cfg['n_in']} inputs, the encoder gives {encoder.dim * 3 + 1}")
-        cross, cross_mode = None, None
-        if cfg.get("cross"):
-            cross_mode = str(cfg["cross"]["mode"])
-            if cross_mode not in CROSS_MODES:
-                raise ValueError(f"{path / CONFIG_FILE}: cross.mode must be one of {CROSS_MODES}, got {cross_mode!r}")
-            cross = load_cross(path / str(cfg["cross"]["dir"]), backend=backend, threads=threads)
-            if tuple(cross.codes) != codes:
-                raise ValueError(f"{path}: the cross-encoder's codes differ from the heads' codes")
         return cls(
             encoder=encoder,
             settings=settings,
@@ -879,8 +802,6 @@ class AgentTurnModel:
             info=dict(cfg.get("info", {})),
             ngram=ngram,
             stack=None if cfg.get("stack") is None else np.asarray(cfg["stack"], dtype=np.float64),
-            cross=cross,
-            cross_mode=cross_mode,
         )
 
 
@@ -1180,28 +1101,12 @@ def _cmd_evaluate(args: Any) -> int:
     return 0
 
 
-def _cmd_attach_cross(args: Any) -> int:
-    """A trained model with a cross-encoder added (``--mode``): thresholds refitted on dev, saved to ``--output``."""
-    enc = _cached_encoder(args.cache, args.threads)
-    model = AgentTurnModel.load(args.model, encoder=enc)
-    model.cross = load_cross(args.cross, backend=args.backend, threads=args.threads)
-    if tuple(model.cross.codes) != model.codes:
-        raise SystemExit(f"{args.cross}: the cross-encoder's codes differ from the model's")
-    model.cross_mode = args.mode
-    dev = training_rows(args.data)["dev"]
-    model.fit_thresholds(dev)
-    model.info = {**model.info, "cross": f"{args.cross} ({args.mode}); thresholds refitted on dev"}
-    model.save(args.output)
-    print(json.dumps({"dev": measure(model, dev)["real"]["mistakes_micro"]}, indent=2))  # noqa: T201
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exercised by hand
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m service.routing.agent_model", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("embed", "train", "evaluate", "attach-cross"):
+    for name in ("embed", "train", "evaluate"):
         p = sub.add_parser(name)
         p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="embedding cache (SQLite)")
         p.add_argument("--threads", type=int, default=2)
@@ -1218,12 +1123,6 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exerci
             p.add_argument("--seed", type=int, default=HeadSettings.seed)
             p.add_argument("--keep-stc3-holdout", action="store_true", help="train on the held-out STC-3 chats too")
             p.add_argument("--no-test", action="store_true", help="dev figures only (for choosing settings)")
-        if name == "attach-cross":
-            p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
-            p.add_argument("--cross", type=Path, required=True, help="a folder saved by service.routing.agent_cross")
-            p.add_argument("--mode", choices=CROSS_MODES, default="mean_mistakes")
-            p.add_argument("--backend", choices=ENCODER_BACKENDS, default="auto")
-            p.add_argument("--output", type=Path, required=True)
         if name == "evaluate":
             p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
             p.add_argument("--write", action="store_true", help="record the figures in the model's metrics.json")
@@ -1238,8 +1137,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exerci
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.cmd == "train" and args.output is not None and str(args.output) in ("-", "none"):
         args.output = None
-    commands = {"embed": _cmd_embed, "train": _cmd_train, "evaluate": _cmd_evaluate, "attach-cross": _cmd_attach_cross}
-    return commands[args.cmd](args)
+    return {"embed": _cmd_embed, "train": _cmd_train, "evaluate": _cmd_evaluate}[args.cmd](args)
 
 
 if __name__ == "__main__":  # pragma: no cover

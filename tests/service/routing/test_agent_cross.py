@@ -67,3 +67,23 @@ def test_trains_saves_and_loads(tiny_backbone_dir: Path, tmp_path: Path) -> None
     loaded = CrossEncoder.load(path, threads=1)
     assert loaded.settings == settings.__class__.from_dict({**settings.to_dict(), "threads": 1})
     np.testing.assert_allclose(loaded.probs(texts, contexts), after, atol=1e-5)
+
+
+def test_cross_fitted_f1_on_hand_checked_scores() -> None:
+    from service.routing.agent_cross import cross_fitted_f1
+
+    codes = ("thank", "argued", "last_word")
+    y = np.array([[1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1]] * 10, dtype=np.float32)
+    real = np.ones(len(y), dtype=bool)
+    # scores that separate every code perfectly: every halving finds a threshold that gets all mistakes right
+    mean, sd = cross_fitted_f1(np.where(y > 0.5, 0.9, 0.1), y, codes, real, halvings=5)
+    assert mean == 1.0 and sd == 0.0
+    # the step's column never counts: wrong step scores leave the mistakes' F1 alone
+    wrong_steps = np.where(y > 0.5, 0.9, 0.1)
+    wrong_steps[:, 0] = 1 - wrong_steps[:, 0]
+    assert cross_fitted_f1(wrong_steps, y, codes, real, halvings=5)[0] == 1.0
+    # scores that say nothing about the mistakes: far below
+    flat = np.full_like(y, 0.5)
+    assert cross_fitted_f1(flat, y, codes, real, halvings=5)[0] < 0.75
+    # only the rows of ``score`` are measured: with none, every figure is 0
+    assert cross_fitted_f1(np.where(y > 0.5, 0.9, 0.1), y, codes, ~real, halvings=2) == (0.0, 0.0)
