@@ -96,7 +96,7 @@ class CrossEncoder:
     def __init__(self, settings: CrossSettings, *, module: Any = None, tokenizer: Any = None, prefix: str = "query: "):
         import torch
 
-        from model.classifier import _load_encoder
+        from model.classifier import _add_lora, _load_encoder
         from model.config import LoraSettings
 
         self.settings = settings
@@ -109,8 +109,6 @@ class CrossEncoder:
             raise ValueError("an encoder module needs its tokenizer")
         for p in module.parameters():
             p.requires_grad_(False)
-        from model.classifier import _add_lora
-
         lora = LoraSettings(
             r=settings.lora_r,
             alpha=settings.lora_alpha,
