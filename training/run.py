@@ -29,6 +29,11 @@ def build_model(args: TrainingArguments) -> CalmFirstModel:
         model.config.name, model.config.version = args.model.name, args.model.version
         # and it is trained on today's labels, whatever schema the model it continues was trained on
         model.config.schema_version = SCHEMA_VERSION
+        # and it reads as many tokens as this config says: the positions go to 512 whatever the model was
+        # trained at (until 2026-12-04 a continued model kept its own max_length and the setting was ignored)
+        if model.config.max_length != args.model.max_length:
+            logger.info("max_length %d -> %d", model.config.max_length, args.model.max_length)
+            model.config.max_length = args.model.max_length
         if args.model.lora is None:
             model.unfreeze_encoder()  # full fine-tuning of the continued model
         return model

@@ -87,12 +87,19 @@ def test_train_continue_from_saved_model(
 ) -> None:
     before = CalmFirstModel.from_pretrained(trained / "model-last")
     cfg = _config(
-        train_file, tiny_backbone_dir, tmp_path / "cont", f"model.init_from={trained / 'model-last'}", "epochs=1"
+        train_file,
+        tiny_backbone_dir,
+        tmp_path / "cont",
+        f"model.init_from={trained / 'model-last'}",
+        "epochs=1",
+        "model.max_length=64",  # the first run read 48 tokens: the continued one reads what this config says
     )
     run_training(cfg)
     after = CalmFirstModel.from_pretrained(tmp_path / "cont" / "model-last")
     assert after.config.complaint_types == before.config.complaint_types
     assert after.config.backbone == before.config.backbone
+    assert before.config.max_length == 48 and after.config.max_length == 64
+    assert after.tokenize(["很" * 100])["input_ids"].shape[1] == 64
     texts = [m["text"] for m in fixture_messages()]
     la, lb = before.predict_logits(texts), after.predict_logits(texts)
     assert (la["anger_logits"] - lb["anger_logits"]).abs().max().item() > 1e-4  # it really trained further
