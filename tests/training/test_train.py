@@ -170,7 +170,8 @@ def test_train_two_processes_gloo(train_file: Path, tiny_backbone_dir: Path, tmp
         "-v",
         "train",
         "training/configs/default.yaml",
-        "model.init_from=null",  # the shipped recipe continues model/v2, whose backbone is not the tiny one
+        "model.init_from=null",  # the shipped recipe continues model/v24, whose backbone is not the tiny one
+        "model.max_length=128",  # the shipped recipe reads 256 tokens; the tiny backbone has 128 positions
         "--output",
         str(tmp_path / "ddp"),
         f'data.sources=[{{"path": "{train_file}", "split": "column"}}]',
