@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,33 @@ def test_train_predict_save_load_end_to_end(encoder: E5Encoder, tmp_path: Path) 
     again = AgentTurnModel.load(tmp_path / "agent", encoder=encoder)
     p2 = again.probs([r["text"] for r in splits["train"]], [r["context"] for r in splits["train"]])
     assert np.allclose(probs, p2, atol=1e-6) and again.thresholds == model.thresholds
+
+
+def test_thresholds_on_train_out_of_fold_or_dev(encoder: E5Encoder, tmp_path: Path) -> None:
+    """The default fits thresholds on the train turns' out-of-fold probabilities: each from parts not trained on
+    that turn, so they are the scores a new turn gets; ``thresholds_on="dev"`` fits them on dev as before."""
+    train, dev = _rows(), _rows(split="dev")
+    base = {"hidden": 16, "epochs": 30, "lr": 1e-2, "batch_size": 4, "dropout": 0.0, "folds": 2}
+    oof_model, _ = train_and_evaluate(encoder, {"train": train, "dev": []}, HeadSettings(**base))
+    assert oof_model.oof_probs is not None and oof_model.oof_probs.shape == (len(train), len(CODES))
+    # the fitted thresholds are exactly the best-F1 ones on those out-of-fold scores
+    assert oof_model.thresholds == fit_thresholds(oof_model.oof_probs, label_matrix(train), CODES)
+    # out of fold is not in sample: the final model scores its own training turns differently
+    in_sample = oof_model.probs([r["text"] for r in train], [r["context"] for r in train])
+    assert not np.allclose(in_sample, oof_model.oof_probs, atol=1e-3)
+    dev_model, _ = train_and_evaluate(encoder, {"train": train, "dev": dev}, HeadSettings(**base, thresholds_on="dev"))
+    p_dev = dev_model.probs([r["text"] for r in dev], [r["context"] for r in dev])
+    assert dev_model.thresholds == fit_thresholds(p_dev, label_matrix(dev), CODES)
+    # saved and loaded with the setting; a config saved before the setting existed reads as dev
+    oof_model.save(tmp_path / "m")
+    assert AgentTurnModel.load(tmp_path / "m", encoder=encoder).settings.thresholds_on == "train_oof"
+    cfg_path = tmp_path / "m" / "agent_model.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    del cfg["settings"]["thresholds_on"]
+    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+    assert AgentTurnModel.load(tmp_path / "m", encoder=encoder).settings.thresholds_on == "dev"
+    with pytest.raises(ValueError, match="thresholds_on"):
+        HeadSettings(thresholds_on="test")
 
 
 def test_interrogated_is_always_also_ask_details(encoder: E5Encoder) -> None:
