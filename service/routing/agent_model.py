@@ -307,7 +307,11 @@ def featurize(encoder: TextEncoder, texts: Sequence[str], contexts: Sequence[str
 
 
 # ------------------------------------------------------------------ the head
-THRESHOLD_SOURCES = ("train_oof", "dev")
+#: where per-code thresholds can be fitted -> what the saved model's info says of it
+THRESHOLD_SOURCES: dict[str, str] = {
+    "train_oof": "out-of-fold scores of the train split, best F1 per code",
+    "dev": "dev split (all turns), best F1 per code",
+}
 
 
 @dataclass
@@ -648,7 +652,6 @@ class AgentTurnModel:
     #: the final probabilities of the train turns, each from parts not trained on it (set by ``fit`` when
     #: there are folds; not saved): what ``fit_thresholds_out_of_fold`` fits on
     oof_probs: np.ndarray | None = field(default=None, repr=False)
-    oof_labels: np.ndarray | None = field(default=None, repr=False)
 
     # -------------------------------------------------------------- train
     def fit(
@@ -673,7 +676,6 @@ class AgentTurnModel:
         self.ngram = None
         self.stack = None
         self.oof_probs = None
-        self.oof_labels = y
         if s.ngram or s.thresholds_on == "train_oof":
             texts = [r["text"] for r in rows]
             oof_e5 = np.zeros_like(y)
@@ -706,11 +708,11 @@ class AgentTurnModel:
         self.thresholds = fit_thresholds(probs, label_matrix(rows, self.codes), self.codes)
         return self.thresholds
 
-    def fit_thresholds_out_of_fold(self) -> dict[str, float]:
-        """Per-code thresholds with the best F1 on the train turns' out-of-fold probabilities (after ``fit``)."""
-        if self.oof_probs is None or self.oof_labels is None:
-            raise ValueError("thresholds_on: train_oof needs the out-of-fold scores of fit (folds >= 2)")
-        self.thresholds = fit_thresholds(self.oof_probs, self.oof_labels, self.codes)
+    def fit_thresholds_out_of_fold(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """Per-code thresholds with the best F1 on the out-of-fold probabilities ``fit`` left for ``rows``."""
+        if self.oof_probs is None or len(self.oof_probs) != len(rows):
+            raise ValueError("thresholds_on: train_oof needs the out-of-fold scores of fit on these rows")
+        self.thresholds = fit_thresholds(self.oof_probs, label_matrix(rows, self.codes), self.codes)
         return self.thresholds
 
     # ------------------------------------------------------------ predict
@@ -1055,7 +1057,7 @@ def train_and_evaluate(
     model.fit(train, log=log)
     dev = splits.get("dev", [])
     if settings.thresholds_on == "train_oof":
-        model.fit_thresholds_out_of_fold()
+        model.fit_thresholds_out_of_fold(train)
     elif dev:
         model.fit_thresholds(dev)
     metrics: dict[str, Any] = {"train_turns": len(train), "dev_turns": len(dev)}
@@ -1078,10 +1080,7 @@ def _cmd_train(args: Any) -> int:
     model.info = {
         "trained_on": "train split of data/agent_steps/agent_turns.jsonl (real + written)"
         + ("" if args.keep_stc3_holdout else ", without the STC-3 dialogues whose id % 5 == 0"),
-        "thresholds_on": {
-            "train_oof": "out-of-fold scores of the train split (5 folds), best F1 per code",
-            "dev": "dev split (all turns), best F1 per code",
-        }[settings.thresholds_on],
+        "thresholds_on": THRESHOLD_SOURCES[settings.thresholds_on],
         "measured_on": "test split (held out), real turns reported apart",
         "encoder": enc.name,
     }
@@ -1160,7 +1159,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exerci
             p.add_argument("--dropout", type=float, default=HeadSettings.dropout)
             p.add_argument("--real-weight", type=float, default=HeadSettings.real_weight)
             p.add_argument("--seed", type=int, default=HeadSettings.seed)
-            p.add_argument("--thresholds-on", default=HeadSettings.thresholds_on, choices=THRESHOLD_SOURCES)
+            p.add_argument("--thresholds-on", default=HeadSettings.thresholds_on, choices=tuple(THRESHOLD_SOURCES))
             p.add_argument("--keep-stc3-holdout", action="store_true", help="train on the held-out STC-3 chats too")
             p.add_argument("--no-test", action="store_true", help="dev figures only (for choosing settings)")
         if name == "evaluate":
