@@ -60,7 +60,7 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-train: backbone ## reproduce the shipped model from CONFIG into OUT (about 36 min on 2 cores)
+train: backbone ## reproduce the shipped model from CONFIG into OUT (about 50 min on 2 cores)
 	$(BIN)/calmfirst train $(CONFIG) --output $(OUT)
 
 ship: ## copy OUT/model-best into model/default (the model `make run` loads)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from training.config import ConfigError, TrainingArguments, load_config
@@ -12,6 +14,25 @@ def test_config_default_yaml_loads() -> None:
     assert cfg.epochs >= 1
     assert cfg.data.sources[0].path == "annotations"
     assert cfg.model.lora is not None and cfg.model.lora.r == 32
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in CONFIGS.rglob("*.yaml")), ids=lambda p: Path(p).name)
+def test_every_committed_config_validates(path: str) -> None:
+    """A recipe kept for a later run (ablations, the full-budget table) must still load under today's schema."""
+    cfg = load_config(path)
+    assert cfg.data.sources and cfg.epochs >= 1
+
+
+def test_full_budget_variants_are_overrides_of_one_file() -> None:
+    base = load_config(CONFIGS / "ablations" / "full_budget.yaml")
+    assert base.model.init_from is None and base.model.lora is not None  # trained from the backbone
+    full = load_config(
+        CONFIGS / "ablations" / "full_budget.yaml", ["model.lora=null", "learning_rate=0.00005", "use_context=false"]
+    )
+    assert full.model.lora is None and full.learning_rate == 0.00005 and full.use_context is False
 
 
 def test_config_toml_and_dotted_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
