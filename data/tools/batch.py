@@ -214,7 +214,8 @@ def merge(names: list[str] | None = None, *, remove: bool = False) -> dict[str, 
         if lab.name.startswith(AGREEMENT_PREFIXES) or (names and lab.stem not in names):
             continue
         batch = BATCHES / lab.name
-        if not batch.exists() or lab.name.startswith(("adj", "written")):  # merged by their own tools
+        # adjudications and written rounds are merged by their own tools (data.tools.adjudicate, data.tools.written)
+        if not batch.exists() or lab.name.startswith(("adj", "written")):
             continue
         try:
             recs = check(batch, lab)
