@@ -75,9 +75,8 @@ def reachable_token_ids(texts: Sequence[str], tokenizer_json: Path) -> set[int]:
     chars |= {c for ch in list(chars) for c in unicodedata.normalize("NFKC", ch)}
     tok = Tokenizer.from_file(str(tokenizer_json))
     seen = {i for enc in tok.encode_batch(["query: " + v for v in views]) for i in enc.ids}
-    vocab = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))["model"]["vocab"]
     keep = set(range(_SPECIAL)) | seen
-    for i, (piece, _score) in enumerate(vocab):
+    for piece, i in tok.get_vocab(with_added_tokens=False).items():  # the model's vocabulary, piece -> id
         body = piece.replace("▁", "")
         latin = any(c.isascii() and c.isalpha() for c in body)
         if piece.startswith("<") or (all(c in chars for c in body) and (not latin or len(body) <= 2)):
