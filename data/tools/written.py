@@ -46,6 +46,15 @@ ISSUE_EXAMPLES: tuple[str, ...] = (
 DEFAULT_OVERLAP = 8
 
 
+@dataclass(frozen=True)
+class RoundFiles:
+    """Where a round is read from and merged into (the project's files unless a test says otherwise)."""
+
+    batches: Path = BATCH_LABELS
+    written: Path = WRITTEN_FILE
+    contrast_dir: Path = CONTRAST_DIR
+
+
 @dataclass
 class MergeReport:
     """What a merge kept and what it left out (id, why)."""
@@ -88,20 +97,19 @@ def collect(
     annotators: Mapping[str, str],
     *,
     overlap: int = DEFAULT_OVERLAP,
-    batches: Path = BATCH_LABELS,
-    written: Path = WRITTEN_FILE,
-    contrast_dir: Path = CONTRAST_DIR,
+    files: RoundFiles = RoundFiles(),
 ) -> MergeReport:
     """Validate the round's batch files and decide which lines go in (nothing is written)."""
-    files = sorted(batches.glob(f"written-v{round_no}-*.jsonl"))
-    if not files:
+    batches, written = files.batches, files.written
+    round_files = sorted(batches.glob(f"written-v{round_no}-*.jsonl"))
+    if not round_files:
         raise LabelError(f"no batch files written-v{round_no}-*.jsonl in {batches}")
     existing = read_jsonl(written) if written.exists() else []
     ids = {r["id"] for r in existing}
     seen = {normalise(r["text"]) for r in existing}
-    avoid = protected_runs(overlap, contrast_dir)
+    avoid = protected_runs(overlap, files.contrast_dir)
     report = MergeReport()
-    for path in files:
+    for path in round_files:
         group = path.stem.removeprefix(f"written-v{round_no}-")
         if group not in annotators:
             raise LabelError(f"{path.name}: no annotator given for group {group!r} (--annotator {group}=ID)")
@@ -152,9 +160,7 @@ def merge(
     annotators: Mapping[str, str],
     *,
     overlap: int = DEFAULT_OVERLAP,
-    batches: Path = BATCH_LABELS,
-    written: Path = WRITTEN_FILE,
-    contrast_dir: Path = CONTRAST_DIR,
+    files: RoundFiles = RoundFiles(),
     label_files: Iterable[Path] | None = None,
     store_splits: Callable[[], object] | None = None,
 ) -> MergeReport:
@@ -165,17 +171,18 @@ def merge(
     from data.loader import AGENT_TURNS_FILE, annotation_files
     from data.tools.batch import write_splits
 
-    report = collect(round_no, annotators, overlap=overlap, batches=batches, written=written, contrast_dir=contrast_dir)
-    files = sorted({*(label_files if label_files is not None else [*annotation_files(), AGENT_TURNS_FILE]), written})
-    backup = {p: p.read_bytes() for p in files if p.exists()}
-    before = stored_splits(files)
+    report = collect(round_no, annotators, overlap=overlap, files=files)
+    written = files.written
+    watched = sorted({*(label_files if label_files is not None else [*annotation_files(), AGENT_TURNS_FILE]), written})
+    backup = {p: p.read_bytes() for p in watched if p.exists()}
+    before = stored_splits(watched)
     with written.open("a", encoding="utf-8") as f:
         for rec in report.kept:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     (store_splits or (lambda: write_splits(keep_stored=True)))()
-    report.moved = moved(before, stored_splits(files))
+    report.moved = moved(before, stored_splits(watched))
     if report.moved:
-        for p in files:
+        for p in watched:
             if p in backup:
                 p.write_bytes(backup[p])
             else:

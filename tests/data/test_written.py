@@ -34,7 +34,7 @@ def _line(rid: str, text: str, **kw) -> dict:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> dict[str, Path]:
+def tree(tmp_path: Path) -> w.RoundFiles:
     written = _write(
         tmp_path / "calmfirst_written.jsonl", [_line("written-v1-tw-0001", "包裹怎麼還沒到", split="train")]
     )
@@ -51,17 +51,15 @@ def tree(tmp_path: Path) -> dict[str, Path]:
         ],
     )
     _write(batches / "written-v2-hk.jsonl", [_line("written-v2-hk-0001", "我要告你哋", region="hk", threat=True)])
-    return {"written": written, "contrast": contrast.parent, "batches": batches}
+    return w.RoundFiles(batches=batches, written=written, contrast_dir=contrast.parent)
 
 
-def test_collect_keeps_fills_and_leaves_out(tree: dict[str, Path]) -> None:
+def test_collect_keeps_fills_and_leaves_out(tree: w.RoundFiles) -> None:
     rep = w.collect(
         2,
         {"tw": "a90", "hk": "a91"},
         overlap=6,
-        batches=tree["batches"],
-        written=tree["written"],
-        contrast_dir=tree["contrast"],
+        files=tree,
     )
     kept = {r["id"]: r for r in rep.kept}
     assert set(kept) == {"written-v2-tw-0001", "written-v2-hk-0001"}
@@ -71,17 +69,15 @@ def test_collect_keeps_fills_and_leaves_out(tree: dict[str, Path]) -> None:
     assert "contrast-001a" in why["written-v2-tw-0002"]  # case and punctuation ignored
     assert "duplicates" in why["written-v2-tw-0003"]
     # with the default 8-character run the contrast overlap is allowed
-    rep8 = w.collect(
-        2, {"tw": "a90", "hk": "a91"}, batches=tree["batches"], written=tree["written"], contrast_dir=tree["contrast"]
-    )
+    rep8 = w.collect(2, {"tw": "a90", "hk": "a91"}, files=tree)
     assert "written-v2-tw-0002" in {r["id"] for r in rep8.kept}
 
 
-def test_issue_examples_are_protected(tree: dict[str, Path]) -> None:
+def test_issue_examples_are_protected(tree: w.RoundFiles) -> None:
     _write(
-        tree["batches"] / "written-v3-tw.jsonl", [_line("written-v3-tw-0001", "真的，什麼態度！我要上網留言讓大家知道")]
+        tree.batches / "written-v3-tw.jsonl", [_line("written-v3-tw-0001", "真的，什麼態度！我要上網留言讓大家知道")]
     )
-    rep = w.collect(3, {"tw": "a90"}, batches=tree["batches"], written=tree["written"], contrast_dir=tree["contrast"])
+    rep = w.collect(3, {"tw": "a90"}, files=tree)
     assert rep.kept == [] and "issue example" in rep.left_out[0][1]
 
 
@@ -94,60 +90,45 @@ def test_issue_examples_are_protected(tree: dict[str, Path]) -> None:
         (_line("written-v3-tw-0001", "新的一句", source="stc3"), "source"),
     ],
 )
-def test_bad_lines_name_the_line_and_field(tree: dict[str, Path], row: dict, message: str) -> None:
-    _write(tree["batches"] / "written-v3-tw.jsonl", [row])
+def test_bad_lines_name_the_line_and_field(tree: w.RoundFiles, row: dict, message: str) -> None:
+    _write(tree.batches / "written-v3-tw.jsonl", [row])
     with pytest.raises(LabelError, match=message):
-        w.collect(3, {"tw": "a90"}, batches=tree["batches"], written=tree["written"], contrast_dir=tree["contrast"])
+        w.collect(3, {"tw": "a90"}, files=tree)
 
 
-def test_missing_round_or_annotator(tree: dict[str, Path]) -> None:
+def test_missing_round_or_annotator(tree: w.RoundFiles) -> None:
     with pytest.raises(LabelError, match="written-v9"):
-        w.collect(9, {}, batches=tree["batches"], written=tree["written"], contrast_dir=tree["contrast"])
+        w.collect(9, {}, files=tree)
     with pytest.raises(LabelError, match="group 'hk'"):
-        w.collect(2, {"tw": "a90"}, batches=tree["batches"], written=tree["written"], contrast_dir=tree["contrast"])
+        w.collect(2, {"tw": "a90"}, files=tree)
     with pytest.raises(LabelError, match="GROUP=ANNOTATOR"):
         w.parse_annotators(["tw"])
     assert w.main(["merge", "2", "--annotator", "tw"]) == 1
 
 
-def _split_writer(written: Path, move: bool):
+def _merge(tree: w.RoundFiles, *, move: bool, overlap: int = 6) -> w.MergeReport:
+    """Merge round 2 of ``tree``; ``move`` makes the split store move an already stored split."""
+
     def store() -> None:
-        rows = [json.loads(x) for x in written.read_text(encoding="utf-8").splitlines()]
+        rows = [json.loads(x) for x in tree.written.read_text(encoding="utf-8").splitlines()]
         for r in rows:
             r.setdefault("split", "dev")
             if move and r["id"] == "written-v1-tw-0001":
                 r["split"] = "test"
-        _write(written, rows)
+        _write(tree.written, rows)
 
-    return store
+    return w.merge(2, {"tw": "a90", "hk": "a91"}, overlap=overlap, files=tree, label_files=[], store_splits=store)
 
 
-def test_merge_appends_and_stores_splits(tree: dict[str, Path]) -> None:
-    rep = w.merge(
-        2,
-        {"tw": "a90", "hk": "a91"},
-        overlap=6,
-        batches=tree["batches"],
-        written=tree["written"],
-        contrast_dir=tree["contrast"],
-        label_files=[],
-        store_splits=_split_writer(tree["written"], move=False),
-    )
-    rows = [json.loads(x) for x in tree["written"].read_text(encoding="utf-8").splitlines()]
+def test_merge_appends_and_stores_splits(tree: w.RoundFiles) -> None:
+    rep = _merge(tree, move=False)
+    rows = [json.loads(x) for x in tree.written.read_text(encoding="utf-8").splitlines()]
     assert rep.moved == [] and [r["id"] for r in rows][1:] == [r["id"] for r in rep.kept]
     assert all(r["split"] for r in rows)
 
 
-def test_merge_undoes_everything_when_a_stored_split_moves(tree: dict[str, Path]) -> None:
-    before = tree["written"].read_bytes()
-    rep = w.merge(
-        2,
-        {"tw": "a90", "hk": "a91"},
-        batches=tree["batches"],
-        written=tree["written"],
-        contrast_dir=tree["contrast"],
-        label_files=[],
-        store_splits=_split_writer(tree["written"], move=True),
-    )
+def test_merge_undoes_everything_when_a_stored_split_moves(tree: w.RoundFiles) -> None:
+    before = tree.written.read_bytes()
+    rep = _merge(tree, move=True, overlap=8)
     assert rep.moved == ["calmfirst_written.jsonl:written-v1-tw-0001 train -> test"]
-    assert tree["written"].read_bytes() == before
+    assert tree.written.read_bytes() == before
