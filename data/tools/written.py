@@ -7,7 +7,7 @@ they can leak evaluation material in two ways that a labelled shared record cann
 before anything is appended:
 
 * a line that shares a run of ``overlap`` characters (after ``data.splits.normalise``) with a contrast item
-  (``data/contrast/``) or with an example quoted in an issue would teach the model the very sentence the
+  (``training.contrast.load_contrast``: the contrast set, read and checked as the evaluation reads it) or with an example quoted in an issue would teach the model the very sentence the
   project measures it on, so it is left out (and listed);
 * a line equal to one already in the file (normalised) is a duplicate and left out.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +32,9 @@ from typing import Any
 from data.schema import WRITTEN_SOURCE, LabelError, validate_record
 from data.splits import normalise
 from data.tools.batch import ANNOTATIONS, BATCH_LABELS, read_jsonl
+from training.contrast import CONTRAST_PATH, load_contrast
 
 WRITTEN_FILE = ANNOTATIONS / f"{WRITTEN_SOURCE}.jsonl"
-CONTRAST_DIR = ANNOTATIONS.parent / "contrast"
 #: messages quoted in the issues as misses or examples (#14, #15): the project reports them by hand, so no
 #: written line may share a run with them
 ISSUE_EXAMPLES: tuple[str, ...] = (
@@ -52,7 +53,7 @@ class RoundFiles:
 
     batches: Path = BATCH_LABELS
     written: Path = WRITTEN_FILE
-    contrast_dir: Path = CONTRAST_DIR
+    contrast: Path = CONTRAST_PATH
 
 
 @dataclass
@@ -64,20 +65,18 @@ class MergeReport:
     moved: list[str] = field(default_factory=list)
 
 
-def runs(text: str, k: int) -> set[str]:
-    """Every run of ``k`` characters of the text's comparison form (whole form when shorter)."""
-    t = normalise(text)
-    return {t[i : i + k] for i in range(max(len(t) - k + 1, 1))} if t else set()
+def runs(form: str, k: int) -> set[str]:
+    """Every run of ``k`` characters of a comparison form (``normalise``d text; the whole form when shorter)."""
+    return {form[i : i + k] for i in range(max(len(form) - k + 1, 1))} if form else set()
 
 
-def protected_runs(k: int, contrast_dir: Path = CONTRAST_DIR, extra: Iterable[str] = ISSUE_EXAMPLES) -> dict[str, str]:
+def protected_runs(k: int, contrast: Path = CONTRAST_PATH, extra: Iterable[str] = ISSUE_EXAMPLES) -> dict[str, str]:
     """Run -> what it protects (a contrast item's id, or "issue example")."""
     out: dict[str, str] = {}
     for text in extra:
-        out.update(dict.fromkeys(runs(text, k), "issue example"))
-    for path in sorted(contrast_dir.glob("*.jsonl")):
-        for rec in read_jsonl(path):
-            out.update(dict.fromkeys(runs(rec["text"], k), rec["id"]))
+        out.update(dict.fromkeys(runs(normalise(text), k), "issue example"))
+    for item in load_contrast(contrast):
+        out.update(dict.fromkeys(runs(normalise(item.text), k), item.id))
     return out
 
 
@@ -107,7 +106,7 @@ def collect(
     existing = read_jsonl(written) if written.exists() else []
     ids = {r["id"] for r in existing}
     seen = {normalise(r["text"]) for r in existing}
-    avoid = protected_runs(overlap, files.contrast_dir)
+    avoid = protected_runs(overlap, files.contrast)
     report = MergeReport()
     for path in round_files:
         group = path.stem.removeprefix(f"written-v{round_no}-")
@@ -123,15 +122,16 @@ def collect(
             purposes = rec.get("written_for")
             if not isinstance(purposes, list) or not purposes or not all(isinstance(p, str) for p in purposes):
                 raise LabelError(f"{where}: written_for must be a non-empty list of strings, got {purposes!r}")
-            hit = sorted({avoid[g] for g in runs(rec["text"], overlap) if g in avoid})
+            form = normalise(rec["text"])
+            hit = sorted({avoid[g] for g in runs(form, overlap) if g in avoid})
             if hit:
                 report.left_out.append((rec["id"], f"shares {overlap} characters with {', '.join(hit[:3])}"))
                 continue
-            if normalise(rec["text"]) in seen:
+            if form in seen:
                 report.left_out.append((rec["id"], "duplicates a line already written"))
                 continue
             ids.add(rec["id"])
-            seen.add(normalise(rec["text"]))
+            seen.add(form)
             report.kept.append(
                 {**rec, "selection": f"written_v{round_no}:{purposes[0]}", "annotator": annotators[group]}
             )
@@ -213,13 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     if report.moved:
         print("error: stored splits moved; nothing written:\n  " + "\n  ".join(report.moved[:20]))
         return 1
-    by_split: dict[str, int] = {}
+    by_split: Counter[str] = Counter()
     if args.write:
         now = {r["id"]: r.get("split") for r in read_jsonl(WRITTEN_FILE)}
-        for r in report.kept:
-            by_split[str(now.get(r["id"]))] = by_split.get(str(now.get(r["id"])), 0) + 1
+        by_split.update(str(now.get(r["id"])) for r in report.kept)
     print(
-        f"{'merged' if args.write else 'would merge'} {len(report.kept)} lines" + (f" {by_split}" if by_split else "")
+        f"{'merged' if args.write else 'would merge'} {len(report.kept)} lines"
+        + (f" {dict(by_split)}" if by_split else "")
     )
     return 0
 

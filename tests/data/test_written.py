@@ -38,8 +38,22 @@ def tree(tmp_path: Path) -> w.RoundFiles:
     written = _write(
         tmp_path / "calmfirst_written.jsonl", [_line("written-v1-tw-0001", "包裹怎麼還沒到", split="train")]
     )
+    pair = {
+        "pair": "contrast-001",
+        "script": "hant",
+        "region": "tw",
+        "complaint_type": "account_technical",
+        "threat": False,
+        "decides": "anger_level",
+        "kind": "contrast",
+        "why": "an insult makes it 3",
+    }
     contrast = _write(
-        tmp_path / "contrast" / "c.jsonl", [{"id": "contrast-001a", "text": "垃圾公司,App又閃退,到底能不能用?"}]
+        tmp_path / "contrast.jsonl",
+        [
+            {**pair, "id": "contrast-001a", "text": "垃圾公司,App又閃退,到底能不能用?", "anger_level": 3},
+            {**pair, "id": "contrast-001b", "text": "請問更新後一直閃退怎麼辦?", "anger_level": 0},
+        ],
     )
     batches = tmp_path / "batches"
     _write(
@@ -51,7 +65,7 @@ def tree(tmp_path: Path) -> w.RoundFiles:
         ],
     )
     _write(batches / "written-v2-hk.jsonl", [_line("written-v2-hk-0001", "我要告你哋", region="hk", threat=True)])
-    return w.RoundFiles(batches=batches, written=written, contrast_dir=contrast.parent)
+    return w.RoundFiles(batches=batches, written=written, contrast=contrast)
 
 
 def test_collect_keeps_fills_and_leaves_out(tree: w.RoundFiles) -> None:
