@@ -7,8 +7,9 @@ they can leak evaluation material in two ways that a labelled shared record cann
 before anything is appended:
 
 * a line that shares a run of ``overlap`` characters (after ``data.splits.normalise``) with a contrast item
-  (``training.contrast.load_contrast``: the contrast set, read and checked as the evaluation reads it) or with an example quoted in an issue would teach the model the very sentence the
-  project measures it on, so it is left out (and listed);
+  (``training.contrast.load_contrast``: the contrast set, read and checked as the evaluation reads it) or
+  with an example quoted in an issue would teach the model the very sentence the project measures it on, so it
+  is left out (and listed);
 * a line equal to one already in the file (normalised) is a duplicate and left out.
 
 Kept lines get ``selection = written_vN:<first written_for>`` and the round's annotator of their region, are
