@@ -1,4 +1,4 @@
-"""``calmfirst train``, ``evaluate``, ``calibrate`` and ``soup``, registered through entry points."""
+"""``calmfirst train``, ``evaluate``, ``calibrate``, ``soup`` and ``compare``, registered through entry points."""
 
 from __future__ import annotations
 
@@ -126,3 +126,19 @@ def register_soup(sub: Any) -> None:
     p.add_argument("models", nargs="+", help="two or more model folders (runs from the same init_from)")
     p.add_argument("--version", default=None, help="version of the souped model (default: the first run's)")
     p.set_defaults(func=_cmd_soup)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from training.compare import run
+
+    return run(args)
+
+
+def register_compare(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="candidates side by side as the mean of their seeds; --rule judges a rule written before the runs",
+    )
+    p.add_argument("candidates", nargs="+", help="NAME=PATH[,PATH...]: metrics.json files or report folders")
+    p.add_argument("--rule", default=None, help="a rule file (YAML/JSON) to judge; exit 1 when it fails")
+    p.set_defaults(func=_cmd_compare)
