@@ -118,5 +118,12 @@ def test_full_fine_tuning_saves_the_encoder_layers_not_the_embeddings(tmp_path) 
     saved = load_file(str(tmp_path / "full" / "calmfirst_heads.safetensors"))
     assert any(k.startswith("backbone.encoder.layer.0") for k in saved)
     assert not any("embeddings" in k for k in saved)
-    again = CalmFirstModel.from_pretrained(tmp_path / "full").logits(texts)["anger_logits"]
-    assert abs(again - before).max() < 1e-5
+    # the encoder layers are stored in float16 (85 MB -> 43 MB for e5-small), the heads in float32
+    assert {v.dtype for k, v in saved.items() if k.startswith("backbone.")} == {torch.float16}
+    assert {v.dtype for k, v in saved.items() if not k.startswith("backbone.")} == {torch.float32}
+    loaded = CalmFirstModel.from_pretrained(tmp_path / "full")
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}  # cast back on load
+    again = loaded.logits(texts)["anger_logits"]
+    assert abs(again - before).max() < 1e-2  # float16 rounding of the layers, not a lost weight
+    moved = next(p for n, p in loaded.backbone.named_parameters() if "encoder.layer.0" in n)
+    assert abs(moved - next(p for n, p in model.backbone.named_parameters() if "encoder.layer.0" in n)).max() < 1e-3
