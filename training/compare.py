@@ -98,7 +98,7 @@ class Run:
             raw = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise CompareError(f"{p}: cannot read evaluation metrics: {e}") from e
-        breakdown = raw.get("breakdown")
+        breakdown = raw.get("breakdown") if isinstance(raw, dict) else None
         if not isinstance(breakdown, dict):
             raise CompareError(f"{p}: no 'breakdown' (metrics of `calmfirst evaluate` on annotated data are needed)")
         q: dict[str, float] = {}

@@ -128,6 +128,9 @@ def test_runs_on_other_records_and_unknown_candidates_are_refused(runs: dict[str
         compare([str(runs["b1"])])
     with pytest.raises(CompareError, match="cannot read evaluation metrics"):
         compare([f"base={tmp_path / 'missing'}"])
+    (tmp_path / "list.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(CompareError, match="no 'breakdown'"):
+        compare([f"base={tmp_path / 'list.json'}"])
     rule = tmp_path / "r.yaml"
     rule.write_text("baseline: base\ncandidate: nope\ncriteria: [{quantity: rule_mean, at_least: 0}]\n")
     with pytest.raises(CompareError, match="rule candidate 'nope' is not among"):
