@@ -119,6 +119,11 @@ class Run:
             raise CompareError(f"{self.path}: has no {quantity!r} (its groups lack it)")
         return self.quantities[quantity]
 
+    def value(self, quantity: str | Sequence[str]) -> float:
+        """One quantity, or the mean of several."""
+        qs = [quantity] if isinstance(quantity, str) else list(quantity)
+        return sum(self.get(q) for q in qs) / len(qs)
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -129,12 +134,15 @@ class Candidate:
 
     def mean(self, quantity: str | Sequence[str]) -> float:
         """The mean over the runs of ``quantity`` (of several quantities: of their mean)."""
-        qs = [quantity] if isinstance(quantity, str) else list(quantity)
-        return sum(sum(r.get(q) for q in qs) / len(qs) for r in self.runs) / len(self.runs)
+        return sum(r.value(quantity) for r in self.runs) / len(self.runs)
 
     def best_seed(self) -> Run:
         """The run a release would ship: the highest rule mean (the first on a tie)."""
         return max(self.runs, key=lambda r: r.get(RULE_MEAN))
+
+    def side(self, quantity: str | Sequence[str], of: Literal["mean", "best_seed"]) -> float:
+        """What a criterion reads of this candidate: its seeds' mean, or its best seed's value."""
+        return self.best_seed().value(quantity) if of == "best_seed" else self.mean(quantity)
 
 
 class Criterion(BaseModel):
@@ -166,6 +174,19 @@ class Criterion(BaseModel):
         if sum(t is not None for t in tests) != 1:
             raise ValueError("give exactly one of at_least_baseline, at_most_baseline, at_least, at_most")
         return self
+
+    @property
+    def test(self) -> tuple[Literal[">=", "<="], float, bool]:
+        """(operator, amount, relative): ``relative`` adds the amount to the baseline's side."""
+        for amount, op, relative in (
+            (self.at_least_baseline, ">=", True),
+            (self.at_most_baseline, "<=", True),
+            (self.at_least, ">=", False),
+            (self.at_most, "<=", False),
+        ):
+            if amount is not None:
+                return op, amount, relative  # type: ignore[return-value]  # op is one of the two literals
+        raise AssertionError("validated: exactly one test is set")
 
     @property
     def label(self) -> str:
@@ -226,26 +247,15 @@ def judge(rule: Rule, candidates: Sequence[Candidate]) -> Verdict:
         if name not in by_name:
             raise CompareError(f"rule {role} {name!r} is not among the candidates {sorted(by_name)}")
     base, cand = by_name[rule.baseline], by_name[rule.candidate]
-    ship, base_best = cand.best_seed(), base.best_seed()
     checks = []
-    op: Literal[">=", "<="]
     for c in rule.criteria:
-        qs = [c.quantity] if isinstance(c.quantity, str) else c.quantity
-        value = sum(ship.get(q) for q in qs) / len(qs) if c.of == "best_seed" else cand.mean(qs)
-        b = None
-        if c.at_least_baseline is not None or c.at_most_baseline is not None:
-            b = sum(base_best.get(q) for q in qs) / len(qs) if c.baseline_of == "best_seed" else base.mean(qs)
-        if c.at_least_baseline is not None and b is not None:
-            bound, op = b + c.at_least_baseline, ">="
-        elif c.at_most_baseline is not None and b is not None:
-            bound, op = b + c.at_most_baseline, "<="
-        elif c.at_least is not None:
-            bound, op = c.at_least, ">="
-        else:
-            bound, op = float(c.at_most), "<="  # type: ignore[arg-type]  # exactly one test is set (validated)
+        op, amount, relative = c.test
+        value = cand.side(c.quantity, c.of)
+        b = base.side(c.quantity, c.baseline_of) if relative else None
+        bound = b + amount if b is not None else amount
         passed = value >= bound - 1e-12 if op == ">=" else value <= bound + 1e-12
         checks.append(Check(c.label, value, b, bound, op, passed))
-    return Verdict(tuple(checks), ship)
+    return Verdict(tuple(checks), cand.best_seed())
 
 
 def check_same_records(candidates: Sequence[Candidate]) -> None:
