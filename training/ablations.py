@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from training.breakdown import row_cells, table_head
+from training.compare import CompareError, split_named
 
 #: the breakdown groups a run is compared on (``source stc3``: the turns of real conversations, where context matters)
 GROUPS: tuple[str, ...] = ("real", "real cn", "real tw", "real hk", "source stc3", "written")
@@ -37,9 +38,10 @@ def ablation_table(runs: Sequence[tuple[str, dict[str, Any]]], groups: Sequence[
 
 
 def parse_run(spec: str) -> tuple[str, dict[str, Any]]:
-    name, sep, path = spec.rpartition("=")  # a name may hold "=" (LoRA r=32), a path hardly ever
-    if not sep or not name or not path:
-        raise SystemExit(f"error: run {spec!r}: expected NAME=PATH")
+    try:
+        name, path = split_named(spec, "run", "NAME=PATH")
+    except CompareError as e:
+        raise SystemExit(f"error: {e}") from e
     try:
         return name, json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:

@@ -266,11 +266,17 @@ def check_same_records(candidates: Sequence[Candidate]) -> None:
         raise CompareError(f"runs evaluated on different records: {runs}")
 
 
+def split_named(spec: str, what: str, form: str) -> tuple[str, str]:
+    """``NAME=VALUE`` of a command line, split at the last ``=`` (a name may hold one: "LoRA r=32")."""
+    name, sep, value = spec.rpartition("=")
+    if not sep or not name or not value:
+        raise CompareError(f"{what} {spec!r}: expected {form}")
+    return name, value
+
+
 def parse_candidate(spec: str) -> Candidate:
     """``NAME=PATH[,PATH...]``: a recipe's name and the metrics of each of its seeds."""
-    name, sep, paths = spec.rpartition("=")
-    if not sep or not name or not paths:
-        raise CompareError(f"candidate {spec!r}: expected NAME=PATH[,PATH...]")
+    name, paths = split_named(spec, "candidate", "NAME=PATH[,PATH...]")
     return Candidate(name, tuple(Run.load(p) for p in paths.split(",") if p))
 
 
