@@ -272,7 +272,10 @@ def run_score(
     if proc.returncode != 0:
         raise RuntimeError(f"calmfirst score failed ({proc.returncode}): {proc.stderr[-2000:]}")
     m = re.search(r"scored (\d+) messages in ([\d.]+) s", proc.stderr)
-    load = re.search(r"loaded model .* in ([\d.]+) s \(backend (\w+), (\d+) threads(?:, spin (\w+))?\)", proc.stderr)
+    load = re.search(
+        r"loaded model .* in ([\d.]+) s \(backend (\w+), (\d+) threads(?:, spin (\w+))?(?:, (\d+) lanes)?\)",
+        proc.stderr,
+    )
     if not m:
         raise RuntimeError(f"no timing line in calmfirst score output: {proc.stderr[-2000:]}")
     scored, seconds = int(m.group(1)), float(m.group(2))

@@ -7,6 +7,7 @@ and the result is built once as a typed ``MessageResult`` / ``ConversationResult
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from data.script import detect_script
 from data.vocab import SCRIPT_LANG, AngerLabel, ComplaintType, Role, Script
 from model.context import previous_turns, with_context
 from model.loading import load_model
+from model.onnx.runtime import OnnxCalmFirstModel
 from model.scores import Prediction, ScoringModel
 from service.explain import occlusion_explanation
 from service.microbatch import MicroBatcher
@@ -66,6 +68,7 @@ class Analyzer:
         microbatch_wait_ms: float = 0.0,
         microbatch_max_size: int = 1,
         microbatch_concurrency: int = 1,
+        lane_models: Sequence[ScoringModel] = (),
     ) -> None:
         self.model = model
         self.policy = policy or Policy()
@@ -83,6 +86,7 @@ class Analyzer:
                 max_wait_ms=microbatch_wait_ms,
                 max_size=microbatch_max_size,
                 max_concurrent=microbatch_concurrency,
+                lanes=[functools.partial(self._predict_many, model=m) for m in lane_models],
             )
 
     @classmethod
@@ -92,7 +96,7 @@ class Analyzer:
         Every knob is read from ``settings`` (``service.settings.Settings``), where its default is
         written once; the keyword defaults of ``__init__`` are for code that builds an analyzer by hand.
         """
-        threads = settings.threads()
+        threads, lanes = settings.threads(), settings.lanes()
         path = Path(model_path or settings.model_path)
         check_model_dir(path)  # a missing or corrupt file is an error naming it, before anything loads
         started = time.perf_counter()
@@ -100,7 +104,7 @@ class Analyzer:
             path, backend=settings.backend, quantize=settings.quantize, threads=threads, spin=settings.ort_spin
         )
         logger.info(
-            "loaded model %s %s from %s in %.2f s (backend %s, %d threads, spin %s)",
+            "loaded model %s %s from %s in %.2f s (backend %s, %d threads, spin %s, %d lanes)",
             model.config.name,
             model.config.version,
             path,
@@ -108,6 +112,7 @@ class Analyzer:
             model.backend,
             threads,
             settings.ort_spin,
+            lanes if isinstance(model, OnnxCalmFirstModel) else 0,
         )
         playbook = Playbook.load(settings.playbook_path)
         return cls(
@@ -119,6 +124,7 @@ class Analyzer:
             microbatch_wait_ms=settings.microbatch_wait_ms,
             microbatch_max_size=settings.microbatch_max_size,
             microbatch_concurrency=settings.microbatch_concurrency,
+            lane_models=model.lanes(lanes) if isinstance(model, OnnxCalmFirstModel) and lanes else (),
         )
 
     def close(self) -> None:
@@ -126,9 +132,9 @@ class Analyzer:
         if self.microbatcher is not None:
             self.microbatcher.close()
 
-    def _predict_many(self, texts: list[str]) -> list[Prediction]:
+    def _predict_many(self, texts: list[str], model: ScoringModel | None = None) -> list[Prediction]:
         started = time.perf_counter()
-        preds = list(self.model.predict(texts, batch_size=self.batch_size))
+        preds = list((model or self.model).predict(texts, batch_size=self.batch_size))
         for observer in self.observers:
             observer.inference_done(len(texts), time.perf_counter() - started)
         return preds

@@ -25,9 +25,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from service.io.readers import InputFormatError
     from service.io.writers import open_output
     from service.score import score_file
-    from service.settings import Settings
 
-    settings = Settings(batch_size=args.batch_size) if args.batch_size else Settings()
+    settings = batch_settings(args)
     if args.output not in (None, "-") and getattr(args, "engine", "local") == "local":
         return _score_to_file(args, settings)  # complete or absent; a re-run resumes
     try:
@@ -97,6 +96,15 @@ def _score_ray(args: argparse.Namespace, settings: Any, out: IO[str], fmt: str) 
     )
 
 
+def batch_settings(args: argparse.Namespace) -> Any:
+    """Settings of a batch command (``score``, ``qa``): whole batches per forward, so no micro-batcher
+    and none of its one-thread lanes (``service.microbatch``) to load."""
+    from service.settings import Settings
+
+    extra = {"batch_size": args.batch_size} if args.batch_size else {}
+    return Settings(microbatch_max_size=1, **extra)
+
+
 def _score_to_file(args: argparse.Namespace, settings: Any) -> int:
     from service.analyzer import Analyzer
     from service.io.readers import InputFormatError
@@ -134,14 +142,13 @@ def _cmd_qa(args: argparse.Namespace) -> int:
     from service.qa.readers import check_input
     from service.qa.run import run_qa
     from service.routing.agent_model import load_agent_detector
-    from service.settings import Settings
 
     try:
         check_input(args.input)  # fail before the model loads
     except InputFormatError as e:
         print(f"calmfirst qa: {e}", file=sys.stderr)
         return 2
-    settings = Settings(batch_size=args.batch_size) if args.batch_size else Settings()
+    settings = batch_settings(args)
     options = {
         "batch_conversations": args.chunk,
         "progress": False if args.no_progress else None,

@@ -67,9 +67,17 @@ class Settings(BaseSettings):
     microbatch_concurrency: int = Field(
         default=1,
         ge=1,
-        description="forwards that may run at once with micro-batching on (service.microbatch); 1 (default): "
-        "a forward's spinning threads have the cores to themselves, and requests that arrive meanwhile "
-        "share the next forward",
+        description="with lanes off (microbatch_lanes=0): forwards over all threads that may run at once "
+        "(service.microbatch); 1 (default): a forward's spinning threads have the cores to themselves, and "
+        "requests that arrive meanwhile share the next forward",
+    )
+    microbatch_lanes: int | None = Field(
+        default=None,
+        ge=0,
+        description="one-thread forwards that run side by side while requests wait (service.microbatch, "
+        "ONNX backend); a lone request still gets one forward over all the process's threads. Default: one "
+        "lane per thread when micro-batching is on and the process has 2 or more; 0: off (forwards one at a "
+        "time over all threads, or microbatch_concurrency of them)",
     )
     microbatch_max_size: int = Field(
         default=16,
@@ -115,6 +123,13 @@ class Settings(BaseSettings):
     def threads(self) -> int:
         """Intra-op threads for one process: cores are split between the serving workers."""
         return self.intra_op_threads or max(1, self.torch_threads // self.workers)
+
+    def lanes(self) -> int:
+        """One-thread forward lanes of the micro-batcher (``microbatch_lanes``, or its default)."""
+        if self.microbatch_lanes is not None:
+            return self.microbatch_lanes
+        threads = self.threads()
+        return threads if threads > 1 and self.microbatch_max_size > 1 else 0
 
     def policy(self, *, default_level: int | None = None) -> Policy:
         """The routing policy of these settings. ``default_level`` (the playbook's

@@ -25,7 +25,8 @@ from model.onnx.quantize import NBITS_ACCURACY, NBITS_BITS, NBITS_BLOCK, NBITS_G
 logger = logging.getLogger(__name__)
 
 #: Bump when the export steps change: every cached export is then rebuilt.
-RECIPE_VERSION = 2  # 2: per-channel attention, MatMulNBits FFN, a SentencePiece copy of the tokenizer
+RECIPE_VERSION = 3  # 2: per-channel attention, MatMulNBits FFN, a SentencePiece copy of the tokenizer;
+# 3: the weights beside the graph (``model.onnx.weights``), shared by the sessions of a process
 EXPORT_SUBDIR = "onnx"
 MODEL_FILE = "model.onnx"
 META_FILE = "export.json"
@@ -97,7 +98,9 @@ def find_export(model_dir: str | Path, key: str) -> Path | None:
         meta = d / META_FILE
         if meta.is_file() and (d / MODEL_FILE).is_file() and (d / TOKENIZER_FILE).is_file():
             try:
-                if json.loads(meta.read_text()).get("key") == key:
+                info = json.loads(meta.read_text())
+                weights = info.get("external_weights", {}).get("file")
+                if info.get("key") == key and (weights is None or (d / weights).is_file()):
                     return d
             except (OSError, ValueError):
                 continue

@@ -8,11 +8,11 @@ attention, 8-bit MatMulNBits FFN, int8 embedding table, SentencePiece tokenizer)
 interface as ``E5Encoder`` (``encode(texts) -> [n, dim]`` float32, ``name``, ``dim``, ``prefix``),
 no PyTorch once the export exists.
 
-One step more than the classifier's export: the weights are written to ``model.onnx.data`` next to
-the graph, each large tensor at a 64 KiB boundary, so ONNX Runtime maps them from the file instead of
-parsing and copying them. Loading then needs no transient copy (the process peak was ~80 MB above
-its steady size), and of the 96 MB int8 word-embedding table only the pages of the rows looked up
-become resident (file-backed, shared between worker processes, reclaimable).
+As in the classifier's export (recipe 3), the weights are written to ``model.onnx.data`` next to
+the graph, each large tensor at a 64 KiB boundary (``model.onnx.weights``), so ONNX Runtime maps them
+from the file instead of parsing and copying them. Loading then needs no transient copy (the process
+peak was ~80 MB above its steady size), and of the 96 MB int8 word-embedding table only the pages of
+the rows looked up become resident (file-backed, shared between worker processes, reclaimable).
 
 Exports live under ``~/.cache/calmfirst/onnx-encoder/<key>``, keyed by the backbone's checksum,
 the recipe and the onnxruntime version; a new build removes older exports of the same backbone.
@@ -37,14 +37,12 @@ import numpy as np
 from model.onnx.cache import MODEL_FILE, RECIPE_VERSION, TOKENIZER_FILE, build_lock
 from model.onnx.runtime import _session
 from model.onnx.spm import load_tokenizer
+from model.onnx.weights import externalize_weights
 
 logger = logging.getLogger(__name__)
 
 META = "encoder.json"
 OUTPUT = "embedding"
-#: The encoder's weights, next to ``model.onnx``: tensors of ``WEIGHTS_ALIGN`` bytes or more, each aligned to it.
-WEIGHTS_FILE = "model.onnx.data"
-WEIGHTS_ALIGN = 64 * 1024
 #: Texts per forward pass. 8 rather than 32: on 2 cores 196 agent-turn units took 1.3 s in batches of 8 and
 #: 1.75 s in batches of 32 (length-sorted either way), and a server reading long conversations stayed
 #: ~30 MB smaller (ONNX Runtime keeps the activation memory of the largest batch it has run).
@@ -102,29 +100,6 @@ def _remove_stale(parent: Path, *, keep: str, backbone: str) -> None:
         if same:
             logger.info("removing stale ONNX encoder export %s", old)
             shutil.rmtree(old, ignore_errors=True)
-
-
-def externalize_weights(model_file: Path, *, align: int = WEIGHTS_ALIGN) -> dict[str, Any]:
-    """Move the large initializers of ``model_file`` to ``WEIGHTS_FILE`` beside it, each at an ``align``-byte
-    offset: ONNX Runtime memory-maps such external data (aligned to the page size) rather than copying it."""
-    import onnx
-    from onnx.external_data_helper import set_external_data
-
-    proto = onnx.load(str(model_file))
-    moved = 0
-    with open(model_file.with_name(WEIGHTS_FILE), "wb") as f:
-        for t in proto.graph.initializer:
-            if not t.HasField("raw_data") or len(t.raw_data) < align:
-                continue
-            f.write(b"\0" * (-f.tell() % align))
-            offset = f.tell()
-            f.write(t.raw_data)
-            set_external_data(t, WEIGHTS_FILE, offset, len(t.raw_data))
-            t.ClearField("raw_data")
-            t.data_location = onnx.TensorProto.EXTERNAL
-            moved += 1
-    onnx.save_model(proto, str(model_file))
-    return {"external_weights": {"file": WEIGHTS_FILE, "tensors": moved, "align": align}}
 
 
 def _build(backbone: str, out: Path, *, prefix: str) -> dict[str, Any]:

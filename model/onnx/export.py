@@ -39,6 +39,7 @@ from model.onnx.cache import (
 from model.onnx.quantize import quantize_linear, quantize_word_embedding, quiet
 from model.onnx.runtime import OnnxCalmFirstModel
 from model.onnx.spm import write_spm
+from model.onnx.weights import externalize_weights
 from model.scores import OUTPUT_NAMES
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ def build_export(model: CalmFirstModel, out_dir: Path, *, quantize: bool = True)
         onnx.save_model(proto, str(target))
         meta["embedding"] = "fp32"
     del proto
+    meta |= externalize_weights(target)  # mapped once, shared by every session of a process
     save_tokenizer(model.tokenizer, out_dir / TOKENIZER_FILE)
     meta |= write_spm(out_dir, out_dir / TOKENIZER_FILE)
     meta["verify_max_abs_diff"] = _verify(model, out_dir, strict=not quantize)

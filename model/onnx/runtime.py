@@ -25,6 +25,7 @@ import numpy as np
 from model.config import CalmFirstConfig
 from model.onnx.cache import META_FILE, MODEL_FILE
 from model.onnx.spm import load_tokenizer
+from model.onnx.weights import SharedWeights, has_external_weights
 from model.scores import OUTPUT_NAMES, predict_texts
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ def check_spin(spin: str) -> str:
     return spin
 
 
-def _session(path: Path, *, threads: int | None, spin: str = "forward") -> Any:
+def _session(path: Path, *, threads: int | None, spin: str = "forward", shared: SharedWeights | None = None) -> Any:
+    """A CPU session of ``path``; with ``shared``, its weights are those buffers (no copy of its own)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -85,6 +87,8 @@ def _session(path: Path, *, threads: int | None, spin: str = "forward") -> Any:
     so.add_session_config_entry("session.intra_op.allow_spinning", "0" if check_spin(spin) == "never" else "1")
     if spin == "forward":
         so.add_session_config_entry("session.force_spinning_stop", "1")
+    if shared is not None:
+        shared.add_to(so)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -93,8 +97,19 @@ class OnnxCalmFirstModel:
 
     backend = "onnx"
 
-    def __init__(self, session: Any, tokenizer: Any, config: CalmFirstConfig, *, export_dir: Path) -> None:
+    def __init__(
+        self,
+        session: Any,
+        tokenizer: Any,
+        config: CalmFirstConfig,
+        *,
+        export_dir: Path,
+        shared: SharedWeights | None = None,
+        spin: str = "forward",
+    ) -> None:
         self.session = session
+        self.shared = shared  # the buffers the session runs on: must live as long as it does
+        self.spin = spin
         self.tokenizer = tokenizer
         self.config = config
         self.export_dir = export_dir
@@ -110,8 +125,30 @@ class OnnxCalmFirstModel:
     ) -> OnnxCalmFirstModel:
         """``spin``: how the pool threads wait between ops (``SPIN_MODES``)."""
         tokenizer = load_tokenizer(export_dir)  # tokenizer.spm (SentencePiece) when there is one, else the JSON
-        session = _session(export_dir / MODEL_FILE, threads=threads, spin=spin)
-        return cls(session, tokenizer, config, export_dir=export_dir)
+        model_file = export_dir / MODEL_FILE
+        shared = SharedWeights(model_file) if has_external_weights(model_file) else None
+        session = _session(model_file, threads=threads, spin=spin, shared=shared)
+        return cls(session, tokenizer, config, export_dir=export_dir, shared=shared, spin=spin)
+
+    def lanes(self, count: int, *, threads: int = 1) -> list[OnnxCalmFirstModel]:
+        """``count`` more sessions of this export, ``threads`` each, for forwards that run side by side.
+
+        They share this model's weights (``model.onnx.weights``: ~25 MB each for what ONNX Runtime
+        pre-packs, instead of a copy of the export) and its tokenizer (SentencePiece and ``tokenizers``
+        encode from several threads at once). ``service.microbatch`` runs them under concurrent load.
+        """
+        model_file = self.export_dir / MODEL_FILE
+        return [
+            OnnxCalmFirstModel(
+                _session(model_file, threads=threads, spin=self.spin, shared=self.shared),
+                self.tokenizer,
+                self.config,
+                export_dir=self.export_dir,
+                shared=self.shared,
+                spin=self.spin,
+            )
+            for _ in range(count)
+        ]
 
     @property
     def quantized(self) -> bool:

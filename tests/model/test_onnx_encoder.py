@@ -50,36 +50,3 @@ def test_stale_export_of_the_backbone_removed(tiny_backbone_dir: Path, tmp_path:
         (folder / META).write_text(json.dumps({"backbone": backbone}))
     folder = ensure_encoder_export(str(tiny_backbone_dir), cache=tmp_path)
     assert folder.is_dir() and not stale.exists() and other.is_dir()
-
-
-def test_weights_moved_to_an_aligned_file_the_runtime_maps(tmp_path: Path) -> None:
-    """Large initializers go to ``model.onnx.data`` at aligned offsets; the model gives the same output."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    from model.onnx.encoder import WEIGHTS_FILE, externalize_weights
-
-    rng = np.random.default_rng(0)
-    w1 = rng.standard_normal((64, 300)).astype(np.float32)  # 76,800 bytes: moved at 4 KiB alignment
-    w2 = rng.standard_normal((300, 2)).astype(np.float32)  # 2,400 bytes: stays in the graph
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
-    )
-    path = tmp_path / "model.onnx"
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    x = rng.standard_normal((1, 64)).astype(np.float32)
-    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-    info = externalize_weights(path, align=4096)
-    assert info["external_weights"]["tensors"] == 1
-    proto = onnx.load(str(path), load_external_data=False)
-    (moved,) = [t for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL]
-    entries = {e.key: e.value for e in moved.external_data}
-    assert moved.name == "w1" and entries["location"] == WEIGHTS_FILE and int(entries["offset"]) % 4096 == 0
-    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    assert np.allclose(before, after)

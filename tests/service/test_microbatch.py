@@ -207,3 +207,113 @@ def test_microbatch_never_waits_when_a_slot_is_free_and_batches_only_what_waits(
     assert sorted(map(sorted, calls)) == [[0], [1], [2, 3, 4]]
     with pytest.raises(ValueError, match="max_concurrent"):
         MicroBatcher(CountingFn(), max_concurrent=0)
+
+
+class Lanes:
+    """A wide ``fn`` and one-thread lanes that record who ran what, and whether they ever overlapped."""
+
+    def __init__(self, lanes: int, *, hold: float = 0.0) -> None:
+        self.lock = threading.Lock()
+        self.active: set[str] = set()
+        self.calls: list[tuple[str, list[int]]] = []
+        self.overlaps: list[set[str]] = []
+        self.hold = hold
+        self.wide = self._make("wide")
+        self.lanes = [self._make(f"lane{i}") for i in range(lanes)]
+
+    def _make(self, name: str) -> Callable[[list[int]], list[int]]:
+        def fn(items: list[int]) -> list[int]:
+            with self.lock:
+                self.active.add(name)
+                self.calls.append((name, list(items)))
+                if len(self.active) > 1:
+                    self.overlaps.append(set(self.active))
+            time.sleep(self.hold)
+            with self.lock:
+                self.active.discard(name)
+            return [x * 10 for x in items]
+
+        return fn
+
+
+def test_microbatch_lanes_lone_request_gets_all_cores_concurrent_ones_share_the_lanes() -> None:
+    """A lone request runs ``fn`` (every core); under load the lanes run side by side, never beside ``fn``."""
+    rec = Lanes(2, hold=0.05)
+    batcher = MicroBatcher(rec.wide, max_wait_ms=0, max_size=16, lanes=rec.lanes)
+    try:
+        assert batcher.submit(1) == 10 and batcher.submit(2) == 20  # one client: all cores each time
+        assert [name for name, _ in rec.calls] == ["wide", "wide"]
+        rec.calls.clear()
+        results = _concurrently(8, batcher.submit)
+        assert results == [i * 10 for i in range(8)]
+        assert batcher.submit(9) == 90  # alone again: all cores
+    finally:
+        batcher.close()
+    assert sorted(x for _, items in rec.calls for x in items) == [*range(8), 9]
+    assert rec.calls[-1] == ("wide", [9])
+    assert all("wide" not in both for both in rec.overlaps)  # fn never overlaps a lane
+    assert {"lane0", "lane1"} in rec.overlaps  # the lanes did run side by side
+    assert batcher.max_concurrent == 2
+
+
+def test_microbatch_lanes_share_what_waits_between_free_lanes() -> None:
+    """Requests that queued behind ``fn`` are split between the free lanes, not piled onto one."""
+    calls: list[tuple[str, list[int]]] = []
+    wide_running = threading.Event()
+    release = threading.Event()
+
+    def wide(items: list[int]) -> list[int]:
+        calls.append(("wide", list(items)))
+        wide_running.set()
+        release.wait(5)
+        return items
+
+    def lane(name: str) -> Callable[[list[int]], list[int]]:
+        def fn(items: list[int]) -> list[int]:
+            calls.append((name, list(items)))
+            time.sleep(0.2)  # still running when the next share is taken
+            return items
+
+        return fn
+
+    batcher = MicroBatcher(wide, max_wait_ms=0, max_size=16, lanes=[lane("lane0"), lane("lane1")])
+    try:
+        lone = threading.Thread(target=batcher.submit, args=(0,))
+        lone.start()
+        assert wide_running.wait(5)
+        later = [threading.Thread(target=batcher.submit, args=(i,)) for i in (1, 2, 3, 4)]
+        for t in later:
+            t.start()
+        deadline = time.time() + 5
+        while len(batcher._queue) < 4 and time.time() < deadline:
+            time.sleep(0.01)
+        assert [name for name, _ in calls] == ["wide"]  # nothing started beside the all-cores forward
+        release.set()
+        for t in [lone, *later]:
+            t.join(5)
+    finally:
+        batcher.close()
+    assert calls[0] == ("wide", [0])
+    lane_calls = calls[1:]
+    assert sorted(x for _, items in lane_calls for x in items) == [1, 2, 3, 4]
+    assert {name for name, _ in lane_calls} == {"lane0", "lane1"}  # both lanes got a share
+    assert max(len(items) for _, items in lane_calls) <= 2  # ceil(4 waiting / 2 free lanes)
+
+
+def test_microbatch_analyzer_lanes_score_like_the_model(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    """The server's analyzer with ONNX lanes (one-thread sessions on shared weights) answers as without."""
+    pytest.importorskip("onnxruntime")
+    from service.settings import Settings
+
+    settings = Settings(model_path=str(tiny_model_dir), microbatch_lanes=2, intra_op_threads=2)
+    analyzer = Analyzer.from_settings(settings)
+    try:
+        assert analyzer.microbatcher is not None and len(analyzer.microbatcher.lanes) == 2
+        alone = [p.anger_score for p in analyzer.predict(TEXTS)]  # one batch, the main session
+        shared = _concurrently(len(TEXTS), lambda i: analyzer.predict([TEXTS[i]])[0].anger_score)
+    finally:
+        analyzer.close()
+    assert shared == pytest.approx(alone, abs=2e-3)  # int8 activations: scales differ per batch
+    assert Settings(microbatch_max_size=1, intra_op_threads=2).lanes() == 0  # no micro-batcher, no lanes
+    assert Settings(intra_op_threads=1).lanes() == 0  # one thread: nothing to split
+    assert Settings(intra_op_threads=2).lanes() == 2
