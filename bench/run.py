@@ -65,9 +65,9 @@ README = ROOT / "README.md"
 #: The issue's single-message latency is "on a typical 20-60 character message": the c=1 runs
 #: draw from the bench messages of that length; c=8 uses all of them (the texts `score` gets).
 TYPICAL_CHARS = (20, 60)
-#: The server's default until 2026-12-03: two forward slots whose threads sleep between ops.
-TWO_SLOTS = "2 slots, threads sleep between ops"
-TWO_SLOTS_ENV = {"CALMFIRST_ORT_SPIN": "never", "CALMFIRST_MICROBATCH_CONCURRENCY": "2"}
+#: The server's default until 2026-12-05: no lanes, one forward over every core at a time.
+LANES_OFF = "lanes off (one forward over all cores at a time)"
+LANES_OFF_ENV = {"CALMFIRST_MICROBATCH_LANES": "0"}
 MICROBATCH_ON = "micro-batching on (16, no wait, 1 slot)"
 MICROBATCH_OFF = "no micro-batching"
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -891,7 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "workers",
             )
         }
-        | {"threads": settings.threads()},
+        | {"threads": settings.threads(), "lanes": settings.lanes()},
         "warnings": warnings_,
         "background_cpu_busy_at_start": round(background, 3),
     }
@@ -1019,9 +1019,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: serve_and_measure(model_dir, texts, runs=runs, c1_texts=typical, env=env),
             retries=args.retries,
         )
-        latency[TWO_SLOTS] = timed(
-            f"server, {TWO_SLOTS}",
-            lambda: serve_and_measure(model_dir, texts, runs=runs, c1_texts=typical, env=TWO_SLOTS_ENV),
+        latency[LANES_OFF] = timed(
+            f"server, {LANES_OFF}",
+            lambda: serve_and_measure(model_dir, texts, runs=runs, c1_texts=typical, env=LANES_OFF_ENV),
         )
         latency["2 workers x 1 thread"] = timed(
             "server, --workers 2",
@@ -1115,8 +1115,9 @@ def notes(r: dict[str, Any]) -> list[str]:
         f"messages of {TYPICAL_CHARS[0]}-{TYPICAL_CHARS[1]} characters (the issue's typical message); concurrency 8 "
         "draws from all of them, the texts `calmfirst score` gets.",
         "ONNX Runtime's threads spin between the ops of a forward (`CALMFIRST_ORT_SPIN=forward`) in `calmfirst score` "
-        "and in the server, which runs one forward at a time; the "
-        f"'{TWO_SLOTS}' row is the server's earlier default (`never`, two forward slots).",
+        "and in the server. The server answers a lone request with one forward over every core and, while "
+        f"requests wait, runs {r['settings'].get('lanes', '?')} one-thread lanes side by side (`service.microbatch`); "
+        f"the '{LANES_OFF}' row is its earlier default.",
         "`calmfirst score` throughput is taken from the CLI's own timing (reading, scoring, policy and writing JSON); "
         "model load is reported separately. The baseline times tokenization and forward only, so the comparison "
         "is conservative.",
