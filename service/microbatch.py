@@ -21,10 +21,13 @@ over all cores is the fastest way to answer a *lone* request, but under concurre
 do more as separate single-threaded forwards running side by side (a 40-token forward split over
 2 threads waits at ~150 op boundaries for the slower thread). With lanes, ``fn`` (all cores) runs
 only for a request that finds nothing running and nothing queued; anything else runs on a free
-lane (``lanes[i]``, one-thread sessions sharing the weights: ``model.onnx.weights``), what is
-queued being shared out between the free lanes, and ``fn`` and the lanes never overlap. Measured
-on a 2-core Intel Xeon (2026-12-05, ``make bench``'s server at 8 concurrent clients): 120 requests/s
-with one forward at a time, 136 with two lanes; single-request latency unchanged (p50 6.0 ms).
+lane (``lanes[i]``, one-thread sessions sharing the weights: ``model.onnx.weights``), and ``fn``
+and the lanes never overlap. A lane takes its share of what waits (1/``len(lanes)``, so the next
+lane to free up finds the rest), not all of it: one lane running a long batch on one thread while
+the other idles made the slowest requests slower (c=8 p99 165-175 ms against 125-145 ms, same
+throughput). Measured on a 2-core Intel Xeon (2026-12-05, ``make bench``'s server at 8 concurrent
+clients): 117.5 requests/s with one forward at a time, 134 with two lanes; single-request latency
+unchanged (p50 6.1 ms).
 
 Without lanes, one slot by default: ONNX Runtime's threads spin during a forward
 (``Settings.ort_spin``) and have the cores to themselves; a second slot overlaps the
@@ -189,8 +192,8 @@ class MicroBatcher(Generic[T, R]):
                     continue
                 size = self.max_size
                 lane: int | None = None
-                if self.lanes:  # share what waits between the free lanes: one forward each
-                    size = min(size, -(-len(self._queue) // len(self._free)))
+                if self.lanes:  # a lane's share of what waits: the next lane to free up takes the rest
+                    size = min(size, -(-len(self._queue) // len(self.lanes)))
                     lane = self._free.pop()
                 batch = self._queue[:size]
                 del self._queue[:size]

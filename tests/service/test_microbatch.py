@@ -257,7 +257,7 @@ def test_microbatch_lanes_lone_request_gets_all_cores_concurrent_ones_share_the_
 
 
 def test_microbatch_lanes_share_what_waits_between_free_lanes() -> None:
-    """Requests that queued behind ``fn`` are split between the free lanes, not piled onto one."""
+    """Requests that queued behind ``fn`` are split between the lanes, not piled onto one."""
     calls: list[tuple[str, list[int]]] = []
     wide_running = threading.Event()
     release = threading.Event()
@@ -297,7 +297,7 @@ def test_microbatch_lanes_share_what_waits_between_free_lanes() -> None:
     lane_calls = calls[1:]
     assert sorted(x for _, items in lane_calls for x in items) == [1, 2, 3, 4]
     assert {name for name, _ in lane_calls} == {"lane0", "lane1"}  # both lanes got a share
-    assert max(len(items) for _, items in lane_calls) <= 2  # ceil(4 waiting / 2 free lanes)
+    assert max(len(items) for _, items in lane_calls) <= 2  # ceil(4 waiting / 2 lanes)
 
 
 def test_microbatch_analyzer_lanes_score_like_the_model(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
