@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 #: Bump when the export steps change: every cached export is then rebuilt.
 RECIPE_VERSION = 3  # 2: per-channel attention, MatMulNBits FFN, a SentencePiece copy of the tokenizer;
-# 3: the weights beside the graph (``model.onnx.weights``), shared by the sessions of a process
+# 3: the weights beside the graph, checksummed (``model.onnx.weights``), shared by the sessions of a process
 EXPORT_SUBDIR = "onnx"
 MODEL_FILE = "model.onnx"
 META_FILE = "export.json"

@@ -37,7 +37,7 @@ import numpy as np
 from model.onnx.cache import MODEL_FILE, RECIPE_VERSION, TOKENIZER_FILE, build_lock
 from model.onnx.runtime import _session
 from model.onnx.spm import load_tokenizer
-from model.onnx.weights import externalize_weights
+from model.onnx.weights import SharedWeights, externalize_weights, has_external_weights
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ OUTPUT = "embedding"
 #: ~30 MB smaller (ONNX Runtime keeps the activation memory of the largest batch it has run).
 BATCH_SIZE = 8
 #: The encoder's own steps on top of the classifier's recipe (``RECIPE_VERSION``); a change rebuilds exports.
-ENCODER_RECIPE = "mmap1"
+ENCODER_RECIPE = "mmap2"  # mmap2: checksummed weights, shared with the classifier's export in a process
 
 
 def encoder_key(backbone: str, checksum: str) -> str:
@@ -178,6 +178,7 @@ class OnnxSentenceEncoder:
         self.name = f"{base}+onnx:{info.get('key', '')}"
         self.max_length = max_length
         self.batch_size = batch_size
+        self.shared: SharedWeights | None = None  # the weights the session runs on (``load``)
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=max_length)
 
@@ -192,8 +193,13 @@ class OnnxSentenceEncoder:
         info: dict[str, Any] | None = None,
     ) -> OnnxSentenceEncoder:
         info = info if info is not None else json.loads((export_dir / META).read_text())
-        session = _session(export_dir / MODEL_FILE, threads=threads)
-        return cls(session, load_tokenizer(export_dir), info, max_length=max_length, batch_size=batch_size)
+        model_file = export_dir / MODEL_FILE
+        # the same embedding table as the classifier's export: mapped once per process (model.onnx.weights)
+        shared = SharedWeights(model_file) if has_external_weights(model_file) else None
+        session = _session(model_file, threads=threads, shared=shared)
+        encoder = cls(session, load_tokenizer(export_dir), info, max_length=max_length, batch_size=batch_size)
+        encoder.shared = shared  # must live as long as the session
+        return encoder
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

@@ -12,10 +12,19 @@ three would break the server's 500 MB budget. Here the large tensors are written
 pre-packs for its kernels (~25 MB), and of the 96 MB int8 word-embedding table only the pages of
 rows actually looked up become resident (file-backed, shared between worker processes,
 reclaimable). Loading needs no transient copy of the weights either.
+
+Across exports too: the classifier and the agent-turn encoder (``model.onnx.encoder``) are built
+from the same backbone, and their int8 word-embedding tables (96 MB, with 12 MB of scales) are the
+same bytes. Each external tensor carries the SHA-1 of its bytes (the ONNX external-data
+``checksum`` key), and a tensor whose checksum, type and shape a process has already mapped is
+handed over from the first mapping (``_REGISTRY``): the server keeps one table, not two
+(``bench/server_memory.json``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +51,7 @@ def externalize_weights(model_file: Path, *, align: int = WEIGHTS_ALIGN) -> dict
             f.write(b"\0" * (-f.tell() % align))
             offset = f.tell()
             f.write(t.raw_data)
-            set_external_data(t, WEIGHTS_FILE, offset, len(t.raw_data))
+            set_external_data(t, WEIGHTS_FILE, offset, len(t.raw_data), checksum=hashlib.sha1(t.raw_data).hexdigest())
             t.ClearField("raw_data")
             t.data_location = onnx.TensorProto.EXTERNAL
             moved += 1
@@ -50,12 +59,18 @@ def externalize_weights(model_file: Path, *, align: int = WEIGHTS_ALIGN) -> dict
     return {"external_weights": {"file": WEIGHTS_FILE, "tensors": moved, "align": align}}
 
 
+#: Tensors this process has mapped, by (checksum, ONNX type, shape): the value and the array it views.
+_REGISTRY: dict[tuple[str, int, tuple[int, ...]], tuple[Any, np.ndarray]] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
 class SharedWeights:
     """The external initializers of one export as ONNX Runtime values over one read-only mapping.
 
     Every session built with :meth:`add_to` uses these buffers instead of reading its own copy;
     the object must outlive those sessions (sessions created through ``model.onnx.runtime`` keep a
-    reference to it).
+    reference to it). A tensor with the same checksum, type and shape as one mapped before in this
+    process (another export of the same backbone) reuses that one (``reused`` counts them).
     """
 
     def __init__(self, model_file: Path) -> None:
@@ -66,18 +81,27 @@ class SharedWeights:
         proto = onnx.load(str(model_file), load_external_data=False)
         self.model_file = model_file
         self.values: dict[str, Any] = {}
+        self.reused = 0
         self._maps: dict[Path, np.memmap] = {}
-        for t in proto.graph.initializer:
-            if t.data_location != onnx.TensorProto.EXTERNAL:
-                continue
-            info = {e.key: e.value for e in t.external_data}
-            path = model_file.parent / info["location"]
-            if path not in self._maps:
-                self._maps[path] = np.memmap(path, dtype=np.uint8, mode="r")
-            start, length = int(info.get("offset", 0)), int(info["length"])
-            dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
-            data = self._maps[path][start : start + length].view(dtype).reshape(tuple(t.dims))
-            self.values[t.name] = ort.OrtValue.ortvalue_from_numpy(data)
+        with _REGISTRY_LOCK:
+            for t in proto.graph.initializer:
+                if t.data_location != onnx.TensorProto.EXTERNAL:
+                    continue
+                info = {e.key: e.value for e in t.external_data}
+                key = (info["checksum"], int(t.data_type), tuple(t.dims)) if "checksum" in info else None
+                if key is not None and key in _REGISTRY:
+                    self.values[t.name] = _REGISTRY[key][0]
+                    self.reused += 1
+                    continue
+                path = model_file.parent / info["location"]
+                if path not in self._maps:
+                    self._maps[path] = np.memmap(path, dtype=np.uint8, mode="r")
+                start, length = int(info.get("offset", 0)), int(info["length"])
+                dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+                data = self._maps[path][start : start + length].view(dtype).reshape(tuple(t.dims))
+                self.values[t.name] = ort.OrtValue.ortvalue_from_numpy(data)
+                if key is not None:
+                    _REGISTRY[key] = (self.values[t.name], data)  # the array keeps its mapping alive
 
     def __len__(self) -> int:
         return len(self.values)

@@ -9,7 +9,14 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
+from model.onnx import weights
 from model.onnx.weights import WEIGHTS_FILE, SharedWeights, externalize_weights, has_external_weights
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no tensor mapped (the registry is process-wide; these tests reuse one tensor)."""
+    monkeypatch.setattr(weights, "_REGISTRY", {})
 
 
 def _two_matmuls(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -95,3 +102,28 @@ def test_classifier_export_lanes_share_the_weights_and_score_alike(tiny_model_di
     for lane in lanes:
         got = lane.logits(texts)
         assert all(np.allclose(got[k], expected[k], atol=1e-5) for k in expected)
+
+
+def test_a_tensor_two_exports_share_is_mapped_once_per_process(tmp_path: Path) -> None:
+    """Exports of the same backbone (classifier, agent-turn encoder) hold the same embedding table: the
+    second export's sessions run on the first one's mapping, found by the tensor's checksum."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto
+
+    first, second = tmp_path / "a" / "model.onnx", tmp_path / "b" / "model.onnx"
+    for path in (first, second):
+        path.parent.mkdir()
+        w1, x = _two_matmuls(path)  # the same w1 bytes in both
+        externalize_weights(path, align=4096)
+    proto = onnx.load(str(first), load_external_data=False)
+    (moved,) = [t for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    assert {e.key: e.value for e in moved.external_data}["checksum"] == hashlib.sha1(w1.tobytes()).hexdigest()
+
+    from model.onnx.runtime import _session
+
+    a, b = SharedWeights(first), SharedWeights(second)
+    assert b.reused == 1 and b.values["w1"] is a.values["w1"] and not b._maps  # nothing of b's file mapped
+    expected = _session(first, threads=1, shared=a).run(None, {"x": x})[0]
+    assert np.allclose(_session(second, threads=1, shared=b).run(None, {"x": x})[0], expected)
