@@ -126,6 +126,11 @@ def test_app_api_key_when_configured(tiny_analyzer) -> None:  # type: ignore[no-
         assert c.get("/healthz").status_code == 200
 
 
+def _lane_model(lane):  # type: ignore[no-untyped-def]
+    """The model a micro-batcher lane runs (``functools.partial(Analyzer._predict_many, model=...)``)."""
+    return lane.keywords["model"]
+
+
 def test_app_model_loads_in_lifespan(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
@@ -142,7 +147,12 @@ def test_app_model_loads_in_lifespan(tiny_model_dir) -> None:  # type: ignore[no
             opts = model.session.get_session_options()
             assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
             assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
-        assert app.state.analyzer.microbatcher.max_concurrent == 1
+        batcher = app.state.analyzer.microbatcher
+        lanes = Settings(model_path=tiny_model_dir).lanes() if model.backend == "onnx" else 0
+        assert len(batcher.lanes) == lanes  # one-thread sessions per thread of the process (service.microbatch)
+        assert batcher.max_concurrent == max(lanes, 1)
+        threads = [_lane_model(lane).session.get_session_options().intra_op_num_threads for lane in batcher.lanes]
+        assert threads == [1] * lanes
 
 
 def test_app_conversation_state_fields(client: httpx.Client) -> None:
