@@ -7,7 +7,8 @@ What a contact center's dashboards and alerts need from a serving process:
   cannot blow up the series) and status; ``calmfirst_http_requests_in_progress``.
 - **Inference**: ``calmfirst_inference_batch_size`` and ``calmfirst_inference_seconds``
   (histograms, one observation per model call: a micro-batch, a batch request, a chat's turns).
-- **Model**: ``calmfirst_model_info{name, version, backend, quantized}`` = 1.
+- **Model**: ``calmfirst_model_info{name, version, backend, quantized, lanes}`` = 1 (``lanes``: the micro-batcher's
+  one-thread forward lanes, ``service.microbatch``; 0 when off).
 - **Product**: ``calmfirst_messages_total{anger_level, anger_label}``, ``calmfirst_route_flags_total{flag}``,
   ``calmfirst_escalations_total``, ``calmfirst_threats_total``, ``calmfirst_complaints_total{type}``.
   Rates are PromQL's job, e.g. the calm_first rate over five minutes::
@@ -89,7 +90,7 @@ class Metrics:
         self.model_info = Gauge(
             "calmfirst_model_info",
             "The model being served (value 1)",
-            ["name", "version", "backend", "quantized"],
+            ["name", "version", "backend", "quantized", "lanes"],
             multiprocess_mode="liveall",
             registry=r,
         )
@@ -123,7 +124,8 @@ class Metrics:
         model = analyzer.model
         quantized = str(bool(getattr(model, "quantized", False))).lower()
         backend = str(getattr(model, "backend", "torch"))
-        self.model_info.labels(model.config.name, model.config.version, backend, quantized).set(1)
+        lanes = str(len(analyzer.microbatcher.lanes) if analyzer.microbatcher is not None else 0)
+        self.model_info.labels(model.config.name, model.config.version, backend, quantized, lanes).set(1)
         if self not in analyzer.observers:
             analyzer.observers.append(self)
 

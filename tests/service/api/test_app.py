@@ -153,6 +153,7 @@ def test_app_model_loads_in_lifespan(tiny_model_dir) -> None:  # type: ignore[no
         assert batcher.max_concurrent == max(lanes, 1)
         threads = [_lane_model(lane).session.get_session_options().intra_op_num_threads for lane in batcher.lanes]
         assert threads == [1] * lanes
+        assert f'lanes="{lanes}"' in c.get("/metrics").text  # calmfirst_model_info says how many
 
 
 def test_app_conversation_state_fields(client: httpx.Client) -> None:

@@ -90,7 +90,7 @@ def test_metrics_counts_requests_inference_and_product(client: httpx.Client) -> 
     assert value(m, "calmfirst_inference_batch_size_count") == 4
     assert value(m, "calmfirst_inference_batch_size_sum") == 5
     assert value(m, "calmfirst_inference_seconds_count") == 4
-    assert value(m, "calmfirst_model_info", name="tiny", version="0.0.1") == 1
+    assert value(m, "calmfirst_model_info", name="tiny", version="0.0.1", lanes="0") == 1  # built by hand: no lanes
 
     # product counters agree with what the responses said
     assert value(m, "calmfirst_messages_total") == 5
