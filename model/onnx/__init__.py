@@ -33,10 +33,12 @@ batch. The benchmark (``bench/run.py``) checks the task metrics on the test spli
 
 The package: ``cache`` (export key, where exports live, the build lock), ``export`` (PyTorch ->
 ONNX, fused, verified), ``quantize`` (int8 attention, FFN and word-embedding table), ``spm`` (the
-SentencePiece tokenizer), ``runtime`` (``OnnxCalmFirstModel``), ``encoder`` (the agent-turn
+SentencePiece tokenizer), ``weights`` (the weights beside the graph, mapped once per process and shared
+by its sessions and by exports of the same backbone), ``runtime`` (``OnnxCalmFirstModel``, and its
+one-thread ``lanes``), ``encoder`` (the agent-turn
 sentence encoder's export and runtime); ``model.loading.load_model`` picks the backend. Only
 building an export (``export``, and ``encoder``'s build) imports PyTorch: serving from a cached
-export imports ``runtime``, ``spm`` and ``cache`` (with ``quantize``'s constants), no PyTorch.
+export imports ``runtime``, ``spm``, ``weights`` and ``cache`` (with ``quantize``'s constants), no PyTorch.
 """
 
 from __future__ import annotations
