@@ -74,6 +74,7 @@ class Analyzer:
         self.policy = policy or Policy()
         self.playbook = playbook or Playbook.load(DEFAULT_PLAYBOOK)
         self.batch_size = batch_size
+        self.lane_models = list(lane_models)  # one-thread sessions the micro-batcher runs side by side
         self.default_script = default_script
         # single-text calls from concurrent threads (the HTTP API) can share one forward pass;
         # off for an analyzer built by hand (batch scoring sends whole batches); the server turns it on
@@ -86,7 +87,7 @@ class Analyzer:
                 max_wait_ms=microbatch_wait_ms,
                 max_size=microbatch_max_size,
                 max_concurrent=microbatch_concurrency,
-                lanes=[functools.partial(self._predict_many, model=m) for m in lane_models],
+                lanes=[functools.partial(self._predict_many, model=m) for m in self.lane_models],
             )
 
     @classmethod
@@ -103,6 +104,7 @@ class Analyzer:
         model = load_model(
             path, backend=settings.backend, quantize=settings.quantize, threads=threads, spin=settings.ort_spin
         )
+        lane_models = model.lanes(lanes) if isinstance(model, OnnxCalmFirstModel) and lanes else []
         logger.info(
             "loaded model %s %s from %s in %.2f s (backend %s, %d threads, spin %s, %d lanes)",
             model.config.name,
@@ -112,7 +114,7 @@ class Analyzer:
             model.backend,
             threads,
             settings.ort_spin,
-            lanes if isinstance(model, OnnxCalmFirstModel) else 0,
+            len(lane_models),
         )
         playbook = Playbook.load(settings.playbook_path)
         return cls(
@@ -124,7 +126,7 @@ class Analyzer:
             microbatch_wait_ms=settings.microbatch_wait_ms,
             microbatch_max_size=settings.microbatch_max_size,
             microbatch_concurrency=settings.microbatch_concurrency,
-            lane_models=model.lanes(lanes) if isinstance(model, OnnxCalmFirstModel) and lanes else (),
+            lane_models=lane_models,
         )
 
     def close(self) -> None:

@@ -117,8 +117,12 @@ class MicroBatcher(Generic[T, R]):
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._last_size = 1
-        self._wide = False  # with lanes: the all-cores ``fn`` is running (nothing else may)
         self._free = list(range(len(self.lanes)))[::-1]  # with lanes: lanes not running now
+
+    @property
+    def _wide(self) -> bool:
+        """With lanes: the all-cores ``fn`` is running (a forward that holds no lane)."""
+        return self._running > len(self.lanes) - len(self._free)
 
     @property
     def _busy(self) -> bool:
@@ -140,8 +144,6 @@ class MicroBatcher(Generic[T, R]):
             if inline:
                 if self.lanes and self._running:  # company: a free lane, not the all-cores forward
                     lane = self._free.pop()
-                elif self.lanes:
-                    self._wide = True
                 self._running += 1
             else:
                 self._queue.append(slot)
@@ -225,8 +227,6 @@ class MicroBatcher(Generic[T, R]):
                 self._running -= 1
                 if lane is not None:
                     self._free.append(lane)
-                elif self.lanes:
-                    self._wide = False
                 self._last_size = len(batch)
                 self.stats.record(len(batch))
                 self._cond.notify_all()

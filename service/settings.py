@@ -77,7 +77,7 @@ class Settings(BaseSettings):
         description="one-thread forwards that run side by side while requests wait (service.microbatch, "
         "ONNX backend); a lone request still gets one forward over all the process's threads. Default: one "
         "lane per thread when micro-batching is on and the process has 2 or more; 0: off (forwards one at a "
-        "time over all threads, or microbatch_concurrency of them)",
+        "time over all threads, or microbatch_concurrency of them); always none with micro-batching off",
     )
     microbatch_max_size: int = Field(
         default=16,
@@ -125,11 +125,13 @@ class Settings(BaseSettings):
         return self.intra_op_threads or max(1, self.torch_threads // self.workers)
 
     def lanes(self) -> int:
-        """One-thread forward lanes of the micro-batcher (``microbatch_lanes``, or its default)."""
+        """One-thread forward lanes of the micro-batcher (``microbatch_lanes``, or its default); none without it."""
+        if self.microbatch_max_size <= 1:
+            return 0
         if self.microbatch_lanes is not None:
             return self.microbatch_lanes
         threads = self.threads()
-        return threads if threads > 1 and self.microbatch_max_size > 1 else 0
+        return threads if threads > 1 else 0
 
     def policy(self, *, default_level: int | None = None) -> Policy:
         """The routing policy of these settings. ``default_level`` (the playbook's

@@ -37,7 +37,7 @@ import numpy as np
 from model.onnx.cache import MODEL_FILE, RECIPE_VERSION, TOKENIZER_FILE, build_lock
 from model.onnx.runtime import _session
 from model.onnx.spm import load_tokenizer
-from model.onnx.weights import SharedWeights, externalize_weights, has_external_weights
+from model.onnx.weights import SharedWeights, externalize_weights
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +165,18 @@ def _build(backbone: str, out: Path, *, prefix: str) -> dict[str, Any]:
 class OnnxSentenceEncoder:
     """``encode(texts)``: mean-pooled, L2-normalised embeddings, as ``service.routing.agent_model.E5Encoder``."""
 
-    def __init__(self, session: Any, tokenizer: Any, info: dict[str, Any], *, max_length: int, batch_size: int):
+    def __init__(
+        self,
+        session: Any,
+        tokenizer: Any,
+        info: dict[str, Any],
+        *,
+        max_length: int,
+        batch_size: int,
+        shared: SharedWeights | None = None,
+    ):
         self.session = session
+        self.shared = shared  # the weights the session runs on: must live as long as it does
         self.tokenizer = tokenizer
         self.prefix = str(info.get("prefix", "query: "))
         self.dim = int(info.get("dim", 384))
@@ -178,7 +188,6 @@ class OnnxSentenceEncoder:
         self.name = f"{base}+onnx:{info.get('key', '')}"
         self.max_length = max_length
         self.batch_size = batch_size
-        self.shared: SharedWeights | None = None  # the weights the session runs on (``load``)
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=max_length)
 
@@ -195,11 +204,11 @@ class OnnxSentenceEncoder:
         info = info if info is not None else json.loads((export_dir / META).read_text())
         model_file = export_dir / MODEL_FILE
         # the same embedding table as the classifier's export: mapped once per process (model.onnx.weights)
-        shared = SharedWeights(model_file) if has_external_weights(model_file) else None
+        shared = SharedWeights.of(model_file)
         session = _session(model_file, threads=threads, shared=shared)
-        encoder = cls(session, load_tokenizer(export_dir), info, max_length=max_length, batch_size=batch_size)
-        encoder.shared = shared  # must live as long as the session
-        return encoder
+        return cls(
+            session, load_tokenizer(export_dir), info, max_length=max_length, batch_size=batch_size, shared=shared
+        )
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

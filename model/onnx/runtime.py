@@ -25,7 +25,7 @@ import numpy as np
 from model.config import CalmFirstConfig
 from model.onnx.cache import META_FILE, MODEL_FILE
 from model.onnx.spm import load_tokenizer
-from model.onnx.weights import SharedWeights, has_external_weights
+from model.onnx.weights import SharedWeights
 from model.scores import OUTPUT_NAMES, predict_texts
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class OnnxCalmFirstModel:
         """``spin``: how the pool threads wait between ops (``SPIN_MODES``)."""
         tokenizer = load_tokenizer(export_dir)  # tokenizer.spm (SentencePiece) when there is one, else the JSON
         model_file = export_dir / MODEL_FILE
-        shared = SharedWeights(model_file) if has_external_weights(model_file) else None
+        shared = SharedWeights.of(model_file)
         session = _session(model_file, threads=threads, spin=spin, shared=shared)
         return cls(session, tokenizer, config, export_dir=export_dir, shared=shared, spin=spin)
 

@@ -103,6 +103,11 @@ class SharedWeights:
                 if key is not None:
                     _REGISTRY[key] = (self.values[t.name], data)  # the array keeps its mapping alive
 
+    @classmethod
+    def of(cls, model_file: Path) -> SharedWeights | None:
+        """The shared weights of an export that keeps them beside the graph, else None (ONNX Runtime reads them)."""
+        return cls(model_file) if has_external_weights(model_file) else None
+
     def __len__(self) -> int:
         return len(self.values)
 

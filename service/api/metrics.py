@@ -124,7 +124,7 @@ class Metrics:
         model = analyzer.model
         quantized = str(bool(getattr(model, "quantized", False))).lower()
         backend = str(getattr(model, "backend", "torch"))
-        lanes = str(len(analyzer.microbatcher.lanes) if analyzer.microbatcher is not None else 0)
+        lanes = str(len(analyzer.lane_models))
         self.model_info.labels(model.config.name, model.config.version, backend, quantized, lanes).set(1)
         if self not in analyzer.observers:
             analyzer.observers.append(self)

@@ -126,11 +126,6 @@ def test_app_api_key_when_configured(tiny_analyzer) -> None:  # type: ignore[no-
         assert c.get("/healthz").status_code == 200
 
 
-def _lane_model(lane):  # type: ignore[no-untyped-def]
-    """The model a micro-batcher lane runs (``functools.partial(Analyzer._predict_many, model=...)``)."""
-    return lane.keywords["model"]
-
-
 def test_app_model_loads_in_lifespan(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
@@ -151,7 +146,7 @@ def test_app_model_loads_in_lifespan(tiny_model_dir) -> None:  # type: ignore[no
         lanes = Settings(model_path=tiny_model_dir).lanes() if model.backend == "onnx" else 0
         assert len(batcher.lanes) == lanes  # one-thread sessions per thread of the process (service.microbatch)
         assert batcher.max_concurrent == max(lanes, 1)
-        threads = [_lane_model(lane).session.get_session_options().intra_op_num_threads for lane in batcher.lanes]
+        threads = [m.session.get_session_options().intra_op_num_threads for m in app.state.analyzer.lane_models]
         assert threads == [1] * lanes
         assert f'lanes="{lanes}"' in c.get("/metrics").text  # calmfirst_model_info says how many
 
