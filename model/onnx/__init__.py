@@ -7,9 +7,12 @@ once to ONNX and then
 * fused by onnxruntime's transformer optimizer (attention, GELU and the residual
   LayerNorms each become one kernel),
 * the attention projections run in int8 (``quantize_dynamic``: per-channel weights
-  quantized once, activations per call), and the feed-forward network as 8-bit
-  ``MatMulNBits`` whose int8 kernel scales its input per row and block (one
-  per-tensor scale lost too much there: measurements at ``QUANTIZE_GROUPS``); the
+  quantized once, activations per call), and so does most of the feed-forward
+  network after SmoothQuant has moved its input's outlier channels into the weights
+  (calibrated on the project's own written messages); the lower layers'
+  second FFN projection, where that does not hold up, runs as 8-bit ``MatMulNBits``,
+  whose int8 kernel scales its input per row and block (one per-tensor scale lost
+  too much there: measurements at ``QUANTIZE_GROUPS`` and ``SMOOTH_ALPHA``); the
   task heads stay fp32,
 * the 250k-row word-embedding table, which alone would be 384 MB of fp32 in every
   serving process, is stored as int8 with one scale per 32 values (96 MB). The

@@ -20,13 +20,23 @@ from filelock import FileLock
 
 from model.backbone import DEFAULT_BACKBONE, cache_dir, default_backbone_dir, sha256_file
 from model.config import BACKBONE_SUBDIR, CONFIG_NAME, WEIGHTS_NAME
-from model.onnx.quantize import NBITS_ACCURACY, NBITS_BITS, NBITS_BLOCK, NBITS_GROUPS, QUANTIZE_GROUPS
+from model.onnx.quantize import (
+    CALIBRATION_TEXTS,
+    FFN_OUT_INT8_FROM,
+    NBITS_ACCURACY,
+    NBITS_BITS,
+    NBITS_BLOCK,
+    NBITS_GROUPS,
+    QUANTIZE_GROUPS,
+    SMOOTH_ALPHA,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Bump when the export steps change: every cached export is then rebuilt.
-RECIPE_VERSION = 3  # 2: per-channel attention, MatMulNBits FFN, a SentencePiece copy of the tokenizer;
-# 3: the weights beside the graph, checksummed (``model.onnx.weights``), shared by the sessions of a process
+RECIPE_VERSION = 4  # 2: per-channel attention, MatMulNBits FFN, a SentencePiece copy of the tokenizer;
+# 3: the weights beside the graph, checksummed (``model.onnx.weights``), shared by the sessions of a process;
+# 4: SmoothQuant int8 for most of the FFN (``model.onnx.quantize``), task heads kept fp32
 EXPORT_SUBDIR = "onnx"
 MODEL_FILE = "model.onnx"
 META_FILE = "export.json"
@@ -72,7 +82,12 @@ def export_key(model_dir: str | Path, *, quantize: bool) -> str:
 
 def _quantize_spec() -> str:
     nbits = f"nbits{NBITS_BITS}/{NBITS_BLOCK}/{NBITS_ACCURACY}:" + ",".join(NBITS_GROUPS)
-    return "int8-per-channel:" + ",".join(QUANTIZE_GROUPS) + ";" + nbits
+    smooth = (
+        "smoothquant:"
+        + ",".join(f"{k}={v}" for k, v in sorted(SMOOTH_ALPHA.items()))
+        + f"@{FFN_OUT_INT8_FROM}/{CALIBRATION_TEXTS}"
+    )
+    return "int8-per-channel:" + ",".join(QUANTIZE_GROUPS) + ";" + nbits + ";" + smooth
 
 
 def export_parents(model_dir: str | Path) -> list[Path]:

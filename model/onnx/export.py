@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from data.loader import ANNOTATIONS_DIR, read_label_file
+from data.schema import WRITTEN_SOURCE
 from model.classifier import CalmFirstModel
 from model.config import CONFIG_NAME
 from model.onnx import cache
@@ -36,7 +38,7 @@ from model.onnx.cache import (
     find_export,
     remove_stale,
 )
-from model.onnx.quantize import quantize_linear, quantize_word_embedding, quiet
+from model.onnx.quantize import CALIBRATION_TEXTS, quantize_linear, quantize_word_embedding, quiet
 from model.onnx.runtime import OnnxCalmFirstModel
 from model.onnx.spm import write_spm
 from model.onnx.weights import externalize_weights
@@ -178,6 +180,22 @@ def _fuse(path: Path, *, num_heads: int, hidden_size: int) -> Any:
     return proto, stats
 
 
+def calibration_texts(count: int = CALIBRATION_TEXTS) -> list[str]:
+    """What the FFN's SmoothQuant calibrates on: ``count`` training messages of the project's own written
+    annotations, evenly spread over them by id (they ship with the package, unlike shared text)."""
+    records = sorted(
+        (r for r in read_label_file(ANNOTATIONS_DIR / f"{WRITTEN_SOURCE}.jsonl") if r.get("split") == "train"),
+        key=lambda r: str(r["id"]),
+    )
+    step = max(1, len(records) // count)
+    return [str(r["text"]) for r in records[::step][:count]]
+
+
+def calibration_inputs(model: CalmFirstModel, texts: list[str]) -> list[dict[str, np.ndarray]]:
+    """The model's inputs for each text alone (no padding), as the ONNX graph takes them."""
+    return [{k: v.numpy().astype(np.int64) for k, v in model.tokenize([t]).items()} for t in texts]
+
+
 def save_tokenizer(tokenizer: Any, path: Path) -> None:
     """The fast tokenizer's backend as plain ``tokenizer.json`` (no transformers needed to load it)."""
     from tokenizers import Tokenizer
@@ -219,7 +237,7 @@ def build_export(model: CalmFirstModel, out_dir: Path, *, quantize: bool = True)
     target = out_dir / MODEL_FILE
     if quantize:
         meta |= quantize_word_embedding(proto)
-        meta |= quantize_linear(proto, target)
+        meta |= quantize_linear(proto, target, calibration=calibration_inputs(model, calibration_texts()))
     else:
         onnx.save_model(proto, str(target))
         meta["embedding"] = "fp32"
