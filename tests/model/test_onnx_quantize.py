@@ -61,13 +61,14 @@ def _run(proto: Any, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
     return [np.concatenate([o.ravel() for o in session.run(None, f)]) for f in feeds]
 
 
-def test_smoothed_nodes_are_every_ffn_in_and_the_upper_half_of_ffn_out(fused: Any) -> None:
+def test_smoothed_nodes_are_the_attention_every_ffn_in_and_the_upper_half_of_ffn_out(fused: Any) -> None:
     nodes = smoothed_nodes(fused)
-    ffn_in = quantizable_nodes(fused, ("ffn_in",))
-    ffn_out = quantizable_nodes(fused, ("ffn_out",))
-    assert sorted(map(layer_index, ffn_in)) == [0, 1] and sorted(map(layer_index, ffn_out)) == [0, 1]
-    # the tiny model has 2 layers: both ffn_in, and ffn_out from layer 1 (FFN_OUT_INT8_FROM = half the depth)
-    assert set(nodes) == set(ffn_in) | {n for n in ffn_out if layer_index(n) == 1}
+    by_group = {g: quantizable_nodes(fused, (g,)) for g in ("attention", "attention_output", "ffn_in", "ffn_out")}
+    assert len(by_group["attention"]) == 2  # the fused Attention nodes are not named by layer
+    assert all(sorted(map(layer_index, by_group[g])) == [0, 1] for g in ("attention_output", "ffn_in", "ffn_out"))
+    # the tiny model has 2 layers: ffn_out only from layer 1 (FFN_OUT_INT8_FROM = half the depth)
+    expected = {n: g for g, ns in by_group.items() for n in ns if g != "ffn_out" or layer_index(n) == 1}
+    assert nodes == expected
 
 
 def test_smoothing_leaves_the_function_unchanged_and_flattens_the_channel_ranges(fused: Any, feeds: list) -> None:
@@ -113,7 +114,7 @@ def int8_export(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 def test_int8_export_runs_the_smoothed_ffn_in_int8_and_the_rest_as_matmulnbits(int8_export) -> None:  # type: ignore[no-untyped-def]
     meta = json.loads((int8_export.export_dir / META_FILE).read_text())
     assert meta["smoothquant"]["calibration_texts"] == CALIBRATION_TEXTS
-    assert meta["smoothquant"]["nodes"] == 3 and meta["nbits_layers"] == 1  # ffn_out of layer 0
+    assert meta["smoothquant"]["nodes"] == 7 and meta["nbits_layers"] == 1  # 2 x 3 + ffn_out of layer 1; layer 0's
     graph = onnx.load(str(int8_export.export_dir / "model.onnx"), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("MatMulNBits") == 1
@@ -125,7 +126,7 @@ def test_int8_export_runs_the_smoothed_ffn_in_int8_and_the_rest_as_matmulnbits(i
         "threat_head",
         "type_head",
     ]
-    assert sum(n.op_type == "Mul" and n.name.endswith("_smooth") for n in graph.node) == 3
+    assert sum(n.op_type == "Mul" and n.name.endswith("_smooth") for n in graph.node) == 7
 
 
 def test_int8_export_with_smoothing_scores_like_pytorch(int8_export, tiny_model: CalmFirstModel) -> None:  # type: ignore[no-untyped-def]
