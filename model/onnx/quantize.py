@@ -331,7 +331,8 @@ def quantize_ffn_nbits(path: Path) -> dict[str, Any]:
         return {"nbits_layers": 0}
     # the quantizer takes every MatMul and Gemm of its op types, named in ``include`` or not: name the rest
     # (the task heads) to leave them fp32
-    exclude = [n.name for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and n.name not in set(include)]
+    named = set(include)
+    exclude = [n.name for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and n.name not in named]
     with quiet():
         quantizer = MatMulNBitsQuantizer(
             proto,
