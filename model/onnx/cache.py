@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 #: Bump when the export steps change: every cached export is then rebuilt.
 RECIPE_VERSION = 4  # 2: per-channel attention, MatMulNBits FFN, a SentencePiece copy of the tokenizer;
 # 3: the weights beside the graph, checksummed (``model.onnx.weights``), shared by the sessions of a process;
-# 4: SmoothQuant int8 for most of the FFN (``model.onnx.quantize``), task heads kept fp32
+# 4: SmoothQuant (``model.onnx.quantize``): attention smoothed, most of the FFN int8 too; task heads kept fp32
 EXPORT_SUBDIR = "onnx"
 MODEL_FILE = "model.onnx"
 META_FILE = "export.json"

@@ -181,7 +181,7 @@ def _fuse(path: Path, *, num_heads: int, hidden_size: int) -> Any:
 
 
 def calibration_texts(count: int = CALIBRATION_TEXTS) -> list[str]:
-    """What the FFN's SmoothQuant calibrates on: ``count`` training messages of the project's own written
+    """What SmoothQuant calibrates on: ``count`` training messages of the project's own written
     annotations, evenly spread over them by id (they ship with the package, unlike shared text)."""
     records = sorted(
         (r for r in read_label_file(ANNOTATIONS_DIR / f"{WRITTEN_SOURCE}.jsonl") if r.get("split") == "train"),
