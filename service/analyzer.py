@@ -196,6 +196,12 @@ class Analyzer:
         texts = [normalize_text(t) for t in texts]  # length-preserving: offsets still match the caller's text
         preds = self.predict(texts)
         out = [self.result(p, t, id=i, lang=lang) for p, t, i in zip(preds, texts, ids, strict=True)]
+        return self._finish(out, texts, explain=explain, redact=redact)
+
+    def _finish(
+        self, out: list[MessageResult], texts: list[str], *, explain: bool, redact: bool
+    ) -> list[MessageResult]:
+        """What every analysed message gets after its result: the observers see it, then the extras asked for."""
         for observer in self.observers:
             observer.results_ready(out)
         for r, t in zip(out, texts, strict=True):
@@ -204,6 +210,19 @@ class Analyzer:
             if redact:
                 r.text = mask(t)
         return out
+
+    async def analyze_one(self, text: str, *, lang: str | None = None, redact: bool = False) -> MessageResult:
+        """One message from a caller on an event loop (``POST /v1/analyze``), through the micro-batcher.
+
+        The forward runs on the micro-batcher's workers while the loop awaits it
+        (:meth:`service.microbatch.MicroBatcher.submit_async`); the result is the one :meth:`analyze`
+        builds. Without a micro-batcher, call :meth:`analyze` in a thread instead.
+        """
+        if self.microbatcher is None:
+            raise RuntimeError("analyze_one needs the micro-batcher (microbatch_wait_ms >= 0)")
+        text = normalize_text(text)
+        pred = await self.microbatcher.submit_async(text)
+        return self._finish([self.result(pred, text, id=0, lang=lang)], [text], explain=False, redact=redact)[0]
 
     def explain(self, text: str, *, batch_size: int | None = None) -> Explanation:
         return occlusion_explanation(self.model, normalize_text(text), batch_size=batch_size or self.batch_size)

@@ -317,3 +317,99 @@ def test_microbatch_analyzer_lanes_score_like_the_model(tiny_model_dir) -> None:
     assert Settings(microbatch_max_size=1, intra_op_threads=2).lanes() == 0  # no micro-batcher, no lanes
     assert Settings(intra_op_threads=1).lanes() == 0  # one thread: nothing to split
     assert Settings(intra_op_threads=2).lanes() == 2
+
+
+def test_microbatch_submit_async_lone_gets_all_cores_concurrent_share_lanes_loop_never_blocks() -> None:
+    """The HTTP path: callers on an event loop await; the forwards run on the workers, as ``submit``'s do."""
+    import asyncio
+
+    rec = Lanes(2, hold=0.05)
+    batcher = MicroBatcher(rec.wide, max_wait_ms=0, max_size=16, lanes=rec.lanes)
+
+    async def main() -> tuple[list[int], list[int], int]:
+        loop_thread = threading.get_ident()
+        alone = [await batcher.submit_async(1), await batcher.submit_async(2)]
+        ticks = 0
+
+        async def ticker() -> None:  # the loop keeps running while forwards run
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        tick = asyncio.create_task(ticker())
+        together = await asyncio.gather(*(batcher.submit_async(i) for i in range(8)))
+        tick.cancel()
+        assert threading.get_ident() == loop_thread
+        return alone, list(together), ticks
+
+    try:
+        alone, together, ticks = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert alone == [10, 20] and together == [i * 10 for i in range(8)]
+    assert [name for name, _ in rec.calls[:2]] == ["wide", "wide"]  # each lone request: all cores
+    later = rec.calls[2:]
+    assert sorted(x for _, items in later for x in items) == list(range(8))
+    assert {"lane0", "lane1"} <= {name for name, _ in later}  # under load: the lanes, side by side
+    assert all("wide" not in both for both in rec.overlaps)
+    assert ticks >= 5  # 8 items on 2 lanes took >= 4 x 50 ms; the loop ticked all along
+
+
+def test_microbatch_submit_async_raises_the_batch_error_and_survives_a_cancelled_caller() -> None:
+    import asyncio
+
+    release = threading.Event()
+
+    def fn(items: list[int]) -> list[int]:
+        if -1 in items:
+            raise ValueError("bad item")
+        release.wait(5)
+        return [x * 10 for x in items]
+
+    batcher = MicroBatcher(fn, max_wait_ms=0, max_size=16)
+
+    async def main() -> int:
+        with pytest.raises(ValueError, match="bad item"):
+            await batcher.submit_async(-1)
+        waiting = asyncio.create_task(batcher.submit_async(3))
+        await asyncio.sleep(0.05)
+        waiting.cancel()  # the client went away while its forward ran
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return await batcher.submit_async(4)  # the batcher goes on
+
+    try:
+        assert asyncio.run(main()) == 40
+    finally:
+        batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        asyncio.run(batcher.submit_async(5))
+
+
+def test_microbatch_analyzer_analyze_one_is_analyze_for_the_event_loop(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    """``POST /v1/analyze``'s path (``Analyzer.analyze_one``) gives what ``analyze`` gives, masked text included."""
+    import asyncio
+
+    batched = Analyzer(tiny_model, microbatch_max_size=8)
+    plain = Analyzer(tiny_model, microbatch_max_size=1)
+    text = "我的手机号13812345678，快点退款!"
+    try:
+        expected = plain.analyze([text], ids=[0], lang="en", redact=True)[0].model_dump(mode="json")
+
+        async def main() -> list[dict[str, Any]]:
+            results = await asyncio.gather(*(batched.analyze_one(text, lang="en", redact=True) for _ in range(3)))
+            return [r.model_dump(mode="json") for r in results]
+
+        got = asyncio.run(main())
+    finally:
+        batched.close()
+    for g in got:
+        assert g["anger"]["probs"] == pytest.approx(expected["anger"]["probs"], abs=1e-5)
+        assert {k: g[k] for k in ("id", "route", "script", "text")} == {
+            k: expected[k] for k in ("id", "route", "script", "text")
+        }
+    assert "13812345678" not in got[0]["text"]
+    with pytest.raises(RuntimeError, match="micro-batcher"):
+        asyncio.run(plain.analyze_one(text))

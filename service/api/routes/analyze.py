@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AnalyzerDep, Auth, SettingsDep, check_count, check_text
 from service.api.schemas import ERROR_RESPONSES, AnalyzeRequest, BatchRequest
@@ -12,9 +15,14 @@ router = APIRouter(tags=["analyze"])
 
 
 @router.post("/v1/analyze", response_model=MessageResult, responses=ERROR_RESPONSES)
-def analyze(req: AnalyzeRequest, a: AnalyzerDep, settings: SettingsDep, _: Auth) -> MessageResult:
+async def analyze(req: AnalyzeRequest, a: AnalyzerDep, settings: SettingsDep, _: Auth) -> MessageResult:
+    """``async``: the usual single message awaits the micro-batcher on the loop (no thread-pool hop per
+    request: ``Analyzer.analyze_one``); an explanation (many forwards) or no micro-batcher runs in a thread."""
     check_text(req.text, "text", settings)
-    return a.analyze([req.text], ids=[0], lang=req.lang, explain=req.explain, redact=req.redact)[0]
+    if a.microbatcher is not None and not req.explain:
+        return await a.analyze_one(req.text, lang=req.lang, redact=req.redact)
+    run = partial(a.analyze, [req.text], ids=[0], lang=req.lang, explain=req.explain, redact=req.redact)
+    return (await run_in_threadpool(run))[0]
 
 
 @router.post("/v1/analyze/batch", response_model=BatchResult, responses=ERROR_RESPONSES)
