@@ -251,7 +251,16 @@ def smooth(proto: Any, nodes: Mapping[str, str], calibration: Sequence[Mapping[s
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
     by_name = {n.name: n for n in graph.node}
-    ranges = activation_ranges(proto, sorted({by_name[n].input[0] for n in nodes}), calibration)
+    users: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    # scaling a weight's rows is only the same product for the one MatMul that reads it (and reads it directly)
+    shared = sorted(n for n in nodes if users.get(by_name[n].input[1], 0) != 1 or by_name[n].input[1] not in inits)
+    if shared:
+        logger.warning("not smoothing %d MatMuls whose weight is shared or computed: %s", len(shared), shared[:5])
+    nodes = {n: g for n, g in nodes.items() if n not in shared}
+    ranges = activation_ranges(proto, sorted({by_name[n].input[0] for n in nodes}), calibration) if nodes else {}
     for name, group in nodes.items():
         node = by_name[name]
         x, w = node.input[0], node.input[1]
@@ -272,6 +281,7 @@ def smooth(proto: Any, nodes: Mapping[str, str], calibration: Sequence[Mapping[s
             "alpha": dict(SMOOTH_ALPHA),
             "ffn_out_int8_from": FFN_OUT_INT8_FROM,
             "nodes": len(nodes),
+            "skipped_shared_weights": len(shared),
             "calibration_texts": len(calibration),
         }
     }

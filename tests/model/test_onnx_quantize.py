@@ -93,6 +93,36 @@ def test_smoothing_leaves_the_function_unchanged_and_flattens_the_channel_ranges
         assert spread(after[by_name[n].input[0]]) < spread(before[x_before])
 
 
+def test_smoothing_skips_a_weight_that_another_node_reads() -> None:
+    """Scaling a shared weight's rows for one MatMul would change the other's product: such a MatMul is left alone."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")
+    v = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "v")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["a"], name="shared_1"),
+            helper.make_node("MatMul", ["x", "w"], ["b"], name="shared_2"),
+            helper.make_node("MatMul", ["x", "v"], ["c"], name="own"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in "abc"],
+        [w, v],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    before = _copy(proto)
+    feeds = [{"x": (rng.normal(size=(2, 4)) * [1, 1, 1, 40]).astype(np.float32)} for _ in range(4)]
+    meta = smooth(proto, {"shared_1": "ffn_in", "own": "ffn_in"}, feeds)
+    assert meta["smoothquant"]["nodes"] == 1 and meta["smoothquant"]["skipped_shared_weights"] == 1
+    by_name = {n.name: n for n in proto.graph.node}
+    assert list(by_name["shared_1"].input) == ["x", "w"] and by_name["own"].input[0] == "own_smooth_x"
+    for a, b in zip(_run(before, feeds), _run(proto, feeds), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
 def test_without_calibration_the_whole_ffn_stays_matmulnbits(fused: Any, tmp_path: Path) -> None:
     """The agent-turn encoder's path: its heads were fitted on this recipe's embeddings."""
     meta = quantize_linear(_copy(fused), tmp_path / "model.onnx")
