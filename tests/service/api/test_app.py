@@ -256,6 +256,33 @@ def test_app_shutdown_stops_the_micro_batcher(tiny_model_dir) -> None:  # type: 
         loaded.microbatcher.submit("請問")
 
 
+def test_app_single_messages_await_the_micro_batcher_and_answer_as_analyze(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    """``POST /v1/analyze`` with micro-batching on: concurrent requests share forwards on the batcher's workers
+    (``Analyzer.analyze_one``), each answer is what ``Analyzer.analyze`` gives; ``explain`` still works."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    texts = ["為什麼7號還要算錢?", "请问营业时间", "太离谱了，我要投诉", "你們客服態度太差了!", "包裹坏了", "好"] * 2
+    app = create_app(Settings(model_path=tiny_model_dir, backend="torch", microbatch_max_size=8))
+    with TestClient(app) as c:
+        analyzer = app.state.analyzer
+        expected = [analyzer.analyze([t], ids=[0], redact=True)[0].model_dump(mode="json") for t in texts]
+        before = analyzer.microbatcher.stats.items
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(lambda t: c.post("/v1/analyze", json={"text": t, "redact": True}), texts))
+        assert analyzer.microbatcher.stats.items - before == len(texts)  # every one through the batcher
+        for r, e in zip(got, expected, strict=True):
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["anger"]["probs"] == pytest.approx(e["anger"]["probs"], abs=1e-5)
+            assert {k: body[k] for k in ("id", "route", "script", "text")} == {
+                k: e[k] for k in ("id", "route", "script", "text")
+            }
+        explained = c.post("/v1/analyze", json={"text": texts[0], "explain": True})
+        assert explained.status_code == 200 and explained.json()["explanation"]
+
+
 def test_app_every_422_has_one_shape(client: httpx.Client) -> None:
     for path, body in [
         ("/v1/analyze", {"text": ""}),  # pydantic's validation
