@@ -219,7 +219,7 @@ class Analyzer:
         builds. Without a micro-batcher, call :meth:`analyze` in a thread instead.
         """
         if self.microbatcher is None:
-            raise RuntimeError("analyze_one needs the micro-batcher (microbatch_wait_ms >= 0)")
+            raise RuntimeError("analyze_one needs the micro-batcher (microbatch_max_size > 1)")
         text = normalize_text(text)
         pred = await self.microbatcher.submit_async(text)
         return self._finish([self.result(pred, text, id=0, lang=lang)], [text], explain=False, redact=redact)[0]

@@ -236,6 +236,8 @@ class MicroBatcher(Generic[T, R]):
                     continue
                 size = self.max_size
                 lane: int | None = None
+                # a lone item with nothing running gets all the cores (``fn``), as ``submit``'s inline path does;
+                # ``submit_async``'s items always come this way
                 alone = self.adaptive and not self._running and len(self._queue) == 1
                 if self.lanes and not alone:  # a lane's share of what waits: the next lane to free up takes the rest
                     size = min(size, -(-len(self._queue) // len(self.lanes)))
