@@ -2,8 +2,8 @@
 
 They are ``async def`` on purpose: none of them blocks, and FastAPI runs every plain ``def``
 dependency in the thread pool, a round trip per dependency and request (four for
-``POST /v1/analyze``, on top of the route's own). On one message that is measurable next to a
-forward of a few milliseconds (``make bench``'s c=1 row).
+``POST /v1/analyze``, whose route is ``async`` too: ``Analyzer.analyze_one``). On one message that
+is measurable next to a forward of a few milliseconds (``make bench``'s c=1 row).
 """
 
 from __future__ import annotations
