@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -251,16 +252,14 @@ def smooth(proto: Any, nodes: Mapping[str, str], calibration: Sequence[Mapping[s
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
     by_name = {n.name: n for n in graph.node}
-    users: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            users[i] = users.get(i, 0) + 1
+    users = Counter(i for n in graph.node for i in n.input)
     # scaling a weight's rows is only the same product for the one MatMul that reads it (and reads it directly)
     shared = sorted(n for n in nodes if users.get(by_name[n].input[1], 0) != 1 or by_name[n].input[1] not in inits)
     if shared:
         logger.warning("not smoothing %d MatMuls whose weight is shared or computed: %s", len(shared), shared[:5])
     nodes = {n: g for n, g in nodes.items() if n not in shared}
     ranges = activation_ranges(proto, sorted({by_name[n].input[0] for n in nodes}), calibration) if nodes else {}
+    muls: dict[str, Any] = {}  # smoothed node -> the Mul that goes right before it
     for name, group in nodes.items():
         node = by_name[name]
         x, w = node.input[0], node.input[1]
@@ -271,10 +270,12 @@ def smooth(proto: Any, nodes: Mapping[str, str], calibration: Sequence[Mapping[s
         inits[w].CopyFrom(numpy_helper.from_array(weight * s[:, None], w))
         p = name.replace("/", "_") + "_smooth"
         graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), p + "_inv_scale"))
-        graph.node.insert(
-            list(graph.node).index(node), helper.make_node("Mul", [x, p + "_inv_scale"], [p + "_x"], name=p)
-        )
+        muls[name] = helper.make_node("Mul", [x, p + "_inv_scale"], [p + "_x"], name=p)
         node.input[0] = p + "_x"
+    if muls:  # one pass over the graph: each Mul right before its MatMul (the order stays topological)
+        order = [m for n in graph.node for m in ((muls[n.name], n) if n.name in muls else (n,))]
+        del graph.node[:]
+        graph.node.extend(order)
     logger.info("SmoothQuant on %d projections (%d calibration texts)", len(nodes), len(calibration))
     return {
         "smoothquant": {
