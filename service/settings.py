@@ -99,6 +99,14 @@ class Settings(BaseSettings):
         "body, so the client can read the answer instead of a connection reset",
     )
     drain_timeout_s: float = Field(10.0, ge=0.0, description="and for at most this long")
+    max_inflight: int = Field(
+        256,
+        ge=0,
+        description="POST requests one server process answers at once; the next one gets 503 with Retry-After "
+        "at once (service.api.middleware.LoadShedder) instead of joining a queue that only grows while "
+        "traffic exceeds what the cores can score; a load balancer can send it elsewhere; 0: no limit",
+    )
+    retry_after_s: int = Field(1, ge=0, description="the Retry-After of that 503, in seconds")
 
     # access
     api_key: str | None = Field(None, description="with a key, every path but public_paths wants it in x-api-key")

@@ -9,7 +9,12 @@ Outermost first:
 3. :class:`ApiKeyMiddleware`: with ``CALMFIRST_API_KEY`` set, every path except
    ``CALMFIRST_PUBLIC_PATHS`` (``/healthz``, ``/readyz`` and the console page by default) wants the key
    in ``x-api-key``, compared in constant time; new routes are covered without doing anything.
-4. :class:`BodyGuard`: what the routes' models cannot see. A body over ``max_body_bytes`` is a 413
+4. :class:`LoadShedder`: with ``max_inflight`` POST requests already being answered, the next one is a
+   503 with ``Retry-After`` at once. Why: past what the cores can score, a queue only grows, every
+   answer in it comes later, and clients time out on work the server still does; a fast 503 lets a
+   load balancer or the client retry elsewhere or later, while the requests already admitted keep
+   their latency. Inside the API key check (a client without the key learns nothing about the load).
+5. :class:`BodyGuard`: what the routes' models cannot see. A body over ``max_body_bytes`` is a 413
    (on ``Content-Length`` before reading, or while reading a chunked body); a body that is not JSON
    (content type), not in a JSON encoding (UTF-8, or UTF-16/32 as RFC 8259 detects), not parseable,
    nested too deeply, holding an over-long number or a lone surrogate is a 415/422 naming ``body`` or
@@ -98,6 +103,7 @@ async def answer(
     settings: Settings,
     *,
     body_pending: bool = True,
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """An early JSON answer; the unread body is drained first so the client can read the answer."""
     complete = True
@@ -108,7 +114,11 @@ async def answer(
         else:
             complete = await drain(receive, max_bytes=settings.drain_max_bytes, timeout_s=settings.drain_timeout_s)
     body = _json_bytes(content)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or ()),
+    ]
     if not complete:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -201,6 +211,42 @@ class ApiKeyMiddleware:
             await answer(scope, receive, send, 401, {"detail": "x-api-key: missing or wrong API key"}, self.settings)
             return
         await self.app(scope, receive, send)
+
+
+# ------------------------------------------------------------------ load shedding
+class LoadShedder:
+    """Admits at most ``settings.max_inflight`` POST requests at once; the next gets a 503 at once.
+
+    The count lives in this process's event loop (every request enters and leaves here on it, so
+    no lock); with ``--workers N`` each worker has its own limit. GET requests (probes, metrics,
+    docs) are never shed: a busy server must still answer its health checks.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.limit = settings.max_inflight
+        self.inflight = 0
+        self.shed = 0  # answered 503 since start (tests, logs; /metrics counts them by status)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.limit or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.limit:
+            self.shed += 1
+            retry = str(self.settings.retry_after_s)
+            content = {
+                "detail": f"server busy: {self.limit} requests already in progress (max_inflight); "
+                f"retry after {retry} s"
+            }
+            await answer(scope, receive, send, 503, content, self.settings, headers=[(b"retry-after", retry.encode())])
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
 
 
 # ------------------------------------------------------------------ body guard
@@ -342,9 +388,10 @@ class BodyGuard:
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
-    """The edge (``service.api.middleware``), added innermost first: body, key, CORS (if configured), request id
-    (the outermost, so every answer carries an id)."""
+    """The edge (``service.api.middleware``), added innermost first: body, load, key, CORS (if configured),
+    request id (the outermost, so every answer carries an id)."""
     app.add_middleware(BodyGuard, settings=settings)
+    app.add_middleware(LoadShedder, settings=settings)
     app.add_middleware(ApiKeyMiddleware, settings=settings)
     if settings.cors_origins:
         app.add_middleware(

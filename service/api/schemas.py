@@ -209,5 +209,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "model": ErrorResponse,
         "description": "a field is missing or invalid, or the body is not valid JSON; the message names it",
     },
-    503: {"model": Detail, "description": "the model is still loading"},
+    503: {
+        "model": Detail,
+        "description": "the model is still loading, or CALMFIRST_MAX_INFLIGHT requests are already in progress "
+        "(then with Retry-After)",
+    },
 }

@@ -508,3 +508,85 @@ def test_middleware_soak_hostile_bodies_get_their_4xx(default_url: str) -> None:
             r = c.post(path, content=body, headers={"content-type": content_type})
             assert r.status_code in ok, (name, r.status_code, r.text[:200])
             assert time.perf_counter() - started < FAST_S, name
+
+
+def test_middleware_sheds_load_past_max_inflight_with_503(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    """Two batch requests held inside the model fill ``max_inflight=2``: the third POST is a 503 at once, with
+    Retry-After and the setting named; GETs (probes, metrics) still answer; once the two finish, POSTs pass again
+    and the held ones got their full answers."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.analyzer import Analyzer
+
+    analyzer = Analyzer(tiny_model)
+    real = analyzer.analyze
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+
+    def held(*args, **kwargs):  # type: ignore[no-untyped-def]
+        entered.release()
+        assert release.wait(30), "the test never released the held requests"
+        return real(*args, **kwargs)
+
+    analyzer.analyze = held  # type: ignore[method-assign]
+    body = {"items": [{"id": "a", "text": "你们的快递到现在还没到!"}, {"id": "b", "text": "謝謝"}]}
+    settings = Settings(max_inflight=2, retry_after_s=3)
+    with live_client(settings, analyzer) as c, ThreadPoolExecutor(2) as pool:
+        try:
+            pending = [pool.submit(c.post, "/v1/analyze/batch", json=body) for _ in range(2)]
+            for _ in range(2):
+                assert entered.acquire(timeout=30), "a held request never reached the model"
+            started = time.perf_counter()
+            shed = c.post("/v1/analyze", json={"text": "什麼態度!我要投訴你"})
+            assert time.perf_counter() - started < FAST_S
+            assert shed.status_code == 503
+            assert shed.headers["retry-after"] == "3"
+            assert "max_inflight" in shed.json()["detail"]
+            assert shed.headers["x-request-id"]
+            assert c.get("/healthz").status_code == 200
+            assert c.get("/readyz").status_code == 200
+            metrics = c.get("/metrics").text
+            assert 'status="503"' in metrics
+        finally:
+            release.set()
+        for fut in pending:
+            answer = fut.result(timeout=60)
+            assert answer.status_code == 200
+            assert [r["id"] for r in answer.json()["results"]] == ["a", "b"]
+        after = c.post("/v1/analyze/batch", json=body)
+        assert after.status_code == 200
+
+
+def test_middleware_max_inflight_zero_means_no_limit() -> None:
+    import asyncio
+
+    from service.api.middleware import LoadShedder
+
+    calls = 0
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+
+    async def run(limit: int) -> int:
+        nonlocal calls
+        calls = 0
+        shedder = LoadShedder(app, Settings(max_inflight=limit))
+        sent: list[dict] = []  # type: ignore[type-arg]
+
+        async def receive() -> dict:  # type: ignore[type-arg]
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message) -> None:  # type: ignore[no-untyped-def]
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/analyze", "headers": []}
+        await asyncio.gather(*(shedder(scope, receive, send) for _ in range(5)))
+        assert shedder.shed == 5 - calls
+        assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [503] * (5 - calls)
+        return calls
+
+    assert asyncio.run(run(0)) == 5
+    assert asyncio.run(run(3)) == 3
