@@ -215,9 +215,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             workers=settings.workers,
             log_level="info",
             log_config=log_config(),  # request ids on every line
+            timeout_graceful_shutdown=settings.graceful_shutdown_s,  # type: ignore[arg-type]
         )
         return 0
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", log_config=log_config())
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        log_config=log_config(),
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,  # type: ignore[arg-type]
+    )
     return 0
 
 

@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         "traffic exceeds what the cores can score; a load balancer can send it elsewhere; 0: no limit",
     )
     retry_after_s: int = Field(1, ge=0, description="the Retry-After of that 503, in seconds")
+    graceful_shutdown_s: float = Field(
+        30.0,
+        gt=0,
+        description="on SIGTERM `calmfirst serve` refuses new connections at once and lets the requests in "
+        "progress finish for at most this long, then stops (a rolling deploy loses no admitted request)",
+    )
 
     # access
     api_key: str | None = Field(None, description="with a key, every path but public_paths wants it in x-api-key")

@@ -37,8 +37,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_server(settings: Settings, analyzer: Any, **config: Any) -> Iterator[str]:
-    """Serve ``create_app(settings, analyzer=analyzer)`` in a thread; yields the base URL."""
+def running_server(settings: Settings, analyzer: Any, **config: Any) -> Iterator[tuple[uvicorn.Server, str]]:
+    """Serve ``create_app(settings, analyzer=analyzer)`` in a thread; yields the server and its base URL.
+
+    ``server.should_exit = True`` is what uvicorn's SIGTERM handler does (a thread gets no signals).
+    """
     port = free_port()
     app = create_app(settings, analyzer=analyzer)
     options: dict[str, Any] = {"log_level": "warning", **config}
@@ -54,10 +57,17 @@ def live_server(settings: Settings, analyzer: Any, **config: Any) -> Iterator[st
             time.sleep(0.02)
     assert server.started, "server did not start"
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server, f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@contextlib.contextmanager
+def live_server(settings: Settings, analyzer: Any, **config: Any) -> Iterator[str]:
+    """Serve ``create_app(settings, analyzer=analyzer)`` in a thread; yields the base URL."""
+    with running_server(settings, analyzer, **config) as (_, url):
+        yield url
 
 
 @contextlib.contextmanager
