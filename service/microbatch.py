@@ -232,6 +232,9 @@ class MicroBatcher(Generic[T, R]):
                         if remaining <= 0:
                             break
                         self._cond.wait(remaining)
+                # a caller that gave up while queued (its task cancelled: a graceful stop's deadline, a client
+                # timeout in the caller's code) needs no forward; until settled, a future is done only that way
+                self._queue = [s for s in self._queue if s.future is None or not s.future.done()]
                 if not self._queue or self._busy:  # another worker took them, or the slots filled meanwhile
                     continue
                 size = self.max_size

@@ -413,3 +413,40 @@ def test_microbatch_analyzer_analyze_one_is_analyze_for_the_event_loop(tiny_mode
     assert "13812345678" not in got[0]["text"]
     with pytest.raises(RuntimeError, match="micro-batcher"):
         asyncio.run(plain.analyze_one(text))
+
+
+def test_microbatch_submit_async_drops_items_whose_caller_gave_up_while_queued() -> None:
+    """A caller cancelled while its item waits behind a running forward costs no forward of its own."""
+    import asyncio
+
+    started = threading.Event()
+    release = threading.Event()
+    seen: list[list[int]] = []
+
+    def fn(items: list[int]) -> list[int]:
+        seen.append(list(items))
+        started.set()
+        release.wait(5)
+        return [x * 10 for x in items]
+
+    batcher = MicroBatcher(fn, max_wait_ms=0, max_size=16)
+
+    async def main() -> list[int]:
+        first = asyncio.create_task(batcher.submit_async(1))
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        gave_up = asyncio.create_task(batcher.submit_async(2))
+        kept = asyncio.create_task(batcher.submit_async(3))
+        await asyncio.sleep(0.05)  # both queued behind the running forward
+        gave_up.cancel()
+        await asyncio.sleep(0.01)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await gave_up
+        return [await first, await kept]
+
+    try:
+        assert asyncio.run(main()) == [10, 30]
+    finally:
+        batcher.close()
+    assert seen == [[1], [3]]  # item 2 never reached a forward
