@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 SOAK_MINUTES ?= 10
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser backbone run test test-slow lint format train ship evaluate bench soak data-stats clean
+.PHONY: help install browser backbone run test test-slow lint format train ship evaluate bench bench-overload soak data-stats clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ evaluate: backbone ## evaluate MODEL on the project's test split; report in OUT/
 
 bench: backbone ## speed, latency, memory and quality benchmark -> bench/results.json
 	$(BIN)/python -m bench.run --output bench/results.json
+
+bench-overload: backbone ## open-loop traffic at 1.5x capacity, per CALMFIRST_MAX_INFLIGHT -> bench/overload.json
+	$(BIN)/python -m bench.overload
 
 soak: backbone ## SOAK_MINUTES (10) of 16 clients against the real server: no 5xx, RSS, PII -> bench/soak.json
 	SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python -m bench.soak --output bench/soak.json

@@ -1,0 +1,159 @@
+"""What ``CALMFIRST_MAX_INFLIGHT`` does when traffic exceeds what the cores can score (``make bench-overload``).
+
+Why a separate, open-loop test: ``make bench``'s load tests are closed loops (a client sends its next message
+only after the last answer), so the server can never be offered more than it serves. A contact center's
+traffic does not wait: messages arrive at their own rate. Here requests arrive at a fixed rate (a multiple of
+the server's measured capacity), each on its own connection, for a fixed time, against one fresh server per
+setting; the figures are the answers' latencies, how many were shed (503) and how many answers took longer than
+a client would wait (``PATIENCE_S``).
+
+    python -m bench.overload [--seconds 15] [--overload 1.5] [--limits 0,64,256]
+
+Results go to ``bench/overload.json`` and ``bench/OVERLOAD.md`` (``make bench`` rewrites ``RESULTS.md`` whole).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.run import ROOT, WORK, Server, bench_messages, load_test, log, machine_info, percentile, wait_for_quiet
+from service.settings import DEFAULT_MODEL_DIR
+
+OUT = ROOT / "bench" / "overload.json"
+MARKDOWN = ROOT / "bench" / "OVERLOAD.md"
+#: An answer later than this is as good as none to a live chat (the client has given up or re-sent).
+PATIENCE_S = 2.0
+
+
+async def _one(port: int, body: bytes) -> tuple[int, float]:
+    """One request on its own connection: (status, seconds); status 0 when the connection failed."""
+    started = time.perf_counter()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return 0, time.perf_counter() - started
+    try:
+        head = (
+            f"POST /v1/analyze HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        ).encode()
+        writer.write(head + body)
+        await writer.drain()
+        status_line = await reader.readline()
+        await reader.read()  # to the end: connection: close
+        status = int(status_line.split()[1]) if status_line.startswith(b"HTTP/") else 0
+    except (OSError, ValueError, IndexError):
+        status = 0
+    finally:
+        writer.close()
+    return status, time.perf_counter() - started
+
+
+async def open_loop(port: int, texts: Sequence[str], *, rate: float, seconds: float) -> dict[str, Any]:
+    """Requests started every ``1/rate`` s for ``seconds`` s, whatever the server does; then wait for all."""
+    bodies = [json.dumps({"text": t}, ensure_ascii=False).encode("utf-8") for t in texts]
+    tasks: list[asyncio.Task[tuple[int, float]]] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    n = int(rate * seconds)
+    for i in range(n):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(_one(port, bodies[i % len(bodies)])))
+    sent_for = loop.time() - start
+    results = await asyncio.gather(*tasks)
+    wall = loop.time() - start
+    ok = sorted(s for status, s in results if status == 200)
+    shed = [s for status, s in results if status == 503]
+    return {
+        "offered": n,
+        "offered_per_s": round(n / sent_for, 1),
+        "answered_200": len(ok),
+        "shed_503": len(shed),
+        "failed": sum(1 for status, _ in results if status not in (200, 503)),
+        "p50_ms": round(percentile(ok, 0.50) * 1000, 1),
+        "p99_ms": round(percentile(ok, 0.99) * 1000, 1),
+        "max_ms": round(ok[-1] * 1000, 1) if ok else None,
+        "mean_503_ms": round(statistics.fmean(shed) * 1000, 1) if shed else None,
+        f"answered_within_{PATIENCE_S:g}s": sum(1 for s in ok if s <= PATIENCE_S),
+        "good_per_s": round(sum(1 for s in ok if s <= PATIENCE_S) / wall, 1),
+        "wall_s": round(wall, 1),
+    }
+
+
+def markdown(r: dict[str, Any]) -> str:
+    key = f"answered_within_{PATIENCE_S:g}s"
+    lines = [
+        f"Open loop ({r['date']}, {r['machine']}): capacity {r['capacity_per_s']} req/s (closed loop, 8 clients), "
+        f"offered {r['overload']}x that for {r['seconds']} s, each request on its own connection; one fresh "
+        f"server per setting; within {PATIENCE_S:g} s = the answers a live chat still uses.",
+        "",
+        "| CALMFIRST_MAX_INFLIGHT | offered | 200 | 503 | p50 ms (200) | p99 ms (200) | max ms | "
+        f"within {PATIENCE_S:g} s | useful answers/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for limit, x in r["runs"].items():
+        lines.append(
+            f"| {limit if limit != '0' else '0 (no limit)'} | {x['offered']} | {x['answered_200']} | {x['shed_503']} | "
+            f"{x['p50_ms']} | {x['p99_ms']} | {x['max_ms']} | {x[key]} | {x['good_per_s']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--overload", type=float, default=1.5, help="offered rate as a multiple of the capacity")
+    p.add_argument("--limits", default="0,64,256", help="CALMFIRST_MAX_INFLIGHT values, one server each")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    args = p.parse_args(argv)
+    WORK.mkdir(parents=True, exist_ok=True)
+    texts = bench_messages(2000)
+    wait_for_quiet(60)
+    machine = machine_info()
+    server = Server(args.model)
+    try:
+        server.wait_ready()
+        capacity = load_test(server.url, texts, concurrency=8, requests=1600)["requests_per_s"]
+    finally:
+        server.stop()
+    log(f"capacity {capacity} req/s")
+    runs: dict[str, Any] = {}
+    for limit in [s.strip() for s in args.limits.split(",") if s.strip()]:
+        server = Server(args.model, env={"CALMFIRST_MAX_INFLIGHT": limit})
+        try:
+            server.wait_ready()
+            load_test(server.url, texts, concurrency=8, requests=400)  # warm
+            runs[limit] = asyncio.run(
+                open_loop(server.port, texts, rate=capacity * args.overload, seconds=args.seconds)
+            )
+            log(f"max_inflight {limit}: {runs[limit]}")
+        finally:
+            server.stop()
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{machine.get('cpu', 'cpu')}, {machine.get('cores', '?')} cores",
+        "capacity_per_s": capacity,
+        "overload": args.overload,
+        "seconds": args.seconds,
+        "patience_s": PATIENCE_S,
+        "runs": runs,
+    }
+    OUT.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    table = markdown(result)
+    MARKDOWN.write_text(f"# Overload: what CALMFIRST_MAX_INFLIGHT does\n\n`make bench-overload`. {table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The open-loop load generator of ``make bench-overload`` reads real answers right (statuses, latencies)."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+from bench.overload import PATIENCE_S, markdown, open_loop
+from service.settings import Settings
+from tests.service.api.live import live_server
+
+
+def test_overload_open_loop_counts_answers_and_sheds(tiny_analyzer) -> None:  # type: ignore[no-untyped-def]
+    texts = ["快递还没到!", "謝謝", "什麼態度!我要投訴你"]
+    with live_server(Settings(max_inflight=0), tiny_analyzer) as url:
+        port = urlsplit(url).port
+        assert port is not None
+        run = asyncio.run(open_loop(port, texts, rate=40, seconds=0.5))
+    assert run["offered"] == 20
+    assert run["answered_200"] == 20 and run["shed_503"] == 0 and run["failed"] == 0
+    assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
+    assert run[f"answered_within_{PATIENCE_S:g}s"] == 20
+
+    with live_server(Settings(max_inflight=1), tiny_analyzer) as url:  # 100 at once, one admitted at a time
+        port = urlsplit(url).port
+        assert port is not None
+        burst = asyncio.run(open_loop(port, texts, rate=10_000, seconds=0.01))
+    assert burst["offered"] == 100
+    assert burst["answered_200"] + burst["shed_503"] == 100 and burst["failed"] == 0
+    assert burst["answered_200"] >= 1 and burst["shed_503"] >= 1
+    table = markdown(
+        {"date": "d", "machine": "m", "capacity_per_s": 1, "overload": 1.5, "seconds": 1, "runs": {"0": run}}
+    )
+    assert "| 0 (no limit) | 20 | 20 | 0 |" in table
