@@ -546,8 +546,12 @@ def test_middleware_sheds_load_past_max_inflight_with_503(tiny_model) -> None:  
             assert shed.headers["x-request-id"]
             assert c.get("/healthz").status_code == 200
             assert c.get("/readyz").status_code == 200
-            metrics = c.get("/metrics").text
-            assert 'status="503"' in metrics
+            from tests.service.api.test_metrics import samples, value
+
+            assert c.post("/v1/no-such-route", json={}).status_code == 503  # full is full
+            metrics = samples(c.get("/metrics").text)
+            assert value(metrics, "calmfirst_http_requests_total", route="/v1/analyze", status="503") == 1
+            assert value(metrics, "calmfirst_http_requests_total", route="<unmatched>", status="503") == 1
         finally:
             release.set()
         for fut in pending:
