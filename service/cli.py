@@ -215,7 +215,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             workers=settings.workers,
             log_level="info",
             log_config=log_config(),  # request ids on every line
-            timeout_graceful_shutdown=settings.graceful_shutdown_s,  # type: ignore[arg-type]
+            timeout_graceful_shutdown=settings.graceful_shutdown_s,
         )
         return 0
     uvicorn.run(
@@ -224,7 +224,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level="info",
         log_config=log_config(),
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
     )
     return 0
 

@@ -108,9 +108,9 @@ class Settings(BaseSettings):
         "bench/OVERLOAD.md: at 1.5x the capacity of 2 cores, 64 keeps p99 at 0.5 s, no limit lets p50 reach 4 s",
     )
     retry_after_s: int = Field(1, ge=0, description="the Retry-After of that 503, in seconds")
-    graceful_shutdown_s: float = Field(
-        30.0,
-        gt=0,
+    graceful_shutdown_s: int = Field(
+        30,
+        ge=1,
         description="on SIGTERM `calmfirst serve` refuses new connections at once and lets the requests in "
         "progress finish for at most this long, then stops (a rolling deploy loses no admitted request)",
     )
