@@ -400,12 +400,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from pydantic import ValidationError
+
     from service.model_check import ModelFolderError
+    from service.settings import settings_problems
 
     try:
         return int(args.func(args) or 0)
     except ModelFolderError as e:
         print(f"calmfirst {args.command}: model folder: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:
+        if e.title != "Settings":  # another model's error is a bug or has its own handler: keep the traceback
+            raise
+        for line in settings_problems(e):  # a CALMFIRST_* variable the service cannot use: name it, no traceback
+            print(f"calmfirst {args.command}: {line}", file=sys.stderr)
         return 2
 
 

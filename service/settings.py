@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.onnx.runtime import SpinMode
@@ -160,3 +160,16 @@ class Settings(BaseSettings):
             threat_threshold=self.threat_threshold,
             escalate_on_furious=self.escalate_on_furious,
         )
+
+
+def settings_problems(error: ValidationError) -> list[str]:
+    """One line per invalid setting, naming it as the user set it: ``CALMFIRST_MAX_INFLIGHT=-1: ...``."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    lines = []
+    for problem in error.errors():
+        name = ".".join(str(part) for part in problem["loc"]) or "settings"
+        env = f"{prefix}{name.split('.')[0].upper()}"
+        given = problem.get("input")
+        shown = f"={given}" if isinstance(given, str | int | float) else ""
+        lines.append(f"setting {env}{shown}: {problem['msg']}")
+    return lines

@@ -160,3 +160,29 @@ def test_training_subcommands_without_installed_entry_points(monkeypatch: pytest
     args = parser.parse_args(["evaluate", "--model", "m", "data.jsonl", "--split", "dev", "--device", "cpu"])
     assert args.func.__module__ == "training.cli" and args.device == "cpu"
     assert {name for name, _load in cli._command_plugins()} >= {"train", "evaluate", "calibrate", "soup"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        (
+            "CALMFIRST_MAX_INFLIGHT",
+            "-1",
+            "setting CALMFIRST_MAX_INFLIGHT=-1: Input should be greater than or equal to 0",
+        ),
+        ("CALMFIRST_BATCH_SIZE", "abc", "setting CALMFIRST_BATCH_SIZE=abc: Input should be a valid integer"),
+        ("CALMFIRST_DEFAULT_SCRIPT", "latin", "setting CALMFIRST_DEFAULT_SCRIPT=latin: Value error, default_script"),
+    ],
+)
+def test_cli_bad_setting_is_named_without_a_traceback(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch, capsys, variable: str, value: str, named: str
+) -> None:
+    """A CALMFIRST_* variable the service cannot use stops score and serve with one line naming it (exit 2)."""
+    src = tmp_path / "in.txt"
+    src.write_text("你好\n", encoding="utf-8")
+    monkeypatch.setenv(variable, value)
+    for argv in (["score", str(src)], ["serve", "--port", "1"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"calmfirst {argv[0]}: {named}" in err
+        assert "Traceback" not in err
