@@ -242,7 +242,7 @@ class LoadShedder:
         self.settings = settings
         self.limit = settings.max_inflight
         self.inflight = 0
-        self.shed = 0  # answered 503 since start (tests, logs; /metrics counts them by status)
+        self.shed = 0  # answered 503 since start (for tests; /metrics counts them under their route)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.limit or scope["method"] not in _BODY_METHODS:
