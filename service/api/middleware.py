@@ -9,16 +9,18 @@ Outermost first:
 3. :class:`ApiKeyMiddleware`: with ``CALMFIRST_API_KEY`` set, every path except
    ``CALMFIRST_PUBLIC_PATHS`` (``/healthz``, ``/readyz`` and the console page by default) wants the key
    in ``x-api-key``, compared in constant time; new routes are covered without doing anything.
-4. :class:`LoadShedder`: with ``max_inflight`` POST requests already being answered, the next one is a
-   503 with ``Retry-After`` at once. Why: past what the cores can score, a queue only grows, every
-   answer in it comes later, and clients time out on work the server still does; a fast 503 lets a
-   load balancer or the client retry elsewhere or later, while the requests already admitted keep
-   their latency. Inside the API key check (a client without the key learns nothing about the load).
-5. :class:`BodyGuard`: what the routes' models cannot see. A body over ``max_body_bytes`` is a 413
+4. :class:`BodyGuard`: what the routes' models cannot see. A body over ``max_body_bytes`` is a 413
    (on ``Content-Length`` before reading, or while reading a chunked body); a body that is not JSON
    (content type), not in a JSON encoding (UTF-8, or UTF-16/32 as RFC 8259 detects), not parseable,
    nested too deeply, holding an over-long number or a lone surrogate is a 415/422 naming ``body`` or
    the field. The body is read once and replayed.
+5. :class:`LoadShedder`: with ``max_inflight`` POST requests already being answered, the next one is a
+   503 with ``Retry-After`` at once. Why: past what the cores can score, a queue only grows, every
+   answer in it comes later, and clients time out on work the server still does; a fast 503 lets a
+   load balancer or the client retry elsewhere or later, while the requests already admitted keep
+   their latency. Inside the API key check (a client without the key learns nothing about the load)
+   and inside the body guard: a request counts only once its body has arrived, so clients that send
+   slowly cannot hold the slots and shut everyone else out.
 
 Every early answer first *drains* what the client is still sending (reads and discards it, up to
 ``drain_max_bytes`` and ``drain_timeout_s``), as nginx's lingering close does: a server that answers
@@ -404,10 +406,10 @@ class BodyGuard:
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
-    """The edge (``service.api.middleware``), added innermost first: body, load, key, CORS (if configured),
+    """The edge (``service.api.middleware``), added innermost first: load, body, key, CORS (if configured),
     request id (the outermost, so every answer carries an id)."""
-    app.add_middleware(BodyGuard, settings=settings)
     app.add_middleware(LoadShedder, settings=settings)
+    app.add_middleware(BodyGuard, settings=settings)
     app.add_middleware(ApiKeyMiddleware, settings=settings)
     if settings.cors_origins:
         app.add_middleware(

@@ -594,3 +594,29 @@ def test_middleware_max_inflight_zero_means_no_limit() -> None:
 
     assert asyncio.run(run(0)) == 5
     assert asyncio.run(run(3)) == 3
+
+
+def test_middleware_slow_senders_hold_no_inflight_slot(tiny_analyzer) -> None:  # type: ignore[no-untyped-def]
+    """A request counts against ``max_inflight`` only once its body has arrived: clients that send their bodies
+    slowly (or never finish) cannot fill the slots and get everyone else a 503."""
+    from urllib.parse import urlsplit
+
+    with live_server(Settings(max_inflight=1), tiny_analyzer) as url:
+        port = urlsplit(url).port
+        slow = []
+        try:
+            for _ in range(3):
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                s.sendall(
+                    b"POST /v1/analyze HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                    b"content-length: 100\r\n\r\n" + b'{"text": "'  # 10 of the 100 bytes, and then nothing
+                )
+                slow.append(s)
+            time.sleep(0.3)
+            with httpx.Client(base_url=url, timeout=30) as c:
+                for _ in range(3):
+                    r = c.post("/v1/analyze", json={"text": "快递还没到!"})
+                    assert r.status_code == 200, r.text
+        finally:
+            for s in slow:
+                s.close()
