@@ -24,7 +24,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.run import ROOT, WORK, Server, bench_messages, load_test, log, machine_info, percentile, wait_for_quiet
+from bench.run import (
+    ROOT,
+    WORK,
+    Server,
+    bench_messages,
+    load_test,
+    log,
+    machine_info,
+    percentile,
+    versions,
+    wait_for_quiet,
+)
 from service.settings import DEFAULT_MODEL_DIR
 
 OUT = ROOT / "bench" / "overload.json"
@@ -93,7 +104,8 @@ async def open_loop(port: int, texts: Sequence[str], *, rate: float, seconds: fl
 def markdown(r: dict[str, Any]) -> str:
     key = f"answered_within_{PATIENCE_S:g}s"
     lines = [
-        f"Open loop ({r['date']}, {r['machine']}): capacity {r['capacity_per_s']} req/s (closed loop, 8 clients), "
+        f"Open loop ({r['date']}, {r['machine']}, commit `{r.get('commit', '?')}`): "
+        f"capacity {r['capacity_per_s']} req/s (closed loop, 8 clients), "
         f"offered {r['overload']}x that for {r['seconds']} s, each request on its own connection; one fresh "
         f"server per setting; within {PATIENCE_S:g} s = the answers a live chat still uses.",
         "",
@@ -142,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{machine.get('cpu', 'cpu')}, {machine.get('cores', '?')} cores",
+        "commit": versions().get("git_commit", "?"),
         "capacity_per_s": capacity,
         "overload": args.overload,
         "seconds": args.seconds,
