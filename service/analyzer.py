@@ -22,6 +22,7 @@ from model.loading import load_model
 from model.onnx.runtime import OnnxCalmFirstModel
 from model.scores import Prediction, ScoringModel
 from service.explain import occlusion_explanation
+from service.live_cache import LruCache
 from service.microbatch import MicroBatcher
 from service.model_check import check_model_dir
 from service.redact import redact as mask
@@ -232,9 +233,13 @@ class ConversationAnalyzer:
     """A chat: every customer turn through the ``Analyzer``, agent turns through the step detector, then the
     conversation rules (``service.routing.conversation``) for the state and the next step."""
 
-    def __init__(self, analyzer: Analyzer, detector: AgentDetector) -> None:
+    def __init__(self, analyzer: Analyzer, detector: AgentDetector, *, cache_size: int = 0) -> None:
+        """``cache_size``: turns kept per kind for live chats sent again and again (``service.live_cache``);
+        0 (the default outside the server): every call scores every turn, batched."""
         self.analyzer = analyzer
         self.detector = detector
+        self.customer_cache: LruCache[str, Prediction] | None = LruCache(cache_size) if cache_size else None
+        self.agent_cache: LruCache[tuple[str, str], AgentTurn] | None = LruCache(cache_size) if cache_size else None
         rules = analyzer.playbook.conversation
         if rules is None:  # pragma: no cover - Playbook always fills the defaults
             raise ValueError("playbook has no conversation rules")
@@ -290,14 +295,14 @@ class ConversationAnalyzer:
                 else:
                     agent_texts.append(t.text)
                     agent_contexts.append(last_customer)
-        preds = self.analyzer.predict(cust_inputs) if cust_inputs else []
+        preds = self._customer_predictions(cust_inputs)
         # the result (script, next-step language) is the message's own; only the scores read the context
         results = [
             self.analyzer.result(p, t, id=i, lang=lang) for i, (p, t) in enumerate(zip(preds, cust_texts, strict=True))
         ]
         for observer in getattr(self.analyzer, "observers", []):
             observer.results_ready(results)
-        agent = self.detector.detect(agent_texts, agent_contexts) if agent_texts else []
+        agent = self._agent_turns(agent_texts, agent_contexts)
         ri = ai = 0
         out = []
         for conv_id, turns in conversations:
@@ -307,6 +312,22 @@ class ConversationAnalyzer:
             ri += n_c
             ai += n_a
         return out
+
+    def _customer_predictions(self, inputs: list[str]) -> list[Prediction]:
+        if not inputs:
+            return []
+        if self.customer_cache is None:
+            return self.analyzer.predict(inputs)
+        # a new turn alone, as a single message is scored (service.live_cache says why)
+        return self.customer_cache.each(inputs, lambda x: self.analyzer.predict([x])[0])
+
+    def _agent_turns(self, texts: list[str], contexts: list[str | None]) -> list[AgentTurn]:
+        if not texts:
+            return []
+        if self.agent_cache is None:
+            return self.detector.detect(texts, contexts)
+        keys = [(t, c or "") for t, c in zip(texts, contexts, strict=True)]
+        return self.agent_cache.each(keys, lambda k: self.detector.detect([k[0]], [k[1] or None])[0])
 
     def build(
         self,

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         "other jobs 1 can be faster",
     )
     workers: int = Field(default=1, ge=1, description="server processes for `calmfirst serve` (each loads the model)")
+    conversation_cache: int = Field(
+        default=1024,
+        ge=0,
+        description="customer and agent turns the server keeps (each, per process) so a live chat sent again with "
+        "one more message costs only its new turns (service.live_cache); about 5 KB a turn, so 1,024 is ~10 MB "
+        "and ~100 chats of 20 turns; 0: every call scores every turn",
+    )
     metrics: bool = Field(
         default=True, description="GET /metrics in the Prometheus format (service.api.metrics); false: off"
     )

@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
         detector = await run_in_threadpool(
             lambda: load_agent_detector(backend=settings.backend, threads=settings.threads())
         )
-        app.state.conversations = ConversationAnalyzer(loaded, detector)
+        app.state.conversations = ConversationAnalyzer(loaded, detector, cache_size=settings.conversation_cache)
         app.state.analyzer = loaded
         metrics = getattr(app.state, "metrics", None)
         if metrics is not None:

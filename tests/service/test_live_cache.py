@@ -1,0 +1,140 @@
+"""A live chat sent again with one more message costs only its new turns (``service.live_cache``)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from service.analyzer import Analyzer, ConversationAnalyzer
+from service.live_cache import LruCache
+from service.routing.agent_steps import AgentTurn
+from service.routing.conversation import Turn
+from tests.service.test_conversation_context import _Recording
+
+CHAT = [
+    Turn("customer", "你們到底在搞什麼?!等了兩個禮拜還沒到貨!"),
+    Turn("agent", "讓您等了兩個禮拜還沒收到,真的很抱歉"),
+    Turn("customer", "訂單號是A12345,我要退款"),
+    Turn("agent", "好的,我現在幫您查詢,請稍等"),
+    Turn("customer", "快一點"),
+    Turn("agent", "已經幫您辦理退款了"),
+]
+
+
+class _Detector:
+    """Counts what it reads, one call per batch; codes that depend on the turn alone."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[str, str | None]]] = []
+
+    def detect(self, texts, contexts=None):  # type: ignore[no-untyped-def]
+        self.calls.append(list(zip(texts, contexts or [None] * len(texts), strict=True)))
+        return [AgentTurn(steps=["apologize"] if "抱歉" in t else [], mistakes=[], scores={"x": len(t)}) for t in texts]
+
+
+def test_live_cache_lru_keeps_the_most_recent_and_hands_out_copies() -> None:
+    cache: LruCache[str, list[int]] = LruCache(2)
+    cache.put("a", [1])
+    cache.put("b", [2])
+    assert cache.get("a") == [1]  # a is now the most recent
+    cache.put("c", [3])
+    assert cache.get("b") is None and cache.get("a") == [1] and cache.get("c") == [3]
+    assert len(cache) == 2
+    got = cache.get("a")
+    assert got is not None
+    got.append(99)  # a caller changing what it got does not change the cache
+    assert cache.get("a") == [1]
+    computed: list[str] = []
+    roomy: LruCache[str, list[int]] = LruCache(3)
+    roomy.put("a", [1])
+    roomy.put("c", [3])
+    assert roomy.each(["a", "d", "d", "c"], lambda k: computed.append(k) or [ord(k)]) == [[1], [100], [100], [3]]
+    assert computed == ["d"]  # only the missing key, once
+    with pytest.raises(ValueError, match="size"):
+        LruCache(0)
+
+
+def test_live_cache_is_safe_across_threads() -> None:
+    cache: LruCache[int, int] = LruCache(50)
+
+    def work(offset: int) -> None:
+        for i in range(2000):
+            cache.put((i + offset) % 120, i)
+            cache.get((i * 7 + offset) % 120)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(cache) == 50
+
+
+def test_live_chat_sent_again_scores_only_its_new_turns(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    model = _Recording(tiny_model, context_input=True)
+    detector = _Detector()
+    cached = ConversationAnalyzer(Analyzer(model), detector, cache_size=64)  # type: ignore[arg-type]
+
+    first = cached.analyze(CHAT[:4], id="c1").model_dump(mode="json")
+    assert len(model.seen) == 2 and sum(len(c) for c in detector.calls) == 2
+    assert all(len(c) == 1 for c in detector.calls)  # new turns one at a time
+    model.seen.clear()
+    detector.calls.clear()
+
+    second = cached.analyze(CHAT, id="c1").model_dump(mode="json")
+    assert len(model.seen) == 1 and model.seen[0].startswith("快一點")  # only the new customer turn
+    assert [c[0][0] for c in detector.calls] == ["已經幫您辦理退款了"]  # only the new agent turn
+    assert second["turns"][:4] == first["turns"]  # the turns kept answer exactly as before
+    assert second["turns"][1]["steps"] == ["apologize"]
+
+    model.seen.clear()
+    again = cached.analyze(CHAT, id="c1").model_dump(mode="json")
+    assert model.seen == [] and again == second  # nothing new: nothing scored, the same answer
+
+
+def test_live_cache_answers_as_the_uncached_analyzer(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    """Scored one at a time or batched, a turn gets the same result (fp32 here; int8 within rounding)."""
+    model = _Recording(tiny_model, context_input=True)
+    plain = ConversationAnalyzer(Analyzer(model), _Detector())  # type: ignore[arg-type]
+    cached = ConversationAnalyzer(Analyzer(model), _Detector(), cache_size=64)  # type: ignore[arg-type]
+    a = plain.analyze(CHAT, id="c").model_dump(mode="json")
+    cached.analyze(CHAT[:2], id="c")
+    b = cached.analyze(CHAT, id="c").model_dump(mode="json")
+    assert a["state"] == b["state"]
+    for ta, tb in zip(a["turns"], b["turns"], strict=True):
+        if ta["role"] == "customer":
+            assert ta["result"]["anger"]["level"] == tb["result"]["anger"]["level"]
+            assert ta["result"]["anger"]["probs"] == pytest.approx(tb["result"]["anger"]["probs"], abs=1e-5)
+        else:
+            assert ta == tb
+
+
+def test_live_cache_off_scores_every_turn_batched(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    model = _Recording(tiny_model, context_input=True)
+    detector = _Detector()
+    conv = ConversationAnalyzer(Analyzer(model), detector)  # type: ignore[arg-type]
+    conv.analyze(CHAT, id="c")
+    conv.analyze(CHAT, id="c")
+    assert len(model.seen) == 6 and [len(c) for c in detector.calls] == [3, 3]
+    assert conv.customer_cache is None and conv.agent_cache is None
+
+
+def test_live_cache_is_on_in_the_server(tiny_analyzer) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    from service.settings import Settings
+    from tests.service.api.live import running_server
+
+    body = {"id": "chat-1", "turns": [{"role": t.role, "text": t.text} for t in CHAT]}
+    with running_server(Settings(), tiny_analyzer) as (server, url):
+        first = httpx.post(url + "/v1/conversations/analyze", json=body, timeout=60)
+        again = httpx.post(url + "/v1/conversations/analyze", json=body, timeout=60)
+        conv = server.config.app.state.conversations  # type: ignore[attr-defined]
+        assert first.status_code == again.status_code == 200
+        assert first.json() == again.json()
+        assert conv.customer_cache is not None and conv.customer_cache.size == Settings().conversation_cache
+        assert conv.customer_cache.hits >= 3 and conv.agent_cache.hits >= 3
+    with running_server(Settings(conversation_cache=0), tiny_analyzer) as (server, url):
+        assert httpx.post(url + "/v1/conversations/analyze", json=body, timeout=60).status_code == 200
+        assert server.config.app.state.conversations.customer_cache is None  # type: ignore[attr-defined]
