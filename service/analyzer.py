@@ -295,13 +295,15 @@ class ConversationAnalyzer:
                 else:
                     agent_texts.append(t.text)
                     agent_contexts.append(last_customer)
-        preds = self._customer_predictions(cust_inputs)
+        preds, fresh = self._customer_predictions(cust_inputs)
         # the result (script, next-step language) is the message's own; only the scores read the context
         results = [
             self.analyzer.result(p, t, id=i, lang=lang) for i, (p, t) in enumerate(zip(preds, cust_texts, strict=True))
         ]
+        # counted once per message: a live chat sent again brings its earlier turns back, already counted
+        new = [r for r, f in zip(results, fresh, strict=True) if f]
         for observer in getattr(self.analyzer, "observers", []):
-            observer.results_ready(results)
+            observer.results_ready(new)
         agent = self._agent_turns(agent_texts, agent_contexts)
         ri = ai = 0
         out = []
@@ -313,11 +315,12 @@ class ConversationAnalyzer:
             ai += n_a
         return out
 
-    def _customer_predictions(self, inputs: list[str]) -> list[Prediction]:
+    def _customer_predictions(self, inputs: list[str]) -> tuple[list[Prediction], list[bool]]:
+        """The predictions, and which of them were made now (all of them without the cache)."""
         if not inputs:
-            return []
+            return [], []
         if self.customer_cache is None:
-            return self.analyzer.predict(inputs)
+            return self.analyzer.predict(inputs), [True] * len(inputs)
         # a new turn alone, as a single message is scored (service.live_cache says why)
         return self.customer_cache.each(inputs, lambda x: self.analyzer.predict([x])[0])
 
@@ -327,7 +330,7 @@ class ConversationAnalyzer:
         if self.agent_cache is None:
             return self.detector.detect(texts, contexts)
         keys = [(t, c or "") for t, c in zip(texts, contexts, strict=True)]
-        return self.agent_cache.each(keys, lambda k: self.detector.detect([k[0]], [k[1] or None])[0])
+        return self.agent_cache.each(keys, lambda k: self.detector.detect([k[0]], [k[1] or None])[0])[0]
 
     def build(
         self,

@@ -9,7 +9,9 @@ LRU map per server process (``CALMFIRST_CONVERSATION_CACHE`` entries each, 1,024
 turn, so ~10 MB, enough for ~100 chats of 20 turns; 0 turns it off). Replaying 5 chats of 12 turns as a router
 sends them (the whole chat after each message; ``work/s36/livechat.py``, 2026-12-05): 3.8 s without the cache,
 0.49 s with it; the 12-turn call 132 ms against 6 ms; the same conversation state and agent codes.
-Only the server uses it: ``calmfirst qa`` scores each conversation once, batched.
+Only the server uses it: ``calmfirst qa`` scores each conversation once, batched. With it, the product counters
+of ``/metrics`` (messages per anger level, flags, threats...) count a chat's customer turns once, when first
+scored, not again each time the chat is sent.
 
 A turn not seen before is scored on its own, never batched with the chat's other new turns: int8 activations
 are scaled per forward, so a turn's scores would otherwise depend on which turns arrived with it, and a cached
@@ -64,15 +66,19 @@ class LruCache(Generic[K, V]):
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
 
-    def each(self, keys: Sequence[K], compute: Callable[[K], V]) -> list[V]:
-        """The value of every key: kept ones from the cache, the others computed one at a time and kept."""
+    def each(self, keys: Sequence[K], compute: Callable[[K], V]) -> tuple[list[V], list[bool]]:
+        """The value of every key: kept ones from the cache, the others computed one at a time and kept;
+        and, per key, whether it was computed now (the first time it appears in ``keys``)."""
         done: dict[K, V] = {}
+        fresh: list[bool] = []
         for key in keys:
             if key in done:
+                fresh.append(False)
                 continue
             got = self.get(key)
+            fresh.append(got is None)
             if got is None:
                 got = compute(key)
                 self.put(key, got)
             done[key] = got
-        return [done[k] for k in keys]
+        return [done[k] for k in keys], fresh

@@ -49,7 +49,8 @@ def test_live_cache_lru_keeps_the_most_recent_and_hands_out_copies() -> None:
     roomy: LruCache[str, list[int]] = LruCache(3)
     roomy.put("a", [1])
     roomy.put("c", [3])
-    assert roomy.each(["a", "d", "d", "c"], lambda k: computed.append(k) or [ord(k)]) == [[1], [100], [100], [3]]
+    values, fresh = roomy.each(["a", "d", "d", "c"], lambda k: computed.append(k) or [ord(k)])
+    assert values == [[1], [100], [100], [3]] and fresh == [False, True, False, False]
     assert computed == ["d"]  # only the missing key, once
     with pytest.raises(ValueError, match="size"):
         LruCache(0)
@@ -71,10 +72,26 @@ def test_live_cache_is_safe_across_threads() -> None:
     assert len(cache) == 50
 
 
+class _Counting:
+    """An observer like ``/metrics``: the customer messages whose results it was told about."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+
+    def inference_done(self, size: int, seconds: float) -> None:
+        pass
+
+    def results_ready(self, results) -> None:  # type: ignore[no-untyped-def]
+        self.messages += len(results)
+
+
 def test_live_chat_sent_again_scores_only_its_new_turns(tiny_model) -> None:  # type: ignore[no-untyped-def]
     model = _Recording(tiny_model, context_input=True)
     detector = _Detector()
-    cached = ConversationAnalyzer(Analyzer(model), detector, cache_size=64)  # type: ignore[arg-type]
+    analyzer = Analyzer(model)
+    counted = _Counting()
+    analyzer.observers.append(counted)
+    cached = ConversationAnalyzer(analyzer, detector, cache_size=64)  # type: ignore[arg-type]
 
     first = cached.analyze(CHAT[:4], id="c1").model_dump(mode="json")
     assert len(model.seen) == 2 and sum(len(c) for c in detector.calls) == 2
@@ -91,6 +108,7 @@ def test_live_chat_sent_again_scores_only_its_new_turns(tiny_model) -> None:  # 
     model.seen.clear()
     again = cached.analyze(CHAT, id="c1").model_dump(mode="json")
     assert model.seen == [] and again == second  # nothing new: nothing scored, the same answer
+    assert counted.messages == 3  # each customer message counted once (2 + 1 + 0), not 2 + 3 + 3
 
 
 def test_live_cache_answers_as_the_uncached_analyzer(tiny_model) -> None:  # type: ignore[no-untyped-def]
@@ -114,9 +132,12 @@ def test_live_cache_off_scores_every_turn_batched(tiny_model) -> None:  # type: 
     model = _Recording(tiny_model, context_input=True)
     detector = _Detector()
     conv = ConversationAnalyzer(Analyzer(model), detector)  # type: ignore[arg-type]
+    counted = _Counting()
+    conv.analyzer.observers.append(counted)
     conv.analyze(CHAT, id="c")
     conv.analyze(CHAT, id="c")
     assert len(model.seen) == 6 and [len(c) for c in detector.calls] == [3, 3]
+    assert counted.messages == 6  # without the cache nothing tells a chat sent again from a new one
     assert conv.customer_cache is None and conv.agent_cache is None
 
 
