@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import unittest.mock
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -74,3 +74,19 @@ def live_server(settings: Settings, analyzer: Any, **config: Any) -> Iterator[st
 def live_client(settings: Settings, analyzer: Any, **config: Any) -> Iterator[httpx.Client]:
     with live_server(settings, analyzer, **config) as url, httpx.Client(base_url=url, timeout=60) as client:
         yield client
+
+
+class HeldModel:
+    """The tiny model, but every forward waits for ``release`` (and says it started)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.config = inner.config
+        self.backend = inner.backend
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Event()
+
+    def predict(self, texts: Sequence[str], *, batch_size: int = 32) -> Any:
+        self.entered.release()
+        assert self.release.wait(30), "the test never released the held forwards"
+        return self.inner.predict(texts, batch_size=batch_size)

@@ -514,22 +514,14 @@ def test_middleware_sheds_load_past_max_inflight_with_503(tiny_model) -> None:  
     """Two batch requests held inside the model fill ``max_inflight=2``: the third POST is a 503 at once, with
     Retry-After and the setting named; GETs (probes, metrics) still answer; once the two finish, POSTs pass again
     and the held ones got their full answers."""
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from service.analyzer import Analyzer
+    from tests.service.api.live import HeldModel
 
-    analyzer = Analyzer(tiny_model)
-    real = analyzer.analyze
-    entered = threading.Semaphore(0)
-    release = threading.Event()
-
-    def held(*args, **kwargs):  # type: ignore[no-untyped-def]
-        entered.release()
-        assert release.wait(30), "the test never released the held requests"
-        return real(*args, **kwargs)
-
-    analyzer.analyze = held  # type: ignore[method-assign]
+    held = HeldModel(tiny_model)
+    analyzer = Analyzer(held)  # type: ignore[arg-type]
+    entered, release = held.entered, held.release
     body = {"items": [{"id": "a", "text": "你们的快递到现在还没到!"}, {"id": "b", "text": "謝謝"}]}
     settings = Settings(max_inflight=2, retry_after_s=3)
     with live_client(settings, analyzer) as c, ThreadPoolExecutor(2) as pool:

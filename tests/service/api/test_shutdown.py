@@ -8,9 +8,7 @@ queued behind it, and a batch request in the thread pool.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,23 +17,7 @@ import pytest
 
 from service.analyzer import Analyzer
 from service.settings import Settings
-from tests.service.api.live import running_server
-
-
-class HeldModel:
-    """The tiny model, but every forward waits for ``release`` (and says it started)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.config = inner.config
-        self.backend = inner.backend
-        self.entered = threading.Semaphore(0)
-        self.release = threading.Event()
-
-    def predict(self, texts: Sequence[str], *, batch_size: int = 32) -> Any:
-        self.entered.release()
-        assert self.release.wait(30), "the test never released the held forwards"
-        return self.inner.predict(texts, batch_size=batch_size)
+from tests.service.api.live import HeldModel, running_server
 
 
 def test_shutdown_finishes_admitted_requests_then_closes(tiny_model) -> None:  # type: ignore[no-untyped-def]
