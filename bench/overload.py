@@ -1,4 +1,4 @@
-"""What ``CALMFIRST_MAX_INFLIGHT`` does when traffic exceeds what the cores can score (``make bench-overload``).
+"""What ``CALMFIRST_MAX_INFLIGHT`` and ``CALMFIRST_MAX_BULK_TEXTS`` do past capacity (``make bench-overload``).
 
 Why a separate, open-loop test: ``make bench``'s load tests are closed loops (a client sends its next message
 only after the last answer), so the server can never be offered more than it serves. A contact center's
@@ -7,7 +7,11 @@ the server's measured capacity), each on its own connection, for a fixed time, a
 setting; the figures are the answers' latencies, how many were shed (503) and how many answers took longer than
 a client would wait (``PATIENCE_S``).
 
-    python -m bench.overload [--seconds 15] [--overload 1.5] [--limits 0,64,256]
+Second, *bulk beside live*: live single messages arrive at a fixed rate (open loop) while clients post
+``BATCH_ITEMS``-item batches back to back (closed loop, a refused batch retries after its ``Retry-After``), with
+and without the bulk budget; the figures are the live messages' latencies and the texts/s the batches got.
+
+    python -m bench.overload [--seconds 15] [--overload 1.5] [--limits 0,64,256] [--live-rate 20] [--bulk-clients 1,4]
 
 Results go to ``bench/overload.json`` and ``bench/OVERLOAD.md`` (``make bench`` rewrites ``RESULTS.md`` whole).
 """
@@ -42,9 +46,11 @@ OUT = ROOT / "bench" / "overload.json"
 MARKDOWN = ROOT / "bench" / "OVERLOAD.md"
 #: An answer later than this is as good as none to a live chat (the client has given up or re-sent).
 PATIENCE_S = 2.0
+#: Texts in each batch of the bulk clients (the default ``max_batch_items``).
+BATCH_ITEMS = 256
 
 
-async def _one(port: int, body: bytes) -> tuple[int, float]:
+async def _one(port: int, body: bytes, path: str = "/v1/analyze") -> tuple[int, float]:
     """One request on its own connection: (status, seconds); status 0 when the connection failed."""
     started = time.perf_counter()
     try:
@@ -53,7 +59,7 @@ async def _one(port: int, body: bytes) -> tuple[int, float]:
         return 0, time.perf_counter() - started
     try:
         head = (
-            f"POST /v1/analyze HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
         ).encode()
         writer.write(head + body)
@@ -68,12 +74,15 @@ async def _one(port: int, body: bytes) -> tuple[int, float]:
     return status, time.perf_counter() - started
 
 
-async def open_loop(port: int, texts: Sequence[str], *, rate: float, seconds: float) -> dict[str, Any]:
-    """Requests started every ``1/rate`` s for ``seconds`` s, whatever the server does; then wait for all."""
+async def open_loop(
+    port: int, texts: Sequence[str], *, rate: float, seconds: float, start: float | None = None
+) -> dict[str, Any]:
+    """Requests started every ``1/rate`` s for ``seconds`` s (from ``start``, the loop's clock, or now), whatever
+    the server does; then wait for all."""
     bodies = [json.dumps({"text": t}, ensure_ascii=False).encode("utf-8") for t in texts]
     tasks: list[asyncio.Task[tuple[int, float]]] = []
     loop = asyncio.get_running_loop()
-    start = loop.time()
+    start = loop.time() if start is None else start
     n = int(rate * seconds)
     for i in range(n):
         delay = start + i / rate - loop.time()
@@ -101,6 +110,39 @@ async def open_loop(port: int, texts: Sequence[str], *, rate: float, seconds: fl
     }
 
 
+async def bulk_beside_live(
+    port: int, texts: Sequence[str], *, live_rate: float, bulk_clients: int, seconds: float
+) -> dict[str, Any]:
+    """Live single messages every ``1/live_rate`` s for ``seconds`` s beside ``bulk_clients`` clients that post
+    ``BATCH_ITEMS``-item batches back to back (after a 503 they wait its ``Retry-After``, 1 s by default)."""
+    batch = json.dumps({"items": [{"text": t} for t in texts[:BATCH_ITEMS]]}, ensure_ascii=False).encode("utf-8")
+    loop = asyncio.get_running_loop()
+    start = loop.time() + (1.0 if bulk_clients else 0.0)  # the batches are in scoring when the live ones begin
+    stop = start + seconds
+    batches: list[tuple[int, float, float]] = []  # (status, seconds, finished at)
+
+    async def bulk_client() -> None:
+        while loop.time() < stop:
+            status, took = await _one(port, batch, "/v1/analyze/batch")
+            batches.append((status, took, loop.time()))
+            if status != 200:
+                await asyncio.sleep(1.0)
+
+    clients = [asyncio.create_task(bulk_client()) for _ in range(bulk_clients)]
+    live = await open_loop(port, texts, rate=live_rate, seconds=seconds, start=start)
+    await asyncio.gather(*clients)
+    done = [(took, at) for status, took, at in batches if status == 200 and start <= at <= stop]
+    return {
+        "live": live,
+        "bulk_clients": bulk_clients,
+        "batches_200": sum(1 for status, _, _ in batches if status == 200),
+        "batches_503": sum(1 for status, _, _ in batches if status == 503),
+        "batches_failed": sum(1 for status, _, _ in batches if status not in (200, 503)),
+        "batch_p50_s": round(percentile([t for t, _ in done], 0.50), 2) if done else None,
+        "bulk_texts_per_s": round(len(done) * BATCH_ITEMS / seconds, 1),
+    }
+
+
 def markdown(r: dict[str, Any]) -> str:
     key = f"answered_within_{PATIENCE_S:g}s"
     lines = [
@@ -118,6 +160,26 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {limit if limit != '0' else '0 (no limit)'} | {x['offered']} | {x['answered_200']} | {x['shed_503']} | "
             f"{x['p50_ms']} | {x['p99_ms']} | {x['max_ms']} | {x[key]} | {x['good_per_s']} |"
         )
+    bulk = r.get("bulk")
+    if bulk:
+        lines += [
+            "",
+            f"Bulk beside live: {bulk['live_rate']} live messages/s (open loop, {bulk['seconds']} s) while "
+            f"clients post {bulk['batch_items']}-item batches back to back (closed loop; after a 503 they wait 1 s); "
+            "one fresh server per CALMFIRST_MAX_BULK_TEXTS.",
+            "",
+            "| CALMFIRST_MAX_BULK_TEXTS | batch clients | live p50 / p99 / max ms | live 503 | batches 200 / 503 | "
+            "batch p50 s | batch texts/s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for x in bulk["runs"]:
+            live = x["live"]
+            limit = x["max_bulk_texts"]
+            lines.append(
+                f"| {limit if limit != '0' else '0 (no limit)'} | {x['bulk_clients']} | {live['p50_ms']} / "
+                f"{live['p99_ms']} / {live['max_ms']} | {live['shed_503']} | {x['batches_200']} / {x['batches_503']} | "
+                f"{x['batch_p50_s']} | {x['bulk_texts_per_s']} |"
+            )
     return "\n".join(lines)
 
 
@@ -126,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--overload", type=float, default=1.5, help="offered rate as a multiple of the capacity")
     p.add_argument("--limits", default="0,64,256", help="CALMFIRST_MAX_INFLIGHT values, one server each")
+    p.add_argument("--live-rate", type=float, default=20.0, help="bulk beside live: live messages per second")
+    p.add_argument("--bulk-clients", default="1,4", help="bulk beside live: batch clients, each count on each server")
+    p.add_argument("--bulk-limits", default="0,256", help="CALMFIRST_MAX_BULK_TEXTS values, one server each")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
     args = p.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -151,6 +216,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"max_inflight {limit}: {runs[limit]}")
         finally:
             server.stop()
+    bulk_runs: list[dict[str, Any]] = []
+    for limit in [s.strip() for s in args.bulk_limits.split(",") if s.strip()]:
+        server = Server(args.model, env={"CALMFIRST_MAX_BULK_TEXTS": limit})
+        try:
+            server.wait_ready()
+            load_test(server.url, texts, concurrency=8, requests=400)  # warm
+            for k in [int(s) for s in args.bulk_clients.split(",") if s.strip()]:
+                wait_for_quiet(30)
+                run = asyncio.run(
+                    bulk_beside_live(server.port, texts, live_rate=args.live_rate, bulk_clients=k, seconds=args.seconds)
+                )
+                bulk_runs.append({"max_bulk_texts": limit, **run})
+                log(f"max_bulk_texts {limit}, {k} batch clients: {run}")
+        finally:
+            server.stop()
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{machine.get('cpu', 'cpu')}, {machine.get('cores', '?')} cores",
@@ -160,10 +240,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": args.seconds,
         "patience_s": PATIENCE_S,
         "runs": runs,
+        "bulk": {
+            "live_rate": args.live_rate,
+            "batch_items": BATCH_ITEMS,
+            "seconds": args.seconds,
+            "runs": bulk_runs,
+        },
     }
     OUT.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     table = markdown(result)
-    MARKDOWN.write_text(f"# Overload: what CALMFIRST_MAX_INFLIGHT does\n\n`make bench-overload`. {table}\n")
+    MARKDOWN.write_text(
+        f"# Overload: what CALMFIRST_MAX_INFLIGHT and CALMFIRST_MAX_BULK_TEXTS do\n\n`make bench-overload`. {table}\n"
+    )
     print(table)
     return 0
 

@@ -114,7 +114,15 @@ class Settings(BaseSettings):
         "traffic exceeds what the cores can score; a load balancer can send it elsewhere; 0: no limit. "
         "bench/OVERLOAD.md: at 1.5x the capacity of 2 cores, 64 keeps p99 at 0.5 s, no limit lets p50 reach 4 s",
     )
-    retry_after_s: int = Field(1, ge=0, description="the Retry-After of that 503, in seconds")
+    max_bulk_texts: int = Field(
+        256,
+        ge=0,
+        description="texts of batch requests one server process scores at once; a further batch gets 503 "
+        "with Retry-After while they are scored (service.api.admission.BulkBudget), so bulk work cannot slow "
+        "the live single messages; a batch is always admitted when no other is in scoring; 0: no limit. "
+        "bench/OVERLOAD.md: more batches at once score no more texts per second, they only add latency",
+    )
+    retry_after_s: int = Field(1, ge=0, description="the Retry-After of those 503s, in seconds")
     graceful_shutdown_s: int = Field(
         30,
         ge=1,

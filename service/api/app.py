@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service.analyzer import Analyzer, ConversationAnalyzer
+from service.api.admission import BulkBudget
 from service.api.docs import install_docs
 from service.api.errors import install_error_handlers
 from service.api.logs import install_request_id_logging
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
     app.state.settings = settings
     app.state.analyzer = None
     app.state.conversations = None
+    app.state.bulk_budget = BulkBudget(settings.max_bulk_texts, retry_after_s=settings.retry_after_s)
     install_error_handlers(app)
 
     install_middleware(app, settings)

@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from service.analyzer import Analyzer, ConversationAnalyzer
+from service.api.admission import BulkBudget
 from service.api.errors import FieldError
 from service.api.middleware import is_public, key_matches
 from service.settings import Settings
@@ -47,6 +48,11 @@ async def get_conversations(request: Request, _: Annotated[Analyzer, Depends(get
     return conv
 
 
+async def get_bulk_budget(request: Request) -> BulkBudget:
+    budget: BulkBudget = request.app.state.bulk_budget
+    return budget
+
+
 def check_text(text: str, field: str, settings: Settings) -> None:
     """Texts over ``max_text_chars`` are a 422 naming the field (the model truncates, the client should know)."""
     if len(text) > settings.max_text_chars:
@@ -61,4 +67,5 @@ def check_count(n: int, field: str, what: str, settings: Settings) -> None:
 Auth = Annotated[None, Depends(require_key)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 AnalyzerDep = Annotated[Analyzer, Depends(get_analyzer)]
+BulkBudgetDep = Annotated[BulkBudget, Depends(get_bulk_budget)]
 ConversationsDep = Annotated[ConversationAnalyzer, Depends(get_conversations)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import urlsplit
 
-from bench.overload import PATIENCE_S, markdown, open_loop
+from bench.overload import PATIENCE_S, bulk_beside_live, markdown, open_loop
 from service.settings import Settings
 from tests.service.api.live import live_server
 
@@ -28,7 +28,23 @@ def test_overload_open_loop_counts_answers_and_sheds(tiny_analyzer) -> None:  # 
     assert burst["offered"] == 100
     assert burst["answered_200"] + burst["shed_503"] == 100 and burst["failed"] == 0
     assert burst["answered_200"] >= 1 and burst["shed_503"] >= 1
+    with live_server(Settings(max_bulk_texts=0), tiny_analyzer) as url:
+        port = urlsplit(url).port
+        assert port is not None
+        mixed = asyncio.run(bulk_beside_live(port, texts * 10, live_rate=20, bulk_clients=2, seconds=1.0))
+    assert mixed["live"]["offered"] == 20 and mixed["live"]["answered_200"] == 20
+    assert mixed["batches_200"] >= 2 and mixed["batches_503"] == 0 and mixed["batches_failed"] == 0
+    assert mixed["bulk_texts_per_s"] > 0
     table = markdown(
-        {"date": "d", "machine": "m", "capacity_per_s": 1, "overload": 1.5, "seconds": 1, "runs": {"0": run}}
+        {
+            "date": "d",
+            "machine": "m",
+            "capacity_per_s": 1,
+            "overload": 1.5,
+            "seconds": 1,
+            "runs": {"0": run},
+            "bulk": {"live_rate": 20, "batch_items": 256, "seconds": 1, "runs": [{"max_bulk_texts": "0", **mixed}]},
+        }
     )
     assert "| 0 (no limit) | 20 | 20 | 0 |" in table
+    assert f"| 0 (no limit) | 2 | {mixed['live']['p50_ms']} / " in table

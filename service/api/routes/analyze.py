@@ -7,7 +7,7 @@ from functools import partial
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import AnalyzerDep, Auth, SettingsDep, check_count, check_text
+from service.api.deps import AnalyzerDep, Auth, BulkBudgetDep, SettingsDep, check_count, check_text
 from service.api.schemas import ERROR_RESPONSES, AnalyzeRequest, BatchRequest
 from service.results import BatchResult, MessageResult
 
@@ -26,9 +26,13 @@ async def analyze(req: AnalyzeRequest, a: AnalyzerDep, settings: SettingsDep, _:
 
 
 @router.post("/v1/analyze/batch", response_model=BatchResult, responses=ERROR_RESPONSES)
-def analyze_batch(req: BatchRequest, a: AnalyzerDep, settings: SettingsDep, _: Auth) -> BatchResult:
+def analyze_batch(
+    req: BatchRequest, a: AnalyzerDep, settings: SettingsDep, budget: BulkBudgetDep, _: Auth
+) -> BatchResult:
+    """A request the service rejects (422) never takes from the bulk budget (``service.api.admission``)."""
     check_count(len(req.items), "items", "items in one batch", settings)
     for i, item in enumerate(req.items):
         check_text(item.text, f"items.{i}.text", settings)
     ids = [item.id if item.id is not None else i for i, item in enumerate(req.items)]
-    return BatchResult(results=a.analyze([it.text for it in req.items], ids=ids, lang=req.lang, redact=req.redact))
+    with budget.hold(len(req.items)):
+        return BatchResult(results=a.analyze([it.text for it in req.items], ids=ids, lang=req.lang, redact=req.redact))

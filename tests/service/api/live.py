@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import unittest.mock
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -77,16 +77,19 @@ def live_client(settings: Settings, analyzer: Any, **config: Any) -> Iterator[ht
 
 
 class HeldModel:
-    """The tiny model, but every forward waits for ``release`` (and says it started)."""
+    """The tiny model, but every forward (or those ``hold_if`` picks) waits for ``release`` (and says it started)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, *, hold_if: Callable[[Sequence[str]], bool] | None = None) -> None:
         self.inner = inner
         self.config = inner.config
         self.backend = inner.backend
+        self.hold_if = hold_if
         self.entered = threading.Semaphore(0)
         self.release = threading.Event()
 
     def predict(self, texts: Sequence[str], *, batch_size: int = 32) -> Any:
+        if self.hold_if is not None and not self.hold_if(texts):
+            return self.inner.predict(texts, batch_size=batch_size)
         self.entered.release()
         assert self.release.wait(30), "the test never released the held forwards"
         return self.inner.predict(texts, batch_size=batch_size)

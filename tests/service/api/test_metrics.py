@@ -4,66 +4,25 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from prometheus_client.parser import text_string_to_metric_families
 
-from service.api import create_app
 from service.settings import Settings
 from tests.conftest import copy_model
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(settings: Settings, analyzer) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, analyzer=analyzer), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.02)
-    assert server.started, "server did not start"
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-
-
-def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """sample name -> [(labels, value)], through prometheus_client's parser (fails on malformed output)."""
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
-    return out
-
-
-def value(parsed: dict[str, list[tuple[dict[str, str], float]]], sample: str, /, **labels: str) -> float:
-    """Sum of the samples named ``sample`` whose labels include ``labels``."""
-    return sum(v for lab, v in parsed.get(sample, []) if all(lab.get(k) == x for k, x in labels.items()))
+from tests.service.api.live import free_port, live_client
+from tests.service.api.prom import samples, value
 
 
 @pytest.fixture(scope="module")
 def client(tiny_analyzer) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
-    yield from _serve(Settings(max_batch_items=5), tiny_analyzer)
+    with live_client(Settings(max_batch_items=5), tiny_analyzer) as c:
+        yield c
 
 
 def test_metrics_counts_requests_inference_and_product(client: httpx.Client) -> None:
@@ -112,7 +71,7 @@ def test_metrics_off_by_setting(tiny_analyzer, monkeypatch: pytest.MonkeyPatch) 
     before = list(tiny_analyzer.observers)
     settings = Settings()
     assert settings.metrics is False
-    for client in _serve(settings, tiny_analyzer):
+    with live_client(settings, tiny_analyzer) as client:
         assert client.get("/metrics").status_code == 404
         assert client.post("/v1/analyze", json={"text": "请问营业时间"}).status_code == 200
     assert tiny_analyzer.observers == before  # nothing attached to the shared analyzer
@@ -125,7 +84,7 @@ def test_metrics_summed_over_workers(tiny_model_dir: Path, tmp_path: Path) -> No
     model = tmp_path / "model"
     copy_model(tiny_model_dir, model)
     ensure_export(model)  # built once here, so the two workers only load it
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CALMFIRST_METRICS": "true"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "2", "--model", str(model)]

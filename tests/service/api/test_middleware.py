@@ -18,6 +18,7 @@ import pytest
 
 from service.settings import Settings
 from tests.service.api.live import live_client, live_server
+from tests.service.api.prom import samples, value
 
 JSON = {"content-type": "application/json"}
 #: A hostile request must be answered within this many seconds (2 shared cores, generous).
@@ -538,8 +539,6 @@ def test_middleware_sheds_load_past_max_inflight_with_503(tiny_model) -> None:  
             assert shed.headers["x-request-id"]
             assert c.get("/healthz").status_code == 200
             assert c.get("/readyz").status_code == 200
-            from tests.service.api.test_metrics import samples, value
-
             assert c.post("/v1/no-such-route", json={}).status_code == 503  # full is full
             metrics = samples(c.get("/metrics").text)
             assert value(metrics, "calmfirst_http_requests_total", route="/v1/analyze", status="503") == 1
