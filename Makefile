@@ -72,7 +72,7 @@ evaluate: backbone ## evaluate MODEL on the project's test split; report in OUT/
 bench: backbone ## speed, latency, memory and quality benchmark -> bench/results.json
 	$(BIN)/python -m bench.run --output bench/results.json
 
-bench-overload: backbone ## open-loop traffic at 1.5x capacity, per CALMFIRST_MAX_INFLIGHT -> bench/overload.json
+bench-overload: backbone ## open loop at 1.5x capacity per CALMFIRST_MAX_INFLIGHT; live beside batches per MAX_BULK_TEXTS -> bench/overload.json
 	$(BIN)/python -m bench.overload
 
 soak: backbone ## SOAK_MINUTES (10) of 16 clients against the real server: no 5xx, RSS, PII -> bench/soak.json

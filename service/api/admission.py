@@ -3,9 +3,10 @@
 Why: a batch request (``POST /v1/analyze/batch``, up to ``max_batch_items`` texts) runs its forwards in
 the thread pool, on the same cores as the live single messages. More batches at once do not score more
 texts per second (the cores are already full with one), they only share the cores among more forwards:
-measured with the shipped model on 2 cores (``make bench-overload``, "bulk beside live"), 20 live
-messages a second beside 1, 2 or 4 clients posting 256-item batches back to back answered at p99 84,
-133 and 238 ms, and the batches went through at the same 154 texts/s in all three. So past one batch's
+measured with the shipped model on 2 cores (``make bench-overload``, "bulk beside live",
+bench/OVERLOAD.md), 20 live messages a second beside 1 or 4 clients posting 256-item batches back to
+back answered at p99 114 and 249 ms, each batch took 1.6 and 6.7 s, and the batches went through at 171
+and 137 texts/s (with this budget and 4 clients: p99 111 ms, 1.6 s, 154 texts/s). So past one batch's
 worth of texts, a further batch waits its turn at the client (a 503 with ``Retry-After`` at once,
 naming ``max_bulk_texts``), and the live messages keep their latency. A batch is always admitted when
 no other is being scored, whatever its size, so a client that retries always gets through.
