@@ -21,7 +21,7 @@ from model.context import previous_turns, with_context
 from model.loading import load_model
 from model.onnx.runtime import OnnxCalmFirstModel
 from model.scores import Prediction, ScoringModel
-from service.explain import occlusion_explanation
+from service.explain import occlusion_explanation, occlusion_forwards
 from service.live_cache import LruCache
 from service.microbatch import MicroBatcher
 from service.model_check import check_model_dir
@@ -224,6 +224,11 @@ class Analyzer:
         text = normalize_text(text)
         pred = await self.microbatcher.submit_async(text)
         return self._finish([self.result(pred, text, id=0, lang=lang)], [text], explain=False, redact=redact)[0]
+
+    @staticmethod
+    def explain_forwards(text: str) -> int:
+        """Texts an explanation of ``text`` scores (``service.explain.occlusion_forwards``), before running it."""
+        return occlusion_forwards(normalize_text(text))
 
     def explain(self, text: str, *, batch_size: int | None = None) -> Explanation:
         return occlusion_explanation(self.model, normalize_text(text), batch_size=batch_size or self.batch_size)

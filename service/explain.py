@@ -16,8 +16,20 @@ def _units(text: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in _UNIT.finditer(text)]
 
 
+#: At most this many units are occluded (a longer text's tail is not explained).
+MAX_UNITS = 160
+#: Units removed together.
+WINDOW = 2
+
+
+def occlusion_forwards(text: str, *, window: int = WINDOW, max_units: int = MAX_UNITS) -> int:
+    """Texts one explanation scores (the text and each occluded variant): what it costs, before running it."""
+    n = len(_units(text)[:max_units])
+    return 1 + n - min(window, n) + 1 if n else 0
+
+
 def occlusion_explanation(
-    model: Any, text: str, *, window: int = 2, max_units: int = 160, batch_size: int = 64, top_k: int = 6
+    model: Any, text: str, *, window: int = WINDOW, max_units: int = MAX_UNITS, batch_size: int = 64, top_k: int = 6
 ) -> Explanation:
     """Which phrases drove the anger score: remove each window of characters and measure the drop.
 

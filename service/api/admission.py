@@ -11,8 +11,9 @@ worth of texts, a further batch waits its turn at the client (a 503 with ``Retry
 naming ``max_bulk_texts``), and the live messages keep their latency. A batch is always admitted when
 no other is being scored, whatever its size, so a client that retries always gets through.
 
-Single messages and conversations are live traffic and are not counted here (``max_inflight`` bounds
-them); neither is an explanation. The batch route is a plain ``def`` (FastAPI runs it, and the validation
+An explanation (``"explain": true``) scores the message and up to 160 variants of it: bulk work, so it
+takes its texts from the budget like a batch. Single messages and conversations are live traffic and are
+not counted here (``max_inflight`` bounds them). The batch route is a plain ``def`` (FastAPI runs it, and the validation
 of its large answer, in the thread pool, off the event loop), so the count takes a lock; with
 ``--workers N`` each worker has its own budget.
 """
@@ -54,7 +55,12 @@ class BulkBudget:
 
     @contextmanager
     def hold(self, n: int) -> Iterator[None]:
-        """Admit ``n`` texts for the block, or raise the 503 (with ``Retry-After``) that names the setting."""
+        """Admit ``n`` texts for the block, or raise the 503 (with ``Retry-After``) that names the setting.
+
+        No texts (an explanation of an empty message) take nothing and wait for nothing."""
+        if n <= 0:
+            yield
+            return
         if not self.admit(n):
             retry = str(self.retry_after_s)
             raise HTTPException(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from service.explain import occlusion_explanation
+from service.explain import MAX_UNITS, occlusion_explanation, occlusion_forwards
 
 
 @dataclass
@@ -56,3 +56,14 @@ def test_nothing_to_explain() -> None:
     assert calm.spans == [] and calm.base_score == pytest.approx(0.1)
     empty = occlusion_explanation(_TrashScorer(), "   ")
     assert empty.spans == [] and empty.base_score is None
+
+
+@pytest.mark.parametrize(
+    ("text", "window"),
+    [(TEXT, 2), (TEXT, 1), ("垃", 2), ("order 12345 還沒到", 2), ("慢" * (MAX_UNITS + 40), 2), ("   ", 2)],
+)
+def test_forwards_counted_before_running_are_the_texts_scored(text: str, window: int) -> None:
+    """The bulk budget admits an explanation by this count, so it must be exactly what the explanation scores."""
+    scorer = _TrashScorer()
+    occlusion_explanation(scorer, text, window=window)
+    assert occlusion_forwards(text, window=window) == scorer.seen

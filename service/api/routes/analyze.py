@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import partial
 
 from fastapi import APIRouter
@@ -15,14 +16,19 @@ router = APIRouter(tags=["analyze"])
 
 
 @router.post("/v1/analyze", response_model=MessageResult, responses=ERROR_RESPONSES)
-async def analyze(req: AnalyzeRequest, a: AnalyzerDep, settings: SettingsDep, _: Auth) -> MessageResult:
+async def analyze(
+    req: AnalyzeRequest, a: AnalyzerDep, settings: SettingsDep, budget: BulkBudgetDep, _: Auth
+) -> MessageResult:
     """``async``: the usual single message awaits the micro-batcher on the loop (no thread-pool hop per
-    request: ``Analyzer.analyze_one``); an explanation (many forwards) or no micro-batcher runs in a thread."""
+    request: ``Analyzer.analyze_one``); an explanation or no micro-batcher runs in a thread. An explanation
+    scores up to 161 variants of the text, bulk work: it takes its texts from the bulk budget
+    (``service.api.admission``) like a batch."""
     check_text(req.text, "text", settings)
     if a.microbatcher is not None and not req.explain:
         return await a.analyze_one(req.text, lang=req.lang, redact=req.redact)
     run = partial(a.analyze, [req.text], ids=[0], lang=req.lang, explain=req.explain, redact=req.redact)
-    return (await run_in_threadpool(run))[0]
+    with budget.hold(a.explain_forwards(req.text)) if req.explain else nullcontext():
+        return (await run_in_threadpool(run))[0]
 
 
 @router.post("/v1/analyze/batch", response_model=BatchResult, responses=ERROR_RESPONSES)

@@ -38,9 +38,8 @@ def test_budget_zero_means_no_limit() -> None:
 def test_budget_hold_raises_503_naming_the_setting_and_always_releases() -> None:
     b = BulkBudget(5, retry_after_s=7)
     with b.hold(3):
-        with pytest.raises(HTTPException) as refused:
-            with b.hold(3):
-                pass
+        with pytest.raises(HTTPException) as refused, b.hold(3):
+            pass
         assert refused.value.status_code == 503
         assert refused.value.headers == {"Retry-After": "7"}
         assert "max_bulk_texts 5" in refused.value.detail
@@ -49,12 +48,15 @@ def test_budget_hold_raises_503_naming_the_setting_and_always_releases() -> None
     with pytest.raises(RuntimeError), b.hold(2):
         raise RuntimeError("a forward failed")
     assert (b.texts, b.requests) == (0, 0)
+    with b.hold(5), b.hold(0):  # nothing to score: never refused, never counted
+        assert (b.texts, b.requests) == (5, 1)
 
 
 def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # type: ignore[no-untyped-def]
-    """One batch held inside the model fills ``max_bulk_texts=3``: a second batch is a 503 at once with
-    Retry-After and the setting named (counted in /metrics under its route), a 422 batch is still a 422, while
-    single messages and a conversation are answered; once the first finishes, batches pass again."""
+    """One batch held inside the model fills ``max_bulk_texts=3``: a second batch, and an explanation (bulk
+    work), are a 503 at once with Retry-After and the setting named (counted in /metrics under their routes), a
+    422 batch is still a 422, while single messages and a conversation are answered; once the first finishes,
+    batches and explanations pass again."""
     from service.analyzer import Analyzer
 
     held = HeldModel(tiny_model, hold_if=lambda texts: len(texts) >= 3)  # the batch's forward, not the singles'
@@ -73,15 +75,20 @@ def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # t
             too_long = c.post("/v1/analyze/batch", json={"items": [{"text": "x" * (settings.max_text_chars + 1)}]})
             assert too_long.status_code == 422
             assert "items.0.text" in too_long.json()["detail"]
+            explain = c.post("/v1/analyze", json={"text": "什麼態度!我要投訴你", "explain": True})
+            assert explain.status_code == 503 and "max_bulk_texts" in explain.json()["detail"]  # 10 forwards
             single = c.post("/v1/analyze", json={"text": "什麼態度!我要投訴你"})
             assert single.status_code == 200 and single.json()["anger"]["level"] in range(4)
             turns = [{"role": "customer", "text": "我的退款到底什么时候到?"}]
             assert c.post("/v1/conversations/analyze", json={"turns": turns}).status_code == 200
             metrics = samples(c.get("/metrics").text)
             assert value(metrics, "calmfirst_http_requests_total", route="/v1/analyze/batch", status="503") == 1
+            assert value(metrics, "calmfirst_http_requests_total", route="/v1/analyze", status="503") == 1
         finally:
             held.release.set()
         answer = first.result(timeout=60)
         assert answer.status_code == 200
         assert [r["id"] for r in answer.json()["results"]] == [0, 1, 2]
         assert c.post("/v1/analyze/batch", json={"items": [{"text": "包裹坏了"}]}).status_code == 200
+        explained = c.post("/v1/analyze", json={"text": "什麼態度!我要投訴你", "explain": True})
+        assert explained.status_code == 200 and explained.json()["explanation"]["base_score"] is not None
