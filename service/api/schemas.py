@@ -212,7 +212,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {
         "model": Detail,
         "description": "the model is still loading, or CALMFIRST_MAX_INFLIGHT requests are already in progress, "
-        "or (batches) CALMFIRST_MAX_BULK_TEXTS texts of other batches are being scored; the last two with "
-        "Retry-After",
+        "or (batches, explanations) CALMFIRST_MAX_BULK_TEXTS texts of other bulk work are being scored; the "
+        "last two with Retry-After",
     },
 }
