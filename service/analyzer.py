@@ -57,6 +57,13 @@ class AnalysisObserver(Protocol):
     def results_ready(self, results: Sequence[MessageResult]) -> None: ...
 
 
+class ConversationObserver(Protocol):
+    """Told, per conversation call, how many turns of each kind were scored and how many came from the kept
+    turns (``service.live_cache``; ``service.api.metrics`` counts them, so an operator can size the cache)."""
+
+    def turns_looked_up(self, kind: str, kept: int, scored: int) -> None: ...
+
+
 class Analyzer:
     def __init__(
         self,
@@ -245,6 +252,7 @@ class ConversationAnalyzer:
         self.detector = detector
         self.customer_cache: LruCache[str, Prediction] | None = LruCache(cache_size) if cache_size else None
         self.agent_cache: LruCache[tuple[str, str], AgentTurn] | None = LruCache(cache_size) if cache_size else None
+        self.observers: list[ConversationObserver] = []
         rules = analyzer.playbook.conversation
         if rules is None:  # pragma: no cover - Playbook always fills the defaults
             raise ValueError("playbook has no conversation rules")
@@ -325,17 +333,28 @@ class ConversationAnalyzer:
         if not inputs:
             return [], []
         if self.customer_cache is None:
-            return self.analyzer.predict(inputs), [True] * len(inputs)
-        # a new turn alone, as a single message is scored (service.live_cache says why)
-        return self.customer_cache.each(inputs, lambda x: self.analyzer.predict([x])[0])
+            preds, fresh = self.analyzer.predict(inputs), [True] * len(inputs)
+        else:
+            # a new turn alone, as a single message is scored (service.live_cache says why)
+            preds, fresh = self.customer_cache.each(inputs, lambda x: self.analyzer.predict([x])[0])
+        self._looked_up("customer", fresh)
+        return preds, fresh
 
     def _agent_turns(self, texts: list[str], contexts: list[str | None]) -> list[AgentTurn]:
         if not texts:
             return []
         if self.agent_cache is None:
+            self._looked_up("agent", [True] * len(texts))
             return self.detector.detect(texts, contexts)
         keys = [(t, c or "") for t, c in zip(texts, contexts, strict=True)]
-        return self.agent_cache.each(keys, lambda k: self.detector.detect([k[0]], [k[1] or None])[0])[0]
+        found, fresh = self.agent_cache.each(keys, lambda k: self.detector.detect([k[0]], [k[1] or None])[0])
+        self._looked_up("agent", fresh)
+        return found
+
+    def _looked_up(self, kind: str, fresh: Sequence[bool]) -> None:
+        scored = sum(fresh)
+        for observer in self.observers:
+            observer.turns_looked_up(kind, len(fresh) - scored, scored)
 
     def build(
         self,

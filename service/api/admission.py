@@ -21,7 +21,7 @@ of its large answer, in the thread pool, off the event loop), so the count takes
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from fastapi import HTTPException
@@ -36,6 +36,8 @@ class BulkBudget:
         self.texts = 0  # texts of the admitted batches still being scored
         self.requests = 0  # admitted batches still being scored
         self.refused = 0  # answered 503 since start
+        #: told the texts in scoring after every change (``service.api.metrics`` publishes them as a gauge)
+        self.watchers: list[Callable[[int], None]] = []
         self._lock = threading.Lock()
 
     def admit(self, n: int) -> bool:
@@ -46,12 +48,18 @@ class BulkBudget:
                 return False
             self.texts += n
             self.requests += 1
+            self._tell()
             return True
 
     def release(self, n: int) -> None:
         with self._lock:
             self.texts -= n
             self.requests -= 1
+            self._tell()
+
+    def _tell(self) -> None:
+        for watch in self.watchers:
+            watch(self.texts)
 
     @contextmanager
     def hold(self, n: int) -> Iterator[None]:

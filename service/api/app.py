@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
         metrics = getattr(app.state, "metrics", None)
         if metrics is not None:
             metrics.attach(loaded)
+            metrics.watch(app.state.conversations, app.state.bulk_budget)
         try:
             yield
         finally:

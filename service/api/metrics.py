@@ -9,6 +9,11 @@ What a contact center's dashboards and alerts need from a serving process:
   (histograms, one observation per model call: a micro-batch, a batch request, a chat's turns).
 - **Model**: ``calmfirst_model_info{name, version, backend, quantized, lanes}`` = 1 (``lanes``: the micro-batcher's
   one-thread forward lanes, ``service.microbatch``; 0 when off).
+- **Load**: ``calmfirst_bulk_texts_in_progress`` (texts of batches and explanations being scored, against
+  ``CALMFIRST_MAX_BULK_TEXTS``, ``service.api.admission``); ``calmfirst_conversation_turns_total{kind, kept}``
+  (conversation turns by ``customer``/``agent``, ``kept="true"`` when answered from the kept turns of a chat
+  sent again, ``service.live_cache``: a low kept share with long chats says ``CALMFIRST_CONVERSATION_CACHE`` is
+  too small).
 - **Product**: ``calmfirst_messages_total{anger_level, anger_label}``, ``calmfirst_route_flags_total{flag}``,
   ``calmfirst_escalations_total``, ``calmfirst_threats_total``, ``calmfirst_complaints_total{type}``.
   Rates are PromQL's job, e.g. the calm_first rate over five minutes::
@@ -37,7 +42,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from service.analyzer import Analyzer
+    from service.analyzer import Analyzer, ConversationAnalyzer
+    from service.api.admission import BulkBudget
     from service.results import MessageResult
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -94,6 +100,18 @@ class Metrics:
             multiprocess_mode="liveall",
             registry=r,
         )
+        self.bulk_texts = Gauge(
+            "calmfirst_bulk_texts_in_progress",
+            "Texts of batch requests and explanations being scored now (CALMFIRST_MAX_BULK_TEXTS)",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.conversation_turns = Counter(
+            "calmfirst_conversation_turns",
+            "Conversation turns, by kind and whether the answer came from the kept turns",
+            ["kind", "kept"],
+            registry=r,
+        )
         self.messages = Counter(
             "calmfirst_messages", "Messages scored, by anger level", ["anger_level", "anger_label"], registry=r
         )
@@ -118,6 +136,24 @@ class Metrics:
                 self.escalations.inc()
             if r.threat.detected:
                 self.threats.inc()
+
+    # -- the ConversationAnalyzer's observer interface (service.analyzer.ConversationObserver)
+    def turns_looked_up(self, kind: str, kept: int, scored: int) -> None:
+        if kept:
+            self.conversation_turns.labels(kind, "true").inc(kept)
+        if scored:
+            self.conversation_turns.labels(kind, "false").inc(scored)
+
+    def bulk_changed(self, texts: int) -> None:
+        self.bulk_texts.set(texts)
+
+    def watch(self, conversations: ConversationAnalyzer, budget: BulkBudget) -> None:
+        """Count the conversation turns and publish the bulk budget from now on (the lifespan calls this)."""
+        if self not in conversations.observers:
+            conversations.observers.append(self)
+        if self.bulk_changed not in budget.watchers:
+            budget.watchers.append(self.bulk_changed)
+        self.bulk_changed(budget.texts)
 
     def attach(self, analyzer: Analyzer) -> None:
         """Count what ``analyzer`` does from now on, and publish its model (the app's lifespan calls this)."""

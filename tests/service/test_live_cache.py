@@ -134,8 +134,16 @@ def test_live_cache_off_scores_every_turn_batched(tiny_model) -> None:  # type: 
     conv = ConversationAnalyzer(Analyzer(model), detector)  # type: ignore[arg-type]
     counted = _Counting()
     conv.analyzer.observers.append(counted)
+    looked_up: list[tuple[str, int, int]] = []
+
+    class _Turns:
+        def turns_looked_up(self, kind: str, kept: int, scored: int) -> None:
+            looked_up.append((kind, kept, scored))
+
+    conv.observers.append(_Turns())
     conv.analyze(CHAT, id="c")
     conv.analyze(CHAT, id="c")
+    assert looked_up == [("customer", 0, 3), ("agent", 0, 3)] * 2
     assert len(model.seen) == 6 and [len(c) for c in detector.calls] == [3, 3]
     assert counted.messages == 6  # without the cache nothing tells a chat sent again from a new one
     assert conv.customer_cache is None and conv.agent_cache is None
@@ -156,6 +164,12 @@ def test_live_cache_is_on_in_the_server(tiny_analyzer) -> None:  # type: ignore[
         assert first.json() == again.json()
         assert conv.customer_cache is not None and conv.customer_cache.size == Settings().conversation_cache
         assert conv.customer_cache.hits >= 3 and conv.agent_cache.hits >= 3
+        from tests.service.api.prom import samples, value
+
+        metrics = samples(httpx.get(url + "/metrics", timeout=10).text)
+        for kind in ("customer", "agent"):  # 3 turns each: scored on the first call, kept on the second
+            assert value(metrics, "calmfirst_conversation_turns_total", kind=kind, kept="false") == 3
+            assert value(metrics, "calmfirst_conversation_turns_total", kind=kind, kept="true") == 3
     with running_server(Settings(conversation_cache=0), tiny_analyzer) as (server, url):
         assert httpx.post(url + "/v1/conversations/analyze", json=body, timeout=60).status_code == 200
         assert server.config.app.state.conversations.customer_cache is None  # type: ignore[attr-defined]

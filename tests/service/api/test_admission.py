@@ -84,6 +84,7 @@ def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # t
             metrics = samples(c.get("/metrics").text)
             assert value(metrics, "calmfirst_http_requests_total", route="/v1/analyze/batch", status="503") == 1
             assert value(metrics, "calmfirst_http_requests_total", route="/v1/analyze", status="503") == 1
+            assert value(metrics, "calmfirst_bulk_texts_in_progress") == 3
         finally:
             held.release.set()
         answer = first.result(timeout=60)
@@ -92,3 +93,4 @@ def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # t
         assert c.post("/v1/analyze/batch", json={"items": [{"text": "包裹坏了"}]}).status_code == 200
         explained = c.post("/v1/analyze", json={"text": "什麼態度!我要投訴你", "explain": True})
         assert explained.status_code == 200 and explained.json()["explanation"]["base_score"] is not None
+        assert value(samples(c.get("/metrics").text), "calmfirst_bulk_texts_in_progress") == 0
