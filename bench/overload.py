@@ -120,15 +120,18 @@ async def bulk_beside_live(
     start = loop.time() + (1.0 if bulk_clients else 0.0)  # the batches are in scoring when the live ones begin
     stop = start + seconds
     batches: list[tuple[int, float, float]] = []  # (status, seconds, finished at)
+    per_client = [0] * bulk_clients  # batches answered 200 within the window, per client
 
-    async def bulk_client() -> None:
+    async def bulk_client(k: int) -> None:
         while loop.time() < stop:
             status, took = await _one(port, batch, "/v1/analyze/batch")
             batches.append((status, took, loop.time()))
+            if status == 200 and start <= loop.time() <= stop:
+                per_client[k] += 1
             if status != 200:
                 await asyncio.sleep(1.0)
 
-    clients = [asyncio.create_task(bulk_client()) for _ in range(bulk_clients)]
+    clients = [asyncio.create_task(bulk_client(k)) for k in range(bulk_clients)]
     live = await open_loop(port, texts, rate=live_rate, seconds=seconds, start=start)
     await asyncio.gather(*clients)
     done = [(took, at) for status, took, at in batches if status == 200 and start <= at <= stop]
@@ -140,6 +143,7 @@ async def bulk_beside_live(
         "batches_failed": sum(1 for status, _, _ in batches if status not in (200, 503)),
         "batch_p50_s": round(percentile([t for t, _ in done], 0.50), 2) if done else None,
         "bulk_texts_per_s": round(len(done) * BATCH_ITEMS / seconds, 1),
+        "batches_per_client": per_client,
     }
 
 
@@ -169,8 +173,8 @@ def markdown(r: dict[str, Any]) -> str:
             "one fresh server per CALMFIRST_MAX_BULK_TEXTS.",
             "",
             "| CALMFIRST_MAX_BULK_TEXTS | batch clients | live p50 / p99 / max ms | live 503 | batches 200 / 503 | "
-            "batch p50 s | batch texts/s |",
-            "|---|---|---|---|---|---|---|",
+            "batch p50 s | batch texts/s | batches per client |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for x in bulk["runs"]:
             live = x["live"]
@@ -178,7 +182,7 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(
                 f"| {limit if limit != '0' else '0 (no limit)'} | {x['bulk_clients']} | {live['p50_ms']} / "
                 f"{live['p99_ms']} / {live['max_ms']} | {live['shed_503']} | {x['batches_200']} / {x['batches_503']} | "
-                f"{x['batch_p50_s']} | {x['bulk_texts_per_s']} |"
+                f"{x['batch_p50_s']} | {x['bulk_texts_per_s']} | {' / '.join(map(str, x['batches_per_client']))} |"
             )
     return "\n".join(lines)
 

@@ -117,10 +117,19 @@ class Settings(BaseSettings):
     max_bulk_texts: int = Field(
         256,
         ge=0,
-        description="texts of batch requests one server process scores at once; a further batch gets 503 "
-        "with Retry-After while they are scored (service.api.admission.BulkBudget), so bulk work cannot slow "
-        "the live single messages; a batch is always admitted when no other is in scoring; 0: no limit. "
-        "bench/OVERLOAD.md: more batches at once score no more texts per second, they only add latency",
+        description="texts of batch requests and explanations one server process scores at once; a further "
+        "batch waits its turn (service.api.admission.BulkBudget), so bulk work cannot slow the live single "
+        "messages; a batch is always admitted when no other is in scoring; 0: no limit. bench/OVERLOAD.md: "
+        "more batches at once score no more texts per second, they only add latency",
+    )
+    bulk_queue: int = Field(
+        8,
+        ge=0,
+        description="batches that may wait for max_bulk_texts, first come first served; the next one gets 503 "
+        "with Retry-After at once (waiting requests count against max_inflight); 0: no waiting",
+    )
+    bulk_wait_s: float = Field(
+        30.0, ge=0.0, description="how long a batch waits in that queue before it gets 503 with Retry-After"
     )
     retry_after_s: int = Field(1, ge=0, description="the Retry-After of those 503s, in seconds")
     graceful_shutdown_s: int = Field(

@@ -6,21 +6,29 @@ texts per second (the cores are already full with one), they only share the core
 measured with the shipped model on 2 cores (``make bench-overload``, "bulk beside live",
 bench/OVERLOAD.md), 20 live messages a second beside 1 or 4 clients posting 256-item batches back to
 back answered at p99 114 and 249 ms, each batch took 1.6 and 6.7 s, and the batches went through at 171
-and 137 texts/s (with this budget and 4 clients: p99 111 ms, 1.6 s, 154 texts/s). So past one batch's
-worth of texts, a further batch waits its turn at the client (a 503 with ``Retry-After`` at once,
-naming ``max_bulk_texts``), and the live messages keep their latency. A batch is always admitted when
-no other is being scored, whatever its size, so a client that retries always gets through.
+and 137 texts/s. So past ``max_bulk_texts`` texts in scoring, a further batch waits its turn, and the
+live messages keep their latency.
+
+The wait is a queue, first come first served (``bulk_queue`` places, at most ``bulk_wait_s`` each): a
+batch that only got a 503 and retried after ``Retry-After`` would lose the free budget, again and again,
+to a client that posts its next batch the moment its last one is answered. Past the queue's places or its
+time, a 503 with ``Retry-After`` at once, naming the setting. A batch is always admitted when no other is
+being scored and none is waiting, whatever its size. Waiting requests still count against
+``max_inflight`` (``service.api.middleware.LoadShedder``), which is why the queue is short.
 
 An explanation (``"explain": true``) scores the message and up to 160 variants of it: bulk work, so it
 takes its texts from the budget like a batch. Single messages and conversations are live traffic and are
-not counted here (``max_inflight`` bounds them). The batch route is a plain ``def`` (FastAPI runs it, and the validation
-of its large answer, in the thread pool, off the event loop), so the count takes a lock; with
+not counted here (``max_inflight`` bounds them). The batch route is a plain ``def`` (FastAPI runs it, and
+the validation of its large answer, in the thread pool, off the event loop) and the explanation waits in
+the thread pool too, so the budget waits on a ``threading.Condition``, never on the event loop; with
 ``--workers N`` each worker has its own budget.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -28,34 +36,65 @@ from fastapi import HTTPException
 
 
 class BulkBudget:
-    """At most ``limit`` texts of batch requests in scoring at once (0: no limit); see the module doc."""
+    """At most ``limit`` texts of bulk work in scoring at once (0: no limit), a short queue before it."""
 
-    def __init__(self, limit: int, *, retry_after_s: int = 1) -> None:
+    def __init__(self, limit: int, *, queue: int = 8, wait_s: float = 30.0, retry_after_s: int = 1) -> None:
         self.limit = limit
+        self.queue = queue
+        self.wait_s = wait_s
         self.retry_after_s = retry_after_s
-        self.texts = 0  # texts of the admitted batches still being scored
-        self.requests = 0  # admitted batches still being scored
+        self.texts = 0  # texts of the admitted requests still being scored
+        self.requests = 0  # admitted requests still being scored
         self.refused = 0  # answered 503 since start
         #: told the texts in scoring after every change (``service.api.metrics`` publishes them as a gauge)
         self.watchers: list[Callable[[int], None]] = []
-        self._lock = threading.Lock()
+        self._waiting: deque[object] = deque()
+        self._cond = threading.Condition()
+
+    def _fits(self, n: int) -> bool:
+        return not self.limit or not self.requests or self.texts + n <= self.limit
 
     def admit(self, n: int) -> bool:
-        """Count ``n`` texts in, or say no: only when another batch is in scoring and ``n`` would pass the limit."""
-        with self._lock:
-            if self.limit and self.requests and self.texts + n > self.limit:
+        """Count ``n`` texts in, after the requests already waiting; False when the queue is full or the wait
+        passed ``wait_s`` (then nothing was taken)."""
+        with self._cond:
+            if not self._waiting and self._fits(n):
+                self._take(n)
+                return True
+            if len(self._waiting) >= self.queue:
                 self.refused += 1
                 return False
-            self.texts += n
-            self.requests += 1
-            self._tell()
-            return True
+            ticket = object()
+            self._waiting.append(ticket)
+            deadline = time.monotonic() + self.wait_s
+            try:
+                while not (self._waiting[0] is ticket and self._fits(n)):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self.refused += 1
+                        return False
+                    self._cond.wait(left)
+                self._take(n)
+                return True
+            finally:
+                self._waiting.remove(ticket)
+                self._cond.notify_all()  # the next in line may fit now
+
+    def _take(self, n: int) -> None:
+        self.texts += n
+        self.requests += 1
+        self._tell()
 
     def release(self, n: int) -> None:
-        with self._lock:
+        with self._cond:
             self.texts -= n
             self.requests -= 1
             self._tell()
+            self._cond.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
 
     def _tell(self) -> None:
         for watch in self.watchers:
@@ -63,7 +102,8 @@ class BulkBudget:
 
     @contextmanager
     def hold(self, n: int) -> Iterator[None]:
-        """Admit ``n`` texts for the block, or raise the 503 (with ``Retry-After``) that names the setting.
+        """Admit ``n`` texts for the block (waiting in line), or raise the 503 (with ``Retry-After``) that names
+        the settings. Blocks the calling thread while it waits: call it from the thread pool.
 
         No texts (an explanation of an empty message) take nothing and wait for nothing."""
         if n <= 0:
@@ -74,7 +114,8 @@ class BulkBudget:
             raise HTTPException(
                 status_code=503,
                 detail=f"server busy: {self.texts} texts of other batches are being scored (max_bulk_texts "
-                f"{self.limit}); retry after {retry} s",
+                f"{self.limit}) and {self.waiting} wait (bulk_queue {self.queue}, bulk_wait_s {self.wait_s:g}); "
+                f"retry after {retry} s",
                 headers={"Retry-After": retry},
             )
         try:

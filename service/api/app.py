@@ -68,7 +68,12 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
     app.state.settings = settings
     app.state.analyzer = None
     app.state.conversations = None
-    app.state.bulk_budget = BulkBudget(settings.max_bulk_texts, retry_after_s=settings.retry_after_s)
+    app.state.bulk_budget = BulkBudget(
+        settings.max_bulk_texts,
+        queue=settings.bulk_queue,
+        wait_s=settings.bulk_wait_s,
+        retry_after_s=settings.retry_after_s,
+    )
     install_error_handlers(app)
 
     install_middleware(app, settings)

@@ -35,6 +35,7 @@ def test_overload_open_loop_counts_answers_and_sheds(tiny_analyzer) -> None:  # 
     assert mixed["live"]["offered"] == 20 and mixed["live"]["answered_200"] == 20
     assert mixed["batches_200"] >= 2 and mixed["batches_503"] == 0 and mixed["batches_failed"] == 0
     assert mixed["bulk_texts_per_s"] > 0
+    assert len(mixed["batches_per_client"]) == 2 and sum(mixed["batches_per_client"]) >= 1
     table = markdown(
         {
             "date": "d",

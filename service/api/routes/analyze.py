@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from functools import partial
 
 from fastapi import APIRouter
@@ -27,8 +26,14 @@ async def analyze(
     if a.microbatcher is not None and not req.explain:
         return await a.analyze_one(req.text, lang=req.lang, redact=req.redact)
     run = partial(a.analyze, [req.text], ids=[0], lang=req.lang, explain=req.explain, redact=req.redact)
-    with budget.hold(a.explain_forwards(req.text)) if req.explain else nullcontext():
+    if not req.explain:
         return (await run_in_threadpool(run))[0]
+
+    def explained() -> list[MessageResult]:  # waits for the budget in the thread pool, not on the loop
+        with budget.hold(a.explain_forwards(req.text)):
+            return run()
+
+    return (await run_in_threadpool(explained))[0]
 
 
 @router.post("/v1/analyze/batch", response_model=BatchResult, responses=ERROR_RESPONSES)

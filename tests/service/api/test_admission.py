@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,7 +19,7 @@ FAST_S = 2.0
 
 
 def test_budget_admits_a_lone_batch_of_any_size_and_refuses_past_the_limit() -> None:
-    b = BulkBudget(10)
+    b = BulkBudget(10, queue=0)  # no queue: refused at once
     assert b.admit(25)  # alone: always, or a large batch could never pass
     assert not b.admit(1)  # another batch in scoring and 26 > 10
     b.release(25)
@@ -30,19 +32,72 @@ def test_budget_admits_a_lone_batch_of_any_size_and_refuses_past_the_limit() -> 
 
 
 def test_budget_zero_means_no_limit() -> None:
-    b = BulkBudget(0)
+    b = BulkBudget(0, queue=0)
     assert all(b.admit(256) for _ in range(50))
     assert b.refused == 0
 
 
+def _admit_in_thread(b: BulkBudget, n: int, name: str, order: list[str]) -> threading.Thread:
+    def run() -> None:
+        if b.admit(n):
+            order.append(name)
+        else:
+            order.append(f"{name} refused")
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_budget_waiters_go_first_come_first_served() -> None:
+    """A client that posts its next batch the moment its last one is answered queues behind the ones already
+    waiting: it cannot take the freed budget from them (it could, if they were only told to retry later)."""
+    b = BulkBudget(10, queue=4, wait_s=30)
+    assert b.admit(10)  # X in scoring
+    order: list[str] = []
+    a = _admit_in_thread(b, 10, "A", order)
+    _until(lambda: b.waiting == 1)
+    b.release(10)  # X done; X's client posts again at once
+    x_again = _admit_in_thread(b, 10, "X again", order)
+    a.join(10)
+    assert order == ["A"]
+    _until(lambda: b.waiting == 1)  # X again waits for A
+    b.release(10)
+    x_again.join(10)
+    assert order == ["A", "X again"]
+    b.release(10)
+    assert (b.texts, b.requests, b.waiting, b.refused) == (0, 0, 0, 0)
+
+
+def test_budget_queue_places_and_wait_are_bounded() -> None:
+    b = BulkBudget(10, queue=1, wait_s=0.3)
+    assert b.admit(10)
+    order: list[str] = []
+    a = _admit_in_thread(b, 5, "A", order)
+    _until(lambda: b.waiting == 1)
+    started = time.monotonic()
+    assert not b.admit(5)  # the one place is taken: refused at once
+    assert time.monotonic() - started < 0.2
+    a.join(10)
+    assert order == ["A refused"]  # waited its 0.3 s, took nothing
+    assert (b.texts, b.requests, b.waiting, b.refused) == (10, 1, 0, 2)
+
+
 def test_budget_hold_raises_503_naming_the_setting_and_always_releases() -> None:
-    b = BulkBudget(5, retry_after_s=7)
+    b = BulkBudget(5, queue=0, retry_after_s=7)
     with b.hold(3):
         with pytest.raises(HTTPException) as refused, b.hold(3):
             pass
         assert refused.value.status_code == 503
         assert refused.value.headers == {"Retry-After": "7"}
-        assert "max_bulk_texts 5" in refused.value.detail
+        assert "max_bulk_texts 5" in refused.value.detail and "bulk_queue 0" in refused.value.detail
         assert b.texts == 3  # the refused one took nothing
     assert (b.texts, b.requests) == (0, 0)
     with pytest.raises(RuntimeError), b.hold(2):
@@ -53,14 +108,14 @@ def test_budget_hold_raises_503_naming_the_setting_and_always_releases() -> None
 
 
 def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # type: ignore[no-untyped-def]
-    """One batch held inside the model fills ``max_bulk_texts=3``: a second batch, and an explanation (bulk
-    work), are a 503 at once with Retry-After and the setting named (counted in /metrics under their routes), a
+    """One batch held inside the model fills ``max_bulk_texts=3`` (no queue): a second batch, and an explanation
+    (bulk work), are a 503 at once with Retry-After and the setting named (counted in /metrics under their routes), a
     422 batch is still a 422, while single messages and a conversation are answered; once the first finishes,
     batches and explanations pass again."""
     from service.analyzer import Analyzer
 
     held = HeldModel(tiny_model, hold_if=lambda texts: len(texts) >= 3)  # the batch's forward, not the singles'
-    settings = Settings(max_bulk_texts=3, retry_after_s=2)
+    settings = Settings(max_bulk_texts=3, bulk_queue=0, retry_after_s=2)
     batch = {"items": [{"id": i, "text": t} for i, t in enumerate(["你们的快递到现在还没到!", "謝謝", "退款呢?"])]}
     with live_client(settings, Analyzer(held)) as c, ThreadPoolExecutor(1) as pool:  # type: ignore[arg-type]
         try:
@@ -94,3 +149,34 @@ def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # t
         explained = c.post("/v1/analyze", json={"text": "什麼態度!我要投訴你", "explain": True})
         assert explained.status_code == 200 and explained.json()["explanation"]["base_score"] is not None
         assert value(samples(c.get("/metrics").text), "calmfirst_bulk_texts_in_progress") == 0
+
+
+def test_batches_queue_in_order_then_get_503(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    """With one place in the queue: the second batch waits (it is answered once the first is), the third is a
+    503 at once, naming the queue."""
+    from service.analyzer import Analyzer
+    from tests.service.api.live import running_server
+
+    held = HeldModel(tiny_model, hold_if=lambda texts: len(texts) >= 3)
+    settings = Settings(max_bulk_texts=3, bulk_queue=1, bulk_wait_s=60)
+    batch = {"items": [{"text": t} for t in ["你们的快递到现在还没到!", "謝謝", "退款呢?"]]}
+    small = {"items": [{"text": "包裹坏了"}]}
+    with running_server(settings, Analyzer(held)) as (server, url), ThreadPoolExecutor(2) as pool:  # type: ignore[arg-type]
+        import httpx
+
+        budget = server.config.app.state.bulk_budget  # type: ignore[attr-defined]
+        with httpx.Client(base_url=url, timeout=60) as c:
+            try:
+                first = pool.submit(c.post, "/v1/analyze/batch", json=batch)
+                assert held.entered.acquire(timeout=30)
+                second = pool.submit(c.post, "/v1/analyze/batch", json=small)
+                _until(lambda: budget.waiting == 1)
+                third = c.post("/v1/analyze/batch", json=small)
+                assert third.status_code == 503 and "bulk_queue 1" in third.json()["detail"]
+                assert not second.done()
+                assert c.post("/v1/analyze", json={"text": "謝謝"}).status_code == 200  # live: not in line
+            finally:
+                held.release.set()
+            assert first.result(timeout=60).status_code == 200
+            assert second.result(timeout=60).status_code == 200
+            assert (budget.texts, budget.waiting) == (0, 0)
