@@ -40,7 +40,7 @@ from bench.run import (
     versions,
     wait_for_quiet,
 )
-from service.settings import DEFAULT_MODEL_DIR
+from service.settings import DEFAULT_MODEL_DIR, Settings
 
 OUT = ROOT / "bench" / "overload.json"
 MARKDOWN = ROOT / "bench" / "OVERLOAD.md"
@@ -170,17 +170,18 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             f"Bulk beside live: {bulk['live_rate']} live messages/s (open loop, {bulk['seconds']} s) while "
             f"clients post {bulk['batch_items']}-item batches back to back (closed loop; after a 503 they wait 1 s); "
-            "one fresh server per CALMFIRST_MAX_BULK_TEXTS.",
+            "one fresh server per setting.",
             "",
-            "| CALMFIRST_MAX_BULK_TEXTS | batch clients | live p50 / p99 / max ms | live 503 | batches 200 / 503 | "
-            "batch p50 s | batch texts/s | batches per client |",
-            "|---|---|---|---|---|---|---|---|",
+            "| CALMFIRST_MAX_BULK_TEXTS | CALMFIRST_BULK_QUEUE | batch clients | live p50 / p99 / max ms | live 503 | "
+            "batches 200 / 503 | batch p50 s | batch texts/s | batches per client |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for x in bulk["runs"]:
             live = x["live"]
             limit = x["max_bulk_texts"]
             lines.append(
-                f"| {limit if limit != '0' else '0 (no limit)'} | {x['bulk_clients']} | {live['p50_ms']} / "
+                f"| {limit if limit != '0' else '0 (no limit)'} | {x.get('bulk_queue', '-')} | {x['bulk_clients']} | "
+                f"{live['p50_ms']} / "
                 f"{live['p99_ms']} / {live['max_ms']} | {live['shed_503']} | {x['batches_200']} / {x['batches_503']} | "
                 f"{x['batch_p50_s']} | {x['bulk_texts_per_s']} | {' / '.join(map(str, x['batches_per_client']))} |"
             )
@@ -194,7 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--limits", default="0,64,256", help="CALMFIRST_MAX_INFLIGHT values, one server each")
     p.add_argument("--live-rate", type=float, default=20.0, help="bulk beside live: live messages per second")
     p.add_argument("--bulk-clients", default="1,4", help="bulk beside live: batch clients, each count on each server")
-    p.add_argument("--bulk-limits", default="0,256", help="CALMFIRST_MAX_BULK_TEXTS values, one server each")
+    p.add_argument(
+        "--bulk-limits",
+        default="0,256:0,256",
+        help="CALMFIRST_MAX_BULK_TEXTS[:CALMFIRST_BULK_QUEUE] values, one server each (the queue's default without :)",
+    )
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
     args = p.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -221,8 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             server.stop()
     bulk_runs: list[dict[str, Any]] = []
-    for limit in [s.strip() for s in args.bulk_limits.split(",") if s.strip()]:
-        server = Server(args.model, env={"CALMFIRST_MAX_BULK_TEXTS": limit})
+    for spec in [s.strip() for s in args.bulk_limits.split(",") if s.strip()]:
+        limit, _, queue = spec.partition(":")
+        queue = queue or str(Settings.model_fields["bulk_queue"].default)
+        server = Server(args.model, env={"CALMFIRST_MAX_BULK_TEXTS": limit, "CALMFIRST_BULK_QUEUE": queue})
         try:
             server.wait_ready()
             load_test(server.url, texts, concurrency=8, requests=400)  # warm
@@ -231,8 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run = asyncio.run(
                     bulk_beside_live(server.port, texts, live_rate=args.live_rate, bulk_clients=k, seconds=args.seconds)
                 )
-                bulk_runs.append({"max_bulk_texts": limit, **run})
-                log(f"max_bulk_texts {limit}, {k} batch clients: {run}")
+                bulk_runs.append({"max_bulk_texts": limit, "bulk_queue": queue, **run})
+                log(f"max_bulk_texts {limit}, bulk_queue {queue}, {k} batch clients: {run}")
         finally:
             server.stop()
     result = {

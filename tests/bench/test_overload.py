@@ -44,8 +44,13 @@ def test_overload_open_loop_counts_answers_and_sheds(tiny_analyzer) -> None:  # 
             "overload": 1.5,
             "seconds": 1,
             "runs": {"0": run},
-            "bulk": {"live_rate": 20, "batch_items": 256, "seconds": 1, "runs": [{"max_bulk_texts": "0", **mixed}]},
+            "bulk": {
+                "live_rate": 20,
+                "batch_items": 256,
+                "seconds": 1,
+                "runs": [{"max_bulk_texts": "0", "bulk_queue": "8", **mixed}],
+            },
         }
     )
     assert "| 0 (no limit) | 20 | 20 | 0 |" in table
-    assert f"| 0 (no limit) | 2 | {mixed['live']['p50_ms']} / " in table
+    assert f"| 0 (no limit) | 8 | 2 | {mixed['live']['p50_ms']} / " in table
