@@ -6,8 +6,8 @@ texts per second (the cores are already full with one), they only share the core
 measured with the shipped model on 2 cores (``make bench-overload``, "bulk beside live",
 bench/OVERLOAD.md, 2026-12-05 17:44 UTC), 20 live messages a second beside 1 or 4 clients posting
 256-item batches back to back answered at p99 85 and 216 ms, each batch took 1.6 and 6.9 s, and the
-batches went through at 171 and 137 texts/s. So past ``max_bulk_texts`` texts in scoring, a further batch waits its turn, and the
-live messages keep their latency.
+batches went through at 171 and 137 texts/s. So past ``max_bulk_texts`` texts in scoring, a further
+batch waits its turn, and the live messages keep their latency.
 
 The wait is a queue, first come first served (``bulk_queue`` places, at most ``bulk_wait_s`` each): a
 batch that only got a 503 and retried after ``Retry-After`` would lose the free budget, again and again,

@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import numpy as np
 
 from data.vocab import Role
 from model.scores import Prediction
+from service.io.store import SqliteStore
 from service.qa.scoring import (
     ANGER_SIGNALS,
     DEFAULT_WEIGHTS_FILE,
@@ -107,32 +107,18 @@ def load_stc3(path: Path | None = None) -> list[Dialogue]:
 
 
 # ------------------------------------------------------------------ caches of model outputs
-class _Store:
+class _Store(SqliteStore[Any]):
+    """Model outputs as JSON (customer predictions, agent codes), keyed by ``key(kind, model key, input...)``."""
+
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), timeout=60)
-        self.db.execute("CREATE TABLE IF NOT EXISTS out (key TEXT PRIMARY KEY, value TEXT)")
-        self.db.commit()
-
-    @staticmethod
-    def key(*parts: str) -> str:
-        return hashlib.sha1("\0".join(parts).encode()).hexdigest()
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for start in range(0, len(keys), 500):
-            chunk = list(keys[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            for k, v in self.db.execute(f"SELECT key, value FROM out WHERE key IN ({marks})", chunk):
-                found[k] = json.loads(v)
-        return found
-
-    def put_many(self, items: Sequence[tuple[str, Any]]) -> None:
-        self.db.executemany(
-            "INSERT OR REPLACE INTO out (key, value) VALUES (?, ?)",
-            [(k, json.dumps(v, ensure_ascii=False)) for k, v in items],
+        super().__init__(
+            path,
+            table="out",
+            column="value",
+            column_type="TEXT",
+            encode=lambda v: json.dumps(v, ensure_ascii=False),
+            decode=json.loads,
         )
-        self.db.commit()
 
 
 class CachedScoringModel:

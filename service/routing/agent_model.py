@@ -38,15 +38,13 @@ Commands::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
 import re
-import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +52,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from data.vocab import Mistake, Step, values
+from service.io.store import SqliteStore
 from service.routing.agent_steps import STEP_CODES, AgentTurn
 
 logger = logging.getLogger(__name__)
@@ -171,38 +170,20 @@ class E5Encoder:
         return out
 
 
-class EmbeddingCache:
-    """Embeddings on disk (SQLite), keyed by the encoder's name and the text's hash."""
+def _f32_bytes(vec: np.ndarray) -> bytes:
+    return np.asarray(vec, dtype=np.float32).tobytes()
+
+
+def _f32_array(blob: bytes | str) -> np.ndarray:
+    assert isinstance(blob, bytes)
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+class EmbeddingCache(SqliteStore[np.ndarray]):
+    """Embeddings on disk (SQLite), keyed by the encoder's name and the text's hash (``key(name, text)``)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=60)
-        self._db.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB)")
-        self._db.commit()
-
-    @staticmethod
-    def key(namespace: str, text: str) -> str:
-        return hashlib.sha1(f"{namespace}\0{text}".encode()).hexdigest()
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
-        for start in range(0, len(keys), 500):
-            chunk = list(keys[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            for k, blob in self._db.execute(f"SELECT key, vec FROM emb WHERE key IN ({marks})", chunk):
-                found[k] = np.frombuffer(blob, dtype=np.float32)
-        return found
-
-    def put_many(self, items: Iterable[tuple[str, np.ndarray]]) -> None:
-        self._db.executemany(
-            "INSERT OR REPLACE INTO emb (key, vec) VALUES (?, ?)",
-            [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items],
-        )
-        self._db.commit()
-
-    def close(self) -> None:
-        self._db.close()
+        super().__init__(path, table="emb", column="vec", column_type="BLOB", encode=_f32_bytes, decode=_f32_array)
 
 
 class CachedEncoder:
