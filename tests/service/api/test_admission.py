@@ -109,7 +109,7 @@ def test_budget_hold_raises_503_naming_the_setting_and_always_releases() -> None
 
 def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # type: ignore[no-untyped-def]
     """One batch held inside the model fills ``max_bulk_texts=3`` (no queue): a second batch, and an explanation
-    (bulk work), are a 503 at once with Retry-After and the setting named (counted in /metrics under their routes), a
+    of a message or of a chat (bulk work), are a 503 at once with Retry-After and the setting named (counted in /metrics under their routes), a
     422 batch is still a 422, while single messages and a conversation are answered; once the first finishes,
     batches and explanations pass again."""
     from service.analyzer import Analyzer
@@ -136,6 +136,8 @@ def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # t
             assert single.status_code == 200 and single.json()["anger"]["level"] in range(4)
             turns = [{"role": "customer", "text": "我的退款到底什么时候到?"}]
             assert c.post("/v1/conversations/analyze", json={"turns": turns}).status_code == 200
+            explained_chat = c.post("/v1/conversations/analyze", json={"turns": turns, "explain": True})
+            assert explained_chat.status_code == 503 and "max_bulk_texts" in explained_chat.json()["detail"]
             metrics = samples(c.get("/metrics").text)
             assert value(metrics, "calmfirst_http_requests_total", route="/v1/analyze/batch", status="503") == 1
             assert value(metrics, "calmfirst_http_requests_total", route="/v1/analyze", status="503") == 1
@@ -149,6 +151,8 @@ def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # t
         explained = c.post("/v1/analyze", json={"text": "什麼態度!我要投訴你", "explain": True})
         assert explained.status_code == 200 and explained.json()["explanation"]["base_score"] is not None
         assert value(samples(c.get("/metrics").text), "calmfirst_bulk_texts_in_progress") == 0
+        chat = c.post("/v1/conversations/analyze", json={"turns": turns, "explain": True})
+        assert chat.status_code == 200 and chat.json()["turns"][0]["result"]["explanation"]["spans"] is not None
 
 
 def test_batches_queue_in_order_then_get_503(tiny_model) -> None:  # type: ignore[no-untyped-def]
