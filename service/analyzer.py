@@ -61,7 +61,7 @@ class ConversationObserver(Protocol):
     """Told, per conversation call, how many turns of each kind were scored and how many came from the kept
     turns (``service.live_cache``; ``service.api.metrics`` counts them, so an operator can size the cache)."""
 
-    def turns_looked_up(self, kind: str, kept: int, scored: int) -> None: ...
+    def turns_looked_up(self, kind: Role, kept: int, scored: int) -> None: ...
 
 
 class Analyzer:
@@ -337,21 +337,21 @@ class ConversationAnalyzer:
         else:
             # a new turn alone, as a single message is scored (service.live_cache says why)
             preds, fresh = self.customer_cache.each(inputs, lambda x: self.analyzer.predict([x])[0])
-        self._looked_up("customer", fresh)
+        self._looked_up(Role.CUSTOMER, fresh)
         return preds, fresh
 
     def _agent_turns(self, texts: list[str], contexts: list[str | None]) -> list[AgentTurn]:
         if not texts:
             return []
         if self.agent_cache is None:
-            self._looked_up("agent", [True] * len(texts))
+            self._looked_up(Role.AGENT, [True] * len(texts))
             return self.detector.detect(texts, contexts)
         keys = [(t, c or "") for t, c in zip(texts, contexts, strict=True)]
         found, fresh = self.agent_cache.each(keys, lambda k: self.detector.detect([k[0]], [k[1] or None])[0])
-        self._looked_up("agent", fresh)
+        self._looked_up(Role.AGENT, fresh)
         return found
 
-    def _looked_up(self, kind: str, fresh: Sequence[bool]) -> None:
+    def _looked_up(self, kind: Role, fresh: Sequence[bool]) -> None:
         scored = sum(fresh)
         for observer in self.observers:
             observer.turns_looked_up(kind, len(fresh) - scored, scored)

@@ -17,7 +17,7 @@ time, a 503 with ``Retry-After`` at once, naming the setting. A batch is always 
 being scored and none is waiting, whatever its size. Waiting requests still count against
 ``max_inflight`` (``service.api.middleware.LoadShedder``), which is why the queue is short.
 
-An explanation (``"explain": true`` on a message or a chat) scores the message and up to 160 variants of
+An explanation (``"explain": true`` on a message or a chat) scores the message and up to 159 variants of
 it: bulk work, so it takes its texts from the budget like a batch. Single messages and conversations are
 live traffic and are not counted here (``max_inflight`` bounds them). The batch route is a plain ``def``
 (FastAPI runs it, and the validation of its large answer, in the thread pool, off the event loop) and the

@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from data.vocab import Role
     from service.analyzer import Analyzer, ConversationAnalyzer
     from service.api.admission import BulkBudget
     from service.results import MessageResult
@@ -138,11 +139,11 @@ class Metrics:
                 self.threats.inc()
 
     # -- the ConversationAnalyzer's observer interface (service.analyzer.ConversationObserver)
-    def turns_looked_up(self, kind: str, kept: int, scored: int) -> None:
+    def turns_looked_up(self, kind: Role, kept: int, scored: int) -> None:
         if kept:
-            self.conversation_turns.labels(kind, "true").inc(kept)
+            self.conversation_turns.labels(str(kind), "true").inc(kept)
         if scored:
-            self.conversation_turns.labels(kind, "false").inc(scored)
+            self.conversation_turns.labels(str(kind), "false").inc(scored)
 
     def bulk_changed(self, texts: int) -> None:
         self.bulk_texts.set(texts)

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from data.vocab import Role
 from service.analyzer import Analyzer, ConversationAnalyzer
 from service.live_cache import LruCache
 from service.routing.agent_steps import AgentTurn
@@ -137,8 +138,8 @@ def test_live_cache_off_scores_every_turn_batched(tiny_model) -> None:  # type: 
     looked_up: list[tuple[str, int, int]] = []
 
     class _Turns:
-        def turns_looked_up(self, kind: str, kept: int, scored: int) -> None:
-            looked_up.append((kind, kept, scored))
+        def turns_looked_up(self, kind: Role, kept: int, scored: int) -> None:
+            looked_up.append((str(kind), kept, scored))
 
     conv.observers.append(_Turns())
     conv.analyze(CHAT, id="c")

@@ -20,7 +20,7 @@ async def analyze(
 ) -> MessageResult:
     """``async``: the usual single message awaits the micro-batcher on the loop (no thread-pool hop per
     request: ``Analyzer.analyze_one``); an explanation or no micro-batcher runs in a thread. An explanation
-    scores up to 161 variants of the text, bulk work: it takes its texts from the bulk budget
+    scores the text and up to 159 variants of it, bulk work: it takes its texts from the bulk budget
     (``service.api.admission``) like a batch."""
     check_text(req.text, "text", settings)
     if a.microbatcher is not None and not req.explain:

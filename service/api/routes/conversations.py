@@ -18,7 +18,7 @@ def analyze_conversation(
     req: ConversationRequest, conv: ConversationsDep, settings: SettingsDep, budget: BulkBudgetDep, _: Auth
 ) -> ConversationResult:
     """A chat is live traffic, not counted in the bulk budget; its explanation (the last customer turn's, up to
-    161 forwards) is bulk work and takes its texts from the budget, as on ``POST /v1/analyze``."""
+    160 forwards) is bulk work and takes its texts from the budget, as on ``POST /v1/analyze``."""
     check_count(len(req.turns), "turns", "turns in one conversation", settings)
     for i, t in enumerate(req.turns):
         check_text(t.text, f"turns.{i}.text", settings)
