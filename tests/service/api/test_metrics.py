@@ -108,10 +108,15 @@ def test_metrics_summed_over_workers(tiny_model_dir: Path, tmp_path: Path) -> No
             assert (
                 httpx.post(url + "/v1/analyze", json={"text": f"第{i}次了，快递还没到!"}, timeout=30).status_code == 200
             )
+        batch = {"items": [{"text": "退款呢?"}, {"text": "謝謝"}]}
+        for _ in range(3):
+            assert httpx.post(url + "/v1/analyze/batch", json=batch, timeout=30).status_code == 200
         for _ in range(4):
             m = samples(httpx.get(url + "/metrics", timeout=10).text)
             assert value(m, "calmfirst_http_requests_total", route="/v1/analyze", status="200") == 12
-            assert value(m, "calmfirst_messages_total") == 12
+            assert value(m, "calmfirst_messages_total") == 18
+            assert "calmfirst_bulk_texts_in_progress" in m  # summed over the live workers (livesum)
+            assert value(m, "calmfirst_bulk_texts_in_progress") == 0  # every batch released what it took
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
