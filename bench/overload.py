@@ -11,7 +11,8 @@ Second, *bulk beside live*: live single messages arrive at a fixed rate (open lo
 ``BATCH_ITEMS``-item batches back to back (closed loop, a refused batch retries after its ``Retry-After``), with
 and without the bulk budget; the figures are the live messages' latencies and the texts/s the batches got.
 
-    python -m bench.overload [--seconds 15] [--overload 1.5] [--limits 0,64,256] [--live-rate 20] [--bulk-clients 1,4]
+    python -m bench.overload [--seconds 15] [--overload 1.5] [--limits 0,64,256]
+                             [--live-rate 20] [--bulk-clients 1,4] [--bulk-limits 0,256:0,256]
 
 Results go to ``bench/overload.json`` and ``bench/OVERLOAD.md`` (``make bench`` rewrites ``RESULTS.md`` whole).
 """
