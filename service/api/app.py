@@ -43,6 +43,14 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
         )
         app.state.conversations = ConversationAnalyzer(loaded, detector, cache_size=settings.conversation_cache)
         app.state.analyzer = loaded
+        logger.info(
+            "admission: max_inflight %s, max_bulk_texts %s (bulk_queue %s, bulk_wait_s %g), conversation_cache %s",
+            settings.max_inflight or "off",
+            settings.max_bulk_texts or "off",
+            settings.bulk_queue,
+            settings.bulk_wait_s,
+            settings.conversation_cache or "off",
+        )
         metrics = getattr(app.state, "metrics", None)
         if metrics is not None:
             metrics.attach(loaded)

@@ -184,3 +184,17 @@ def test_batches_queue_in_order_then_get_503(tiny_model) -> None:  # type: ignor
             assert first.result(timeout=60).status_code == 200
             assert second.result(timeout=60).status_code == 200
             assert (budget.texts, budget.waiting) == (0, 0)
+
+
+def test_server_logs_its_admission_settings_at_start(tiny_analyzer, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """An operator checks the limits a server runs with in its first log lines (0 reads "off")."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="service.api.app")
+    with live_client(Settings(max_inflight=0, max_bulk_texts=512, bulk_queue=2), tiny_analyzer) as c:
+        assert c.get("/readyz").status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "service.api.app"]
+    assert any(
+        "max_inflight off, max_bulk_texts 512 (bulk_queue 2, bulk_wait_s 30), conversation_cache 1024" in line
+        for line in lines
+    ), lines
