@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -291,23 +291,7 @@ class ConversationAnalyzer:
         last customer and agent turns before it), the format the shipped model is trained on; a single
         message is scored as it is. Each agent turn is read with the customer's turn before it.
         """
-        cust_texts: list[str] = []
-        cust_inputs: list[str] = []
-        agent_texts: list[str] = []
-        agent_contexts: list[str | None] = []
-        for _, turns in conversations:
-            pairs = [(str(t.role), t.text) for t in turns]
-            last_customer: str | None = None
-            for i, t in enumerate(turns):
-                if t.role == Role.CUSTOMER:
-                    cust_texts.append(t.text)
-                    # only a model trained on the context format reads it; others (v1) see the turn alone
-                    ctx = previous_turns(pairs, i) if self.reads_context else None
-                    cust_inputs.append(with_context(t.text, ctx))
-                    last_customer = t.text
-                else:
-                    agent_texts.append(t.text)
-                    agent_contexts.append(last_customer)
+        cust_texts, cust_inputs, agent_texts, agent_contexts = self._reads(turns for _, turns in conversations)
         preds, fresh = self._customer_predictions(cust_inputs)
         # the result (script, next-step language) is the message's own; only the scores read the context
         results = [
@@ -327,6 +311,40 @@ class ConversationAnalyzer:
             ri += n_c
             ai += n_a
         return out
+
+    def _reads(
+        self, conversations: Iterable[Sequence[Turn]]
+    ) -> tuple[list[str], list[str], list[str], list[str | None]]:
+        """What the models read: customer texts and model inputs (with context), agent texts and the customer
+        turn before each."""
+        cust_texts: list[str] = []
+        cust_inputs: list[str] = []
+        agent_texts: list[str] = []
+        agent_contexts: list[str | None] = []
+        for turns in conversations:
+            pairs = [(str(t.role), t.text) for t in turns]
+            last_customer: str | None = None
+            for i, t in enumerate(turns):
+                if t.role == Role.CUSTOMER:
+                    cust_texts.append(t.text)
+                    # only a model trained on the context format reads it; others (v1) see the turn alone
+                    ctx = previous_turns(pairs, i) if self.reads_context else None
+                    cust_inputs.append(with_context(t.text, ctx))
+                    last_customer = t.text
+                else:
+                    agent_texts.append(t.text)
+                    agent_contexts.append(last_customer)
+        return cust_texts, cust_inputs, agent_texts, agent_contexts
+
+    def unseen_turns(self, turns: Sequence[Turn]) -> int:
+        """Turns of this chat that analysing it would score now (not kept from an earlier call), before doing it:
+        what it costs (``service.api.admission``). Every turn when nothing is kept."""
+        _, inputs, texts, contexts = self._reads([turns])
+        if self.customer_cache is None or self.agent_cache is None:
+            return len(inputs) + len(texts)
+        customer = sum(1 for x in set(inputs) if x not in self.customer_cache)
+        keys = {(t, c or "") for t, c in zip(texts, contexts, strict=True)}
+        return customer + sum(1 for k in keys if k not in self.agent_cache)
 
     def _customer_predictions(self, inputs: list[str]) -> tuple[list[Prediction], list[bool]]:
         """The predictions, and which of them were made now (all of them without the cache)."""

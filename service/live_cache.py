@@ -48,6 +48,11 @@ class LruCache(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._data)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is kept; a look only: neither its place nor the hit counts change."""
+        with self._lock:
+            return key in self._data
+
     def get(self, key: K) -> V | None:
         with self._lock:
             if key not in self._data:

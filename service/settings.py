@@ -128,6 +128,13 @@ class Settings(BaseSettings):
         description="batches that may wait for max_bulk_texts, first come first served; the next one gets 503 "
         "with Retry-After at once (waiting requests count against max_inflight); 0: no waiting",
     )
+    bulk_chat_turns: int = Field(
+        32,
+        ge=0,
+        description="a chat with more turns than this still to score (not kept from an earlier call) is bulk "
+        "work, a transcript rather than a live chat: those turns take from max_bulk_texts; live chats send one or "
+        "two new turns",
+    )
     bulk_wait_s: float = Field(
         30.0, ge=0.0, description="how long a batch waits in that queue before it gets 503 with Retry-After"
     )

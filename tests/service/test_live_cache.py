@@ -94,7 +94,11 @@ def test_live_chat_sent_again_scores_only_its_new_turns(tiny_model) -> None:  # 
     analyzer.observers.append(counted)
     cached = ConversationAnalyzer(analyzer, detector, cache_size=64)  # type: ignore[arg-type]
 
+    assert cached.unseen_turns(CHAT[:4]) == 4  # what the call will cost, told before it
     first = cached.analyze(CHAT[:4], id="c1").model_dump(mode="json")
+    assert cached.unseen_turns(CHAT[:4]) == 0 and cached.unseen_turns(CHAT) == 2
+    hits = cached.customer_cache.hits  # type: ignore[union-attr]
+    assert cached.unseen_turns(CHAT) == 2 and cached.customer_cache.hits == hits  # type: ignore[union-attr]  # a look
     assert len(model.seen) == 2 and sum(len(c) for c in detector.calls) == 2
     assert all(len(c) == 1 for c in detector.calls)  # new turns one at a time
     model.seen.clear()
@@ -145,6 +149,7 @@ def test_live_cache_off_scores_every_turn_batched(tiny_model) -> None:  # type: 
     conv.analyze(CHAT, id="c")
     conv.analyze(CHAT, id="c")
     assert looked_up == [("customer", 0, 3), ("agent", 0, 3)] * 2
+    assert conv.unseen_turns(CHAT) == 6  # nothing kept: every turn is scored again
     assert len(model.seen) == 6 and [len(c) for c in detector.calls] == [3, 3]
     assert counted.messages == 6  # without the cache nothing tells a chat sent again from a new one
     assert conv.customer_cache is None and conv.agent_cache is None

@@ -17,12 +17,15 @@ router = APIRouter(tags=["conversations"])
 def analyze_conversation(
     req: ConversationRequest, conv: ConversationsDep, settings: SettingsDep, budget: BulkBudgetDep, _: Auth
 ) -> ConversationResult:
-    """A chat is live traffic, not counted in the bulk budget; its explanation (the last customer turn's, up to
-    160 forwards) is bulk work and takes its texts from the budget, as on ``POST /v1/analyze``."""
+    """A live chat (a new turn or two; the earlier ones are kept) is not counted in the bulk budget; a chat with more
+    than ``bulk_chat_turns`` turns still to score is a transcript, bulk work, and takes those turns from the budget,
+    as an explanation (the last customer turn's, up to 160 forwards) does (``service.api.admission``)."""
     check_count(len(req.turns), "turns", "turns in one conversation", settings)
     for i, t in enumerate(req.turns):
         check_text(t.text, f"turns.{i}.text", settings)
     turns = [Turn(role=t.role, text=t.text, ts=t.ts) for t in req.turns]
     last = [t.text for t in turns if t.role == Role.CUSTOMER][-1:] if req.explain else []
-    with budget.hold(sum(conv.analyzer.explain_forwards(text) for text in last)):
+    unseen = conv.unseen_turns(turns)
+    bulk = unseen if unseen > settings.bulk_chat_turns else 0
+    with budget.hold(bulk + sum(conv.analyzer.explain_forwards(text) for text in last)):
         return conv.analyze(turns, id=req.id, lang=req.lang, explain=req.explain, redact=req.redact)

@@ -108,14 +108,14 @@ def test_budget_hold_raises_503_naming_the_setting_and_always_releases() -> None
 
 
 def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # type: ignore[no-untyped-def]
-    """One batch held inside the model fills ``max_bulk_texts=3`` (no queue): a second batch, and an explanation
-    of a message or of a chat (bulk work), are a 503 at once with Retry-After and the setting named (counted in /metrics under their routes), a
+    """One batch held inside the model fills ``max_bulk_texts=3`` (no queue): a second batch, an explanation of a
+    message or of a chat, and a chat with more new turns than ``bulk_chat_turns`` (bulk work) are a 503 at once with Retry-After and the setting named (counted in /metrics under their routes), a
     422 batch is still a 422, while single messages and a conversation are answered; once the first finishes,
     batches and explanations pass again."""
     from service.analyzer import Analyzer
 
     held = HeldModel(tiny_model, hold_if=lambda texts: len(texts) >= 3)  # the batch's forward, not the singles'
-    settings = Settings(max_bulk_texts=3, bulk_queue=0, retry_after_s=2)
+    settings = Settings(max_bulk_texts=3, bulk_queue=0, retry_after_s=2, bulk_chat_turns=2)
     batch = {"items": [{"id": i, "text": t} for i, t in enumerate(["你们的快递到现在还没到!", "謝謝", "退款呢?"])]}
     with live_client(settings, Analyzer(held)) as c, ThreadPoolExecutor(1) as pool:  # type: ignore[arg-type]
         try:
@@ -136,6 +136,9 @@ def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # t
             assert single.status_code == 200 and single.json()["anger"]["level"] in range(4)
             turns = [{"role": "customer", "text": "我的退款到底什么时候到?"}]
             assert c.post("/v1/conversations/analyze", json={"turns": turns}).status_code == 200
+            transcript = [{"role": "customer", "text": t} for t in ("快递呢?", "还没到!", "我要退款")]
+            bulk_chat = c.post("/v1/conversations/analyze", json={"turns": transcript})  # 3 new turns > 2: bulk
+            assert bulk_chat.status_code == 503 and "max_bulk_texts" in bulk_chat.json()["detail"]
             explained_chat = c.post("/v1/conversations/analyze", json={"turns": turns, "explain": True})
             assert explained_chat.status_code == 503 and "max_bulk_texts" in explained_chat.json()["detail"]
             metrics = samples(c.get("/metrics").text)
@@ -151,6 +154,7 @@ def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # t
         explained = c.post("/v1/analyze", json={"text": "什麼態度!我要投訴你", "explain": True})
         assert explained.status_code == 200 and explained.json()["explanation"]["base_score"] is not None
         assert value(samples(c.get("/metrics").text), "calmfirst_bulk_texts_in_progress") == 0
+        assert c.post("/v1/conversations/analyze", json={"turns": transcript}).status_code == 200
         chat = c.post("/v1/conversations/analyze", json={"turns": turns, "explain": True})
         assert chat.status_code == 200 and chat.json()["turns"][0]["result"]["explanation"]["spans"] is not None
 
