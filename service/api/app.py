@@ -44,11 +44,13 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
         app.state.conversations = ConversationAnalyzer(loaded, detector, cache_size=settings.conversation_cache)
         app.state.analyzer = loaded
         logger.info(
-            "admission: max_inflight %s, max_bulk_texts %s (bulk_queue %s, bulk_wait_s %g), conversation_cache %s",
+            "admission: max_inflight %s, max_bulk_texts %s (bulk_queue %s, bulk_wait_s %g, bulk_chat_turns %s), "
+            "conversation_cache %s",
             settings.max_inflight or "off",
             settings.max_bulk_texts or "off",
             settings.bulk_queue,
             settings.bulk_wait_s,
+            settings.bulk_chat_turns,
             settings.conversation_cache or "off",
         )
         metrics = getattr(app.state, "metrics", None)

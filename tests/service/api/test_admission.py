@@ -199,6 +199,7 @@ def test_server_logs_its_admission_settings_at_start(tiny_analyzer, caplog: pyte
         assert c.get("/readyz").status_code == 200
     lines = [r.getMessage() for r in caplog.records if r.name == "service.api.app"]
     assert any(
-        "max_inflight off, max_bulk_texts 512 (bulk_queue 2, bulk_wait_s 30), conversation_cache 1024" in line
+        "max_inflight off, max_bulk_texts 512 (bulk_queue 2, bulk_wait_s 30, bulk_chat_turns 32), "
+        "conversation_cache 1024" in line
         for line in lines
     ), lines
