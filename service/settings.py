@@ -131,9 +131,9 @@ class Settings(BaseSettings):
     bulk_chat_turns: int = Field(
         32,
         ge=0,
-        description="a chat with more turns than this still to score (not kept from an earlier call) is bulk "
-        "work, a transcript rather than a live chat: those turns take from max_bulk_texts; live chats send one or "
-        "two new turns",
+        description="a chat with more turns than this still to score (not kept from an earlier call) is a "
+        "transcript rather than a live chat (which sends one or two new turns): bulk work that takes the whole "
+        "max_bulk_texts budget, as a full batch does",
     )
     bulk_wait_s: float = Field(
         30.0, ge=0.0, description="how long a batch waits in that queue before it gets 503 with Retry-After"

@@ -18,10 +18,13 @@ being scored and none is waiting, whatever its size. Waiting requests still coun
 ``max_inflight`` (``service.api.middleware.LoadShedder``), which is why the queue is short.
 
 An explanation (``"explain": true`` on a message or a chat) scores the message and up to 159 variants of
-it: bulk work, so it takes its texts from the budget like a batch; so does a chat with more than
-``bulk_chat_turns`` turns still to score (a transcript, not a live chat, which sends a new turn or two and has
-the rest kept, ``service.live_cache``). Single messages and live chats are not counted here
-(``max_inflight`` bounds them). The batch route is a plain ``def``
+it: bulk work, so it takes its texts from the budget like a batch. A chat with more than ``bulk_chat_turns``
+turns still to score is a transcript, not a live chat (which sends a new turn or two and has the rest kept,
+``service.live_cache``), and takes the whole budget: it scores turn by turn, so counting its turns as texts
+would let four 60-turn transcripts run at once (measured, 2026-12-05 19:10 UTC, 20 live messages/s beside 4
+clients posting 60-turn transcripts never seen before, ``work/s37/transcripts.py``: counted by turns, live p50
+/ p99 50 / 227 ms; one at a time, 21 / 97 ms, with 14 transcripts done in 15 s against 12). Single messages
+and live chats are not counted here (``max_inflight`` bounds them). The batch route is a plain ``def``
 (FastAPI runs it, and the validation of its large answer, in the thread pool, off the event loop) and the
 explanation waits in the thread pool too, so the budget waits on a ``threading.Condition``, never on the
 event loop; with ``--workers N`` each worker has its own budget.

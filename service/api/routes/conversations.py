@@ -26,6 +26,7 @@ def analyze_conversation(
     turns = [Turn(role=t.role, text=t.text, ts=t.ts) for t in req.turns]
     last = [t.text for t in turns if t.role == Role.CUSTOMER][-1:] if req.explain else []
     unseen = conv.unseen_turns(turns)
-    bulk = unseen if unseen > settings.bulk_chat_turns else 0
+    # a transcript scores turn by turn (as a live chat's new turns are): the whole budget, as a full batch takes
+    bulk = max(unseen, budget.limit) if unseen > settings.bulk_chat_turns else 0
     with budget.hold(bulk + sum(conv.analyzer.explain_forwards(text) for text in last)):
         return conv.analyze(turns, id=req.id, lang=req.lang, explain=req.explain, redact=req.redact)

@@ -108,21 +108,22 @@ def test_budget_hold_raises_503_naming_the_setting_and_always_releases() -> None
 
 
 def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # type: ignore[no-untyped-def]
-    """One batch held inside the model fills ``max_bulk_texts=3`` (no queue): a second batch, an explanation of a
-    message or of a chat, and a chat with more new turns than ``bulk_chat_turns`` (bulk work) are a 503 at once with Retry-After and the setting named (counted in /metrics under their routes), a
-    422 batch is still a 422, while single messages and a conversation are answered; once the first finishes,
-    batches and explanations pass again."""
+    """One 3-item batch held inside the model, ``max_bulk_texts=6`` (no queue): a 4-item batch, an explanation of
+    a message or of a chat, and a chat with more new turns than ``bulk_chat_turns`` (a transcript: the whole
+    budget) are a 503 at once with Retry-After and the setting named (counted in /metrics under their routes); a
+    422 batch is still a 422, while single messages and a live chat are answered; once the first finishes, all
+    of them pass."""
     from service.analyzer import Analyzer
 
     held = HeldModel(tiny_model, hold_if=lambda texts: len(texts) >= 3)  # the batch's forward, not the singles'
-    settings = Settings(max_bulk_texts=3, bulk_queue=0, retry_after_s=2, bulk_chat_turns=2)
+    settings = Settings(max_bulk_texts=6, bulk_queue=0, retry_after_s=2, bulk_chat_turns=2)
     batch = {"items": [{"id": i, "text": t} for i, t in enumerate(["你们的快递到现在还没到!", "謝謝", "退款呢?"])]}
     with live_client(settings, Analyzer(held)) as c, ThreadPoolExecutor(1) as pool:  # type: ignore[arg-type]
         try:
             first = pool.submit(c.post, "/v1/analyze/batch", json=batch)
             assert held.entered.acquire(timeout=30), "the first batch never reached the model"
             started = time.perf_counter()
-            refused = c.post("/v1/analyze/batch", json={"items": [{"text": "包裹坏了"}]})
+            refused = c.post("/v1/analyze/batch", json={"items": [{"text": "包裹坏了"}] * 4})  # 3 + 4 > 6
             assert time.perf_counter() - started < FAST_S
             assert refused.status_code == 503, refused.text
             assert refused.headers["retry-after"] == "2"
@@ -137,7 +138,8 @@ def test_batch_waits_its_turn_while_live_messages_pass(tiny_model) -> None:  # t
             turns = [{"role": "customer", "text": "我的退款到底什么时候到?"}]
             assert c.post("/v1/conversations/analyze", json={"turns": turns}).status_code == 200
             transcript = [{"role": "customer", "text": t} for t in ("快递呢?", "还没到!", "我要退款")]
-            bulk_chat = c.post("/v1/conversations/analyze", json={"turns": transcript})  # 3 new turns > 2: bulk
+            # 3 new turns > 2: a transcript, which takes the whole budget (3 + 6 > 6; its 3 turns alone would fit)
+            bulk_chat = c.post("/v1/conversations/analyze", json={"turns": transcript})
             assert bulk_chat.status_code == 503 and "max_bulk_texts" in bulk_chat.json()["detail"]
             explained_chat = c.post("/v1/conversations/analyze", json={"turns": turns, "explain": True})
             assert explained_chat.status_code == 503 and "max_bulk_texts" in explained_chat.json()["detail"]
