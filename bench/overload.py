@@ -10,9 +10,12 @@ a client would wait (``PATIENCE_S``).
 Second, *bulk beside live*: live single messages arrive at a fixed rate (open loop) while clients post
 ``BATCH_ITEMS``-item batches back to back (closed loop, a refused batch retries after its ``Retry-After``), with
 and without the bulk budget; the figures are the live messages' latencies and the texts/s the batches got.
+Third, *transcripts beside live*: the same live messages while clients post long chats never seen before
+(``transcript``), counted as bulk work past ``CALMFIRST_BULK_CHAT_TURNS`` or not.
 
     python -m bench.overload [--seconds 15] [--overload 1.5] [--limits 0,64,256]
                              [--live-rate 20] [--bulk-clients 1,4] [--bulk-limits 0,256:0,256]
+                             [--transcript-clients 4] [--transcript-turns 30]
 
 Results go to ``bench/overload.json`` and ``bench/OVERLOAD.md`` (``make bench`` rewrites ``RESULTS.md`` whole).
 """
@@ -148,6 +151,61 @@ async def bulk_beside_live(
     }
 
 
+#: Agent turns of the transcripts (each made unique per transcript, so nothing is kept from an earlier one).
+AGENT_TURNS = (
+    "非常抱歉让您久等了,我马上帮您查询。",
+    "请提供您的订单号,我帮您确认。",
+    "已经帮您提交退款申请,三个工作日内到账。",
+    "了解,我们会尽快处理。",
+)
+
+
+def transcript(texts: Sequence[str], index: int, customer_turns: int) -> list[dict[str, str]]:
+    """A chat of ``2 * customer_turns`` turns, none of them seen in an earlier transcript."""
+    turns = []
+    for j in range(customer_turns):
+        turns.append({"role": "customer", "text": f"{texts[(index * customer_turns + j) % len(texts)]} #{index}"})
+        turns.append({"role": "agent", "text": f"{AGENT_TURNS[j % len(AGENT_TURNS)]}({index}-{j})"})
+    return turns
+
+
+async def transcripts_beside_live(
+    port: int, texts: Sequence[str], *, live_rate: float, clients: int, customer_turns: int, seconds: float
+) -> dict[str, Any]:
+    """Live single messages beside ``clients`` clients posting transcripts never seen before, back to back."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + (2.0 if clients else 0.0)
+    stop = start + seconds
+    done: list[float] = []
+    statuses: list[int] = []
+    posted = [0]
+
+    async def client() -> None:
+        while loop.time() < stop:
+            index = posted[0]
+            posted[0] += 1
+            body = json.dumps({"turns": transcript(texts, index, customer_turns)}, ensure_ascii=False).encode("utf-8")
+            status, took = await _one(port, body, "/v1/conversations/analyze")
+            statuses.append(status)
+            if status == 200 and start <= loop.time() <= stop:
+                done.append(took)
+            if status != 200:
+                await asyncio.sleep(1.0)
+
+    tasks = [asyncio.create_task(client()) for _ in range(clients)]
+    live = await open_loop(port, texts, rate=live_rate, seconds=seconds, start=start)
+    await asyncio.gather(*tasks)
+    return {
+        "live": live,
+        "clients": clients,
+        "turns": 2 * customer_turns,
+        "transcripts_done": len(done),
+        "transcripts_503": sum(1 for s in statuses if s == 503),
+        "transcripts_failed": sum(1 for s in statuses if s not in (200, 503)),
+        "transcript_p50_s": round(percentile(done, 0.50), 2) if done else None,
+    }
+
+
 def markdown(r: dict[str, Any]) -> str:
     key = f"answered_within_{PATIENCE_S:g}s"
     lines = [
@@ -186,6 +244,24 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{live['p99_ms']} / {live['max_ms']} | {live['shed_503']} | {x['batches_200']} / {x['batches_503']} | "
                 f"{x['batch_p50_s']} | {x['bulk_texts_per_s']} | {' / '.join(map(str, x['batches_per_client']))} |"
             )
+    chats = r.get("transcripts")
+    if chats:
+        lines += [
+            "",
+            f"Transcripts beside live: {chats['live_rate']} live messages/s (open loop, {chats['seconds']} s) while "
+            f"{chats['clients']} clients post {chats['turns']}-turn chats never seen before, back to back; one fresh "
+            "server per setting (a number past the turns: transcripts not counted in the bulk budget).",
+            "",
+            "| CALMFIRST_BULK_CHAT_TURNS | live p50 / p99 / max ms | live 503 | transcripts done / 503 "
+            "| transcript p50 s |",
+            "|---|---|---|---|---|",
+        ]
+        for x in chats["runs"]:
+            live = x["live"]
+            lines.append(
+                f"| {x['bulk_chat_turns']} | {live['p50_ms']} / {live['p99_ms']} / {live['max_ms']} | "
+                f"{live['shed_503']} | {x['transcripts_done']} / {x['transcripts_503']} | {x['transcript_p50_s']} |"
+            )
     return "\n".join(lines)
 
 
@@ -201,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="0,256:0,256",
         help="CALMFIRST_MAX_BULK_TEXTS[:CALMFIRST_BULK_QUEUE] values, one server each (the queue's default without :)",
     )
+    p.add_argument("--transcript-clients", type=int, default=4, help="transcripts beside live: clients (0: skip)")
+    p.add_argument("--transcript-turns", type=int, default=30, help="customer turns per transcript (as many agent)")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
     args = p.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -243,6 +321,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"max_bulk_texts {limit}, bulk_queue {queue}, {k} batch clients: {run}")
         finally:
             server.stop()
+    chat_runs: list[dict[str, Any]] = []
+    default_chat_turns = str(Settings.model_fields["bulk_chat_turns"].default)
+    for chat_turns in [str(10 * args.transcript_turns), default_chat_turns] if args.transcript_clients else []:
+        server = Server(args.model, env={"CALMFIRST_BULK_CHAT_TURNS": chat_turns})
+        try:
+            server.wait_ready()
+            load_test(server.url, texts, concurrency=8, requests=400)  # warm
+            wait_for_quiet(30)
+            run = asyncio.run(
+                transcripts_beside_live(
+                    server.port,
+                    texts,
+                    live_rate=args.live_rate,
+                    clients=args.transcript_clients,
+                    customer_turns=args.transcript_turns,
+                    seconds=args.seconds,
+                )
+            )
+            chat_runs.append({"bulk_chat_turns": chat_turns, **run})
+            log(f"bulk_chat_turns {chat_turns}: {run}")
+        finally:
+            server.stop()
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{machine.get('cpu', 'cpu')}, {machine.get('cores', '?')} cores",
@@ -257,6 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batch_items": BATCH_ITEMS,
             "seconds": args.seconds,
             "runs": bulk_runs,
+        },
+        "transcripts": {
+            "live_rate": args.live_rate,
+            "clients": args.transcript_clients,
+            "turns": 2 * args.transcript_turns,
+            "seconds": args.seconds,
+            "runs": chat_runs,
         },
     }
     OUT.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")

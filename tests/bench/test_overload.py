@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import urlsplit
 
-from bench.overload import PATIENCE_S, bulk_beside_live, markdown, open_loop
+from bench.overload import PATIENCE_S, bulk_beside_live, markdown, open_loop, transcript, transcripts_beside_live
 from service.settings import Settings
 from tests.service.api.live import live_server
 
@@ -36,6 +36,17 @@ def test_overload_open_loop_counts_answers_and_sheds(tiny_analyzer) -> None:  # 
     assert mixed["batches_200"] >= 2 and mixed["batches_503"] == 0 and mixed["batches_failed"] == 0
     assert mixed["bulk_texts_per_s"] > 0
     assert len(mixed["batches_per_client"]) == 2 and sum(mixed["batches_per_client"]) >= 1
+    with live_server(Settings(), tiny_analyzer) as url:
+        port = urlsplit(url).port
+        assert port is not None
+        chats = asyncio.run(
+            transcripts_beside_live(port, texts * 10, live_rate=20, clients=1, customer_turns=3, seconds=1.0)
+        )
+    assert chats["live"]["answered_200"] == 20 and chats["turns"] == 6
+    assert chats["transcripts_done"] >= 1 and chats["transcripts_failed"] == 0
+    first, second = transcript(texts, 0, 3), transcript(texts, 1, 3)
+    assert [t["role"] for t in first] == ["customer", "agent"] * 3
+    assert not {t["text"] for t in first} & {t["text"] for t in second}  # nothing kept from an earlier one
     table = markdown(
         {
             "date": "d",
@@ -50,7 +61,15 @@ def test_overload_open_loop_counts_answers_and_sheds(tiny_analyzer) -> None:  # 
                 "seconds": 1,
                 "runs": [{"max_bulk_texts": "0", "bulk_queue": "8", **mixed}],
             },
+            "transcripts": {
+                "live_rate": 20,
+                "clients": 1,
+                "turns": 6,
+                "seconds": 1,
+                "runs": [{"bulk_chat_turns": "32", **chats}],
+            },
         }
     )
     assert "| 0 (no limit) | 20 | 20 | 0 |" in table
     assert f"| 0 (no limit) | 8 | 2 | {mixed['live']['p50_ms']} / " in table
+    assert f"| 32 | {chats['live']['p50_ms']} / " in table
