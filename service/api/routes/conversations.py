@@ -18,8 +18,8 @@ def analyze_conversation(
     req: ConversationRequest, conv: ConversationsDep, settings: SettingsDep, budget: BulkBudgetDep, _: Auth
 ) -> ConversationResult:
     """A live chat (a new turn or two; the earlier ones are kept) is not counted in the bulk budget; a chat with more
-    than ``bulk_chat_turns`` turns still to score is a transcript, bulk work, and takes those turns from the budget,
-    as an explanation (the last customer turn's, up to 160 forwards) does (``service.api.admission``)."""
+    than ``bulk_chat_turns`` turns still to score is a transcript, bulk work that takes the whole budget, and an
+    explanation (the last customer turn's, up to 160 forwards) takes its texts (``service.api.admission``)."""
     check_count(len(req.turns), "turns", "turns in one conversation", settings)
     for i, t in enumerate(req.turns):
         check_text(t.text, f"turns.{i}.text", settings)
