@@ -22,7 +22,7 @@ it: bulk work, so it takes its texts from the budget like a batch. A chat with m
 turns still to score is a transcript, not a live chat (which sends a new turn or two and has the rest kept,
 ``service.live_cache``), and takes the whole budget: it scores turn by turn, so counting its turns as texts
 would let four 60-turn transcripts run at once (measured, 2026-12-05 ~19:00 UTC, 20 live messages/s beside 4
-clients posting 60-turn transcripts never seen before, ``work/s37/transcripts.py``: counted by turns, live p50
+clients posting 60-turn transcripts never seen before, by hand: counted by turns, live p50
 / p99 50 / 227 ms; one at a time, 21 / 97 ms, with 14 transcripts done in 15 s against 12). Single messages
 and live chats are not counted here (``max_inflight`` bounds them). The batch route is a plain ``def``
 (FastAPI runs it, and the validation of its large answer, in the thread pool, off the event loop) and the
