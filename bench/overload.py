@@ -28,7 +28,8 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,38 +115,77 @@ async def open_loop(
     }
 
 
+@dataclass
+class BulkAnswer:
+    """One answer to a bulk client: which client, its status, how long it took, when it came (the loop's clock)."""
+
+    client: int
+    status: int
+    seconds: float
+    at: float
+
+
+async def _beside_live(
+    port: int,
+    texts: Sequence[str],
+    *,
+    live_rate: float,
+    seconds: float,
+    clients: int,
+    path: str,
+    body: Callable[[int], bytes],
+    lead_s: float,
+) -> tuple[dict[str, Any], list[BulkAnswer], float, float]:
+    """Live single messages (``open_loop``) beside ``clients`` clients posting ``body(i)`` (the i-th request of all)
+    to ``path`` back to back, starting ``lead_s`` before the live ones; after a non-200 a client waits 1 s (the
+    default ``Retry-After``). Returns the live figures, every bulk answer and the live window (start, stop)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + (lead_s if clients else 0.0)  # the bulk work is in scoring when the live ones begin
+    stop = start + seconds
+    answers: list[BulkAnswer] = []
+    posted = 0
+
+    async def client(k: int) -> None:
+        nonlocal posted
+        while loop.time() < stop:
+            index = posted
+            posted += 1
+            status, took = await _one(port, body(index), path)
+            answers.append(BulkAnswer(k, status, took, loop.time()))
+            if status != 200:
+                await asyncio.sleep(1.0)
+
+    tasks = [asyncio.create_task(client(k)) for k in range(clients)]
+    live = await open_loop(port, texts, rate=live_rate, seconds=seconds, start=start)
+    await asyncio.gather(*tasks)
+    return live, answers, start, stop
+
+
 async def bulk_beside_live(
     port: int, texts: Sequence[str], *, live_rate: float, bulk_clients: int, seconds: float
 ) -> dict[str, Any]:
     """Live single messages every ``1/live_rate`` s for ``seconds`` s beside ``bulk_clients`` clients that post
     ``BATCH_ITEMS``-item batches back to back (after a 503 they wait its ``Retry-After``, 1 s by default)."""
     batch = json.dumps({"items": [{"text": t} for t in texts[:BATCH_ITEMS]]}, ensure_ascii=False).encode("utf-8")
-    loop = asyncio.get_running_loop()
-    start = loop.time() + (1.0 if bulk_clients else 0.0)  # the batches are in scoring when the live ones begin
-    stop = start + seconds
-    batches: list[tuple[int, float, float]] = []  # (status, seconds, finished at)
-    per_client = [0] * bulk_clients  # batches answered 200 within the window, per client
-
-    async def bulk_client(k: int) -> None:
-        while loop.time() < stop:
-            status, took = await _one(port, batch, "/v1/analyze/batch")
-            batches.append((status, took, loop.time()))
-            if status == 200 and start <= loop.time() <= stop:
-                per_client[k] += 1
-            if status != 200:
-                await asyncio.sleep(1.0)
-
-    clients = [asyncio.create_task(bulk_client(k)) for k in range(bulk_clients)]
-    live = await open_loop(port, texts, rate=live_rate, seconds=seconds, start=start)
-    await asyncio.gather(*clients)
-    done = [(took, at) for status, took, at in batches if status == 200 and start <= at <= stop]
+    live, answers, start, stop = await _beside_live(
+        port,
+        texts,
+        live_rate=live_rate,
+        seconds=seconds,
+        clients=bulk_clients,
+        path="/v1/analyze/batch",
+        body=lambda _: batch,
+        lead_s=1.0,
+    )
+    done = [a for a in answers if a.status == 200 and start <= a.at <= stop]
+    per_client = [sum(1 for a in done if a.client == k) for k in range(bulk_clients)]
     return {
         "live": live,
         "bulk_clients": bulk_clients,
-        "batches_200": sum(1 for status, _, _ in batches if status == 200),
-        "batches_503": sum(1 for status, _, _ in batches if status == 503),
-        "batches_failed": sum(1 for status, _, _ in batches if status not in (200, 503)),
-        "batch_p50_s": round(percentile([t for t, _ in done], 0.50), 2) if done else None,
+        "batches_200": sum(1 for a in answers if a.status == 200),
+        "batches_503": sum(1 for a in answers if a.status == 503),
+        "batches_failed": sum(1 for a in answers if a.status not in (200, 503)),
+        "batch_p50_s": round(percentile([a.seconds for a in done], 0.50), 2) if done else None,
         "bulk_texts_per_s": round(len(done) * BATCH_ITEMS / seconds, 1),
         "batches_per_client": per_client,
     }
@@ -173,35 +213,28 @@ async def transcripts_beside_live(
     port: int, texts: Sequence[str], *, live_rate: float, clients: int, customer_turns: int, seconds: float
 ) -> dict[str, Any]:
     """Live single messages beside ``clients`` clients posting transcripts never seen before, back to back."""
-    loop = asyncio.get_running_loop()
-    start = loop.time() + (2.0 if clients else 0.0)
-    stop = start + seconds
-    done: list[float] = []
-    statuses: list[int] = []
-    posted = [0]
 
-    async def client() -> None:
-        while loop.time() < stop:
-            index = posted[0]
-            posted[0] += 1
-            body = json.dumps({"turns": transcript(texts, index, customer_turns)}, ensure_ascii=False).encode("utf-8")
-            status, took = await _one(port, body, "/v1/conversations/analyze")
-            statuses.append(status)
-            if status == 200 and start <= loop.time() <= stop:
-                done.append(took)
-            if status != 200:
-                await asyncio.sleep(1.0)
+    def body(index: int) -> bytes:
+        return json.dumps({"turns": transcript(texts, index, customer_turns)}, ensure_ascii=False).encode("utf-8")
 
-    tasks = [asyncio.create_task(client()) for _ in range(clients)]
-    live = await open_loop(port, texts, rate=live_rate, seconds=seconds, start=start)
-    await asyncio.gather(*tasks)
+    live, answers, start, stop = await _beside_live(
+        port,
+        texts,
+        live_rate=live_rate,
+        seconds=seconds,
+        clients=clients,
+        path="/v1/conversations/analyze",
+        body=body,
+        lead_s=2.0,
+    )
+    done = [a.seconds for a in answers if a.status == 200 and start <= a.at <= stop]
     return {
         "live": live,
         "clients": clients,
         "turns": 2 * customer_turns,
         "transcripts_done": len(done),
-        "transcripts_503": sum(1 for s in statuses if s == 503),
-        "transcripts_failed": sum(1 for s in statuses if s not in (200, 503)),
+        "transcripts_503": sum(1 for a in answers if a.status == 503),
+        "transcripts_failed": sum(1 for a in answers if a.status not in (200, 503)),
         "transcript_p50_s": round(percentile(done, 0.50), 2) if done else None,
     }
 

@@ -527,14 +527,11 @@ def quality(model_dir: Path, optimised: Any) -> dict[str, Any]:
     keys = ("calm_first_f1", "type_macro_f1", "anger_qwk", "anger_accuracy", "type_accuracy", "threat_f1", "n")
     m_ref, p_ref = _metrics(ref, examples, texts)
     m_opt, p_opt = _metrics(optimised, examples, texts)
+    by_batch = {QUALITY_BATCH: _deltas(m_opt, m_ref)}
+    for bs in QUALITY_OTHER_BATCHES:
+        by_batch[bs] = _deltas(_metrics(optimised, examples, texts, batch_size=bs)[0], m_ref)
     per_script = {
-        script: {
-            "n": m_ref["per_script"][script]["n"],
-            "delta": {
-                k: round(m_opt["per_script"][script][k] - m_ref["per_script"][script][k], 4)
-                for k in ("calm_first_f1", "type_macro_f1")
-            },
-        }
+        script: {"n": m_ref["per_script"][script]["n"], "delta": by_batch[QUALITY_BATCH][script]}
         for script in m_ref["per_script"]
     }
     n = len(texts)
@@ -545,9 +542,6 @@ def quality(model_dir: Path, optimised: Any) -> dict[str, Any]:
         "calm_first": sum((a.anger_level >= 2) == (b.anger_level >= 2) for a, b in zip(p_ref, p_opt, strict=True)) / n,
     }
     max_score_diff = max(abs(a.anger_score - b.anger_score) for a, b in zip(p_ref, p_opt, strict=True))
-    by_batch = {QUALITY_BATCH: _deltas(m_opt, m_ref)}
-    for bs in QUALITY_OTHER_BATCHES:
-        by_batch[bs] = _deltas(_metrics(optimised, examples, texts, batch_size=bs)[0], m_ref)
     return {
         "split": "test",
         "examples": n,

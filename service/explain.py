@@ -22,10 +22,17 @@ MAX_UNITS = 160
 WINDOW = 2
 
 
+def _plan(text: str, window: int, max_units: int) -> tuple[list[tuple[int, int]], int, list[int]]:
+    """The units occluded, the window used, and where each occluded variant starts (no units: nothing to do)."""
+    units = _units(text)[:max_units]
+    window = max(1, min(window, len(units)))
+    return units, window, list(range(0, len(units) - window + 1)) if units else []
+
+
 def occlusion_forwards(text: str, *, window: int = WINDOW, max_units: int = MAX_UNITS) -> int:
     """Texts one explanation scores (the text and each occluded variant): what it costs, before running it."""
-    n = len(_units(text)[:max_units])
-    return 1 + n - min(window, n) + 1 if n else 0
+    units, _, starts = _plan(text, window, max_units)
+    return 1 + len(starts) if units else 0
 
 
 def occlusion_explanation(
@@ -38,11 +45,9 @@ def occlusion_explanation(
     characters catch two-character words (垃圾, 騙子) that single-character removal misses.
     Each character's weight is the mean drop of the windows that cover it.
     """
-    units = _units(text)[:max_units]
+    units, window, starts = _plan(text, window, max_units)
     if not units:
         return Explanation(base_score=None, spans=[])
-    window = max(1, min(window, len(units)))
-    starts = list(range(0, len(units) - window + 1))
     variants = [text[: units[i][0]] + text[units[i + window - 1][1] :] for i in starts]
     preds = model.predict([text, *variants], batch_size=batch_size)
     base = float(preds[0].anger_score)
