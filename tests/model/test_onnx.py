@@ -256,3 +256,24 @@ def test_onnx_spin_modes_set_the_session_and_predict_alike(model_dir: Path) -> N
     assert seen == {"forward": ("1", "1"), "never": ("0", None), "always": ("1", None)}
     with pytest.raises(ValueError, match="spin must be one of"):
         load_model(model_dir, backend="onnx", spin="sometimes")  # an error, not a fall-back to PyTorch
+
+
+def test_onnx_int8_forward_batch_is_capped(int8_model: OnnxCalmFirstModel, model_dir: Path) -> None:
+    """int8 activations are scaled per forward batch: a larger requested batch runs as passes of at most 32, so
+    its scores are those of batch 32; an fp32 export, whose scores do not depend on batch-mates, is not capped."""
+    from model.onnx.runtime import MAX_INT8_FORWARD_BATCH
+
+    ids = [[1] * 10 for _ in range(100)]
+    sizes = [len(b) for b in int8_model.batches(ids, batch_size=64)]
+    assert max(sizes) == MAX_INT8_FORWARD_BATCH == 32 and sum(sizes) == 100
+    assert max(len(b) for b in int8_model.batches(ids, batch_size=8)) == 8
+    # 70 different texts of one token count: one length bucket, so only the cap splits it (uncapped, batch 64
+    # and batch 32 differ here by ~2e-5 in the logits)
+    words = ["退款", "客服", "订单", "发票", "快递", "手机", "网络", "套餐", "账单", "经理"]
+    texts = [f"{words[i % 10]}{words[i // 10]}问题什么时候处理" for i in range(70)]
+    assert len({len(t) for t in int8_model.encode(texts)}) == 1
+    by64, by32 = int8_model.logits(texts, batch_size=64), int8_model.logits(texts, batch_size=32)
+    assert all(np.array_equal(by64[k], by32[k]) for k in by32)
+    fp32 = load_model(model_dir, backend="onnx", quantize=False, threads=1)
+    assert isinstance(fp32, OnnxCalmFirstModel)
+    assert not fp32.quantized and max(len(b) for b in fp32.batches(ids, batch_size=64)) == 64
