@@ -293,7 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help=".jsonl (default: stdout) or .csv")
     p.add_argument("--text-field", default="text")
     p.add_argument("--id-field", default="id")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="texts per model call (default 32; an int8 ONNX model runs at most 32 per forward pass)",
+    )
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--lang", choices=["zh-Hant", "zh-Hans", "en"], default=None, help="next-step language")
     p.add_argument(
