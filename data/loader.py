@@ -146,6 +146,9 @@ def load_agent_turns(
                     raise LabelError(f"agent turn {r['id']!r} has no text in {root}")
                 continue
             r["text"], r["context"] = row.text, row.meta.get("context", "")
+            for key in ("customer_before", "customer_after"):  # [text, context] of the customer turns around it
+                if key in row.meta:
+                    r[key] = json.loads(row.meta[key])
             r.setdefault("split", row.split)
         out.append(r)
     return out

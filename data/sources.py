@@ -320,6 +320,22 @@ def read_source(source: str, root: Path | None = None) -> Iterator[SourceText]:
     yield from READERS[source](root)
 
 
+def customer_turns_around(turns: list[tuple[str, str]], index: int) -> dict[str, str]:
+    """The customer turns just before and just after agent turn ``index``, each as the JSON of
+    ``[text, context]`` (``context``: ``model.context.previous_turns`` of that turn, which a model that reads
+    context takes with it, as a conversation gives it): the agent-turn model reads their anger. Absent
+    turns are left out."""
+    from model.context import previous_turns
+
+    out: dict[str, str] = {}
+    before = [j for j in range(index) if turns[j][0] == "customer" and turns[j][1]]
+    after = [j for j in range(index + 1, len(turns)) if turns[j][0] == "customer" and turns[j][1]]
+    for key, found in (("customer_before", before[-1:]), ("customer_after", after[:1])):
+        for j in found:
+            out[key] = json.dumps([turns[j][1], previous_turns(turns, j)], ensure_ascii=False)
+    return out
+
+
 def read_agent_turns(root: Path) -> Iterator[SourceText]:
     """Real organisation-to-customer turns, ids as in ``data/agent_steps``: STC-3 helpdesk
     replies ``<dialogue>-t<turn>`` (split by dialogue, like the customer turns), and the public
@@ -329,12 +345,14 @@ def read_agent_turns(root: Path) -> Iterator[SourceText]:
     dialogues = read_stc3_dialogues(root) if (root / "stc3_helpdesk").is_dir() else []
     for dia in dialogues:
         split = hash_split(f"stc3:{dia['id']}")
+        turns = stc3_turns(dia)
         last = ""
-        for i, (role, text) in enumerate(stc3_turns(dia)):
+        for i, (role, text) in enumerate(turns):
             if role == "customer":
                 last = text
             elif text:
-                yield SourceText(f"{dia['id']}-t{i}", "stc3", text, split, {"context": last})
+                meta = {"context": last, **customer_turns_around(turns, i)}
+                yield SourceText(f"{dia['id']}-t{i}", "stc3", text, split, meta)
     readers = (("tw_hospital_reviews", read_tw_hospital), ("tw_restaurant_chain_reviews", read_tw_restaurant_chain))
     for source, reader in readers:
         if not (root / source).is_dir():

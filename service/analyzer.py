@@ -11,6 +11,7 @@ import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,7 +38,7 @@ from service.results import (
     Route,
     Threat,
 )
-from service.routing.agent_steps import AgentDetector, AgentTurn
+from service.routing.agent_steps import AgentDetector, AgentTurn, CustomerAnger
 from service.routing.conversation import Turn, build_conversation
 from service.routing.playbook import DEFAULT_PLAYBOOK, ConversationRules, Playbook
 from service.routing.policy import Policy
@@ -241,6 +242,31 @@ class Analyzer:
         return occlusion_explanation(self.model, normalize_text(text), batch_size=batch_size or self.batch_size)
 
 
+@dataclass
+class ChatReads:
+    """What the models read of one or more chats, in flat lists (``ConversationAnalyzer._reads``)."""
+
+    cust_texts: list[str] = field(default_factory=list)
+    #: the customer model's inputs (a later turn with its context, for a model trained on that format)
+    cust_inputs: list[str] = field(default_factory=list)
+    agent_texts: list[str] = field(default_factory=list)
+    #: the customer turn before each agent turn (None: the agent wrote first)
+    agent_contexts: list[str | None] = field(default_factory=list)
+    #: per agent turn, the positions in ``cust_inputs`` of the customer turns just before and just after it
+    agent_around: list[tuple[int | None, int | None]] = field(default_factory=list)
+
+    def agent_keys(self) -> list[tuple[str, str, str, str]]:
+        """An agent turn's cache key: its text and context and the inputs of the customer turns around it."""
+
+        def at(k: int | None) -> str:
+            return "" if k is None else self.cust_inputs[k]
+
+        return [
+            (t, c or "", at(b), at(a))
+            for t, c, (b, a) in zip(self.agent_texts, self.agent_contexts, self.agent_around, strict=True)
+        ]
+
+
 class ConversationAnalyzer:
     """A chat: every customer turn through the ``Analyzer``, agent turns through the step detector, then the
     conversation rules (``service.routing.conversation``) for the state and the next step."""
@@ -251,7 +277,11 @@ class ConversationAnalyzer:
         self.analyzer = analyzer
         self.detector = detector
         self.customer_cache: LruCache[str, Prediction] | None = LruCache(cache_size) if cache_size else None
-        self.agent_cache: LruCache[tuple[str, str], AgentTurn] | None = LruCache(cache_size) if cache_size else None
+        #: keyed by the agent turn, its context and the model inputs of the customer turns around it (their
+        #: scores are a function of those inputs, so a key is known before anything is scored)
+        self.agent_cache: LruCache[tuple[str, str, str, str], AgentTurn] | None = (
+            LruCache(cache_size) if cache_size else None
+        )
         self.observers: list[ConversationObserver] = []
         rules = analyzer.playbook.conversation
         if rules is None:  # pragma: no cover - Playbook always fills the defaults
@@ -291,17 +321,18 @@ class ConversationAnalyzer:
         last customer and agent turns before it), the format the shipped model is trained on; a single
         message is scored as it is. Each agent turn is read with the customer's turn before it.
         """
-        cust_texts, cust_inputs, agent_texts, agent_contexts = self._reads(turns for _, turns in conversations)
-        preds, fresh = self._customer_predictions(cust_inputs)
+        reads = self._reads(turns for _, turns in conversations)
+        preds, fresh = self._customer_predictions(reads.cust_inputs)
         # the result (script, next-step language) is the message's own; only the scores read the context
         results = [
-            self.analyzer.result(p, t, id=i, lang=lang) for i, (p, t) in enumerate(zip(preds, cust_texts, strict=True))
+            self.analyzer.result(p, t, id=i, lang=lang)
+            for i, (p, t) in enumerate(zip(preds, reads.cust_texts, strict=True))
         ]
         # counted once per message: a live chat sent again brings its earlier turns back, already counted
         new = [r for r, f in zip(results, fresh, strict=True) if f]
         for observer in getattr(self.analyzer, "observers", []):
             observer.results_ready(new)
-        agent = self._agent_turns(agent_texts, agent_contexts)
+        agent = self._agent_turns(reads, preds)
         ri = ai = 0
         out = []
         for conv_id, turns in conversations:
@@ -312,39 +343,39 @@ class ConversationAnalyzer:
             ai += n_a
         return out
 
-    def _reads(
-        self, conversations: Iterable[Sequence[Turn]]
-    ) -> tuple[list[str], list[str], list[str], list[str | None]]:
-        """What the models read: customer texts and model inputs (with context), agent texts and the customer
-        turn before each."""
-        cust_texts: list[str] = []
-        cust_inputs: list[str] = []
-        agent_texts: list[str] = []
-        agent_contexts: list[str | None] = []
+    def _reads(self, conversations: Iterable[Sequence[Turn]]) -> ChatReads:
+        """What the models read: customer texts and model inputs (with context), agent texts with the customer
+        turn before each, and which customer turns are just before and just after each agent turn."""
+        out = ChatReads()
         for turns in conversations:
             pairs = [(str(t.role), t.text) for t in turns]
+            first = len(out.cust_inputs)  # this chat's first customer turn in the flat lists
+            customer_at = [i for i, t in enumerate(turns) if t.role == Role.CUSTOMER]
             last_customer: str | None = None
             for i, t in enumerate(turns):
                 if t.role == Role.CUSTOMER:
-                    cust_texts.append(t.text)
+                    out.cust_texts.append(t.text)
                     # only a model trained on the context format reads it; others (v1) see the turn alone
                     ctx = previous_turns(pairs, i) if self.reads_context else None
-                    cust_inputs.append(with_context(t.text, ctx))
+                    out.cust_inputs.append(with_context(t.text, ctx))
                     last_customer = t.text
                 else:
-                    agent_texts.append(t.text)
-                    agent_contexts.append(last_customer)
-        return cust_texts, cust_inputs, agent_texts, agent_contexts
+                    out.agent_texts.append(t.text)
+                    out.agent_contexts.append(last_customer)
+                    n_before = sum(1 for at in customer_at if at < i)
+                    before = first + n_before - 1 if n_before else None
+                    after = first + n_before if n_before < len(customer_at) else None
+                    out.agent_around.append((before, after))
+        return out
 
     def unseen_turns(self, turns: Sequence[Turn]) -> int:
         """Turns of this chat that analysing it would score now (not kept from an earlier call), before doing it:
         what it costs (``service.api.admission``). Every turn when nothing is kept."""
-        _, inputs, texts, contexts = self._reads([turns])
+        reads = self._reads([turns])
         if self.customer_cache is None or self.agent_cache is None:
-            return len(inputs) + len(texts)
-        customer = sum(1 for x in set(inputs) if x not in self.customer_cache)
-        keys = {(t, c or "") for t, c in zip(texts, contexts, strict=True)}
-        return customer + sum(1 for k in keys if k not in self.agent_cache)
+            return len(reads.cust_inputs) + len(reads.agent_texts)
+        customer = sum(1 for x in set(reads.cust_inputs) if x not in self.customer_cache)
+        return customer + sum(1 for k in set(reads.agent_keys()) if k not in self.agent_cache)
 
     def _customer_predictions(self, inputs: list[str]) -> tuple[list[Prediction], list[bool]]:
         """The predictions, and which of them were made now (all of them without the cache)."""
@@ -358,14 +389,27 @@ class ConversationAnalyzer:
         self._looked_up(Role.CUSTOMER, fresh)
         return preds, fresh
 
-    def _agent_turns(self, texts: list[str], contexts: list[str | None]) -> list[AgentTurn]:
+    def _agent_turns(self, reads: ChatReads, preds: Sequence[Prediction]) -> list[AgentTurn]:
+        """The agent turns read with the customer turn before each and the customer model's anger around each."""
+        texts, contexts = reads.agent_texts, reads.agent_contexts
         if not texts:
             return []
+
+        def score(k: int | None) -> float | None:
+            return None if k is None else preds[k].anger_score
+
+        anger = [CustomerAnger(before=score(b), after=score(a)) for b, a in reads.agent_around]
         if self.agent_cache is None:
             self._looked_up(Role.AGENT, [True] * len(texts))
-            return self.detector.detect(texts, contexts)
-        keys = [(t, c or "") for t, c in zip(texts, contexts, strict=True)]
-        found, fresh = self.agent_cache.each(keys, lambda k: self.detector.detect([k[0]], [k[1] or None])[0])
+            return self.detector.detect(texts, contexts, anger)
+        keys = reads.agent_keys()
+        by_key = dict(zip(keys, zip(texts, contexts, anger, strict=True), strict=True))
+
+        def detect_one(key: tuple[str, str, str, str]) -> AgentTurn:
+            text, context, around = by_key[key]
+            return self.detector.detect([text], [context], [around])[0]
+
+        found, fresh = self.agent_cache.each(keys, detect_one)
         self._looked_up(Role.AGENT, fresh)
         return found
 

@@ -44,7 +44,7 @@ from service.qa.scoring import (
     fit_handling_model,
 )
 from service.results import ConversationResult
-from service.routing.agent_steps import AgentTurn
+from service.routing.agent_steps import AgentTurn, CustomerAnger
 from service.routing.conversation import Turn
 
 logger = logging.getLogger(__name__)
@@ -158,15 +158,25 @@ class CachedDetector:
         self.store = store
         self.key = key
 
-    def detect(self, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[AgentTurn]:
+    def detect(
+        self,
+        texts: Sequence[str],
+        contexts: Sequence[str | None] | None = None,
+        anger: Sequence[CustomerAnger] | None = None,
+    ) -> list[AgentTurn]:
         ctx = list(contexts) if contexts is not None else [None] * len(texts)
-        keys = [_Store.key("agent", self.key, t, c or "") for t, c in zip(texts, ctx, strict=True)]
+        around = list(anger) if anger is not None else [CustomerAnger()] * len(texts)
+        keys = [
+            _Store.key("agent", self.key, t, c or "", _anger_key(a)) for t, c, a in zip(texts, ctx, around, strict=True)
+        ]
         have = self.store.get_many(sorted(set(keys)))
-        todo = {k: (t, c) for k, t, c in zip(keys, texts, ctx, strict=True) if k not in have}
+        todo = {k: (t, c, a) for k, t, c, a in zip(keys, texts, ctx, around, strict=True) if k not in have}
         items = list(todo.items())
         for start in range(0, len(items), 512):
             part = items[start : start + 512]
-            found = self.detector.detect([t for _, (t, _) in part], [c for _, (_, c) in part])
+            found = self.detector.detect(
+                [t for _, (t, _, _) in part], [c for _, (_, c, _) in part], [a for _, (_, _, a) in part]
+            )
             rows = [
                 (k, {"steps": a.steps, "mistakes": a.mistakes, "scores": a.scores})
                 for (k, _), a in zip(part, found, strict=True)
@@ -174,6 +184,11 @@ class CachedDetector:
             self.store.put_many(rows)
             have.update(dict(rows))
         return [AgentTurn(**have[k]) for k in keys]
+
+
+def _anger_key(a: CustomerAnger) -> str:
+    """The customer's anger around a turn as part of a cache key (to 6 places: a score, not a decision)."""
+    return ",".join("" if v is None else f"{v:.6f}" for v in (a.before, a.after))
 
 
 def file_checksum(*paths: Path) -> str:

@@ -53,7 +53,7 @@ import numpy as np
 
 from data.vocab import Mistake, Step, values
 from service.io.store import SqliteStore
-from service.routing.agent_steps import STEP_CODES, AgentTurn
+from service.routing.agent_steps import STEP_CODES, AgentTurn, CustomerAnger
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = ROOT / "model" / "agent_steps"
 #: Embedding cache for training and validation runs (``work/`` is ignored by git).
 DEFAULT_CACHE = ROOT / "work" / "cache" / "agent_e5.sqlite"
+#: the customer model whose anger scores the agent-turn model is trained and measured with (the shipped one)
+DEFAULT_CUSTOMER_MODEL = ROOT / "model" / "default"
 HEADS_FILE = "agent_heads.safetensors"
 CONFIG_FILE = "agent_model.json"
 METRICS_FILE = "metrics.json"
@@ -316,10 +318,17 @@ class HeadSettings:
     #: thresholds fitted on dev alone were noisy (real mistakes micro-F1 0.593 on dev, 0.389 on test); in
     #: the cross-fitted dev measure (50 halvings) train_oof gave 0.574 against 0.549 (model README).
     thresholds_on: str = "train_oof"
+    #: the customer model's anger_score of the customer turns after and before the agent turn as two more parts of
+    #: the stack (``CustomerAnger``; 0.5, logit 0, where a turn is absent). Chosen on dev by a rule written
+    #: before the run (2026-12-05; model README): real dev mistakes micro-F1 0.562 -> 0.629 with the model's own
+    #: thresholds, 0.529 -> 0.593 cross-fitted, steps 0.916 -> 0.916; the turn before carries most of it.
+    customer_anger: bool = True
 
     def __post_init__(self) -> None:
         if self.thresholds_on not in THRESHOLD_SOURCES:
             raise ValueError(f"thresholds_on: {self.thresholds_on!r} is not one of {', '.join(THRESHOLD_SOURCES)}")
+        if self.customer_anger and not self.ngram:
+            raise ValueError("customer_anger: needs ngram (the customer's anger enters through the per-code stack)")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -615,6 +624,23 @@ def apply_stack(parts: Sequence[np.ndarray], w: np.ndarray) -> np.ndarray:
     return np.asarray(1.0 / (1.0 + np.exp(-z)))
 
 
+#: the stack's parts, in order (the last two only with ``HeadSettings.customer_anger``)
+STACK_PARTS: tuple[str, ...] = ("e5 heads", "character n-grams", "customer anger after", "customer anger before")
+
+
+def anger_parts(anger: Sequence[CustomerAnger] | None, n_turns: int, n_codes: int) -> list[np.ndarray]:
+    """The customer's anger after and before each turn as two stack parts of shape (turns, codes): the same
+    score for every code (the stack weighs it per code), 0.5 (logit 0: no evidence) where a turn is absent."""
+    given = list(anger) if anger is not None else [CustomerAnger()] * n_turns
+    if len(given) != n_turns:
+        raise ValueError(f"anger: {len(given)} values for {n_turns} agent turns")
+    out = []
+    for side in ("after", "before"):
+        col = np.array([0.5 if getattr(a, side) is None else getattr(a, side) for a in given], dtype=np.float64)
+        out.append(np.repeat(col[:, None], n_codes, axis=1))
+    return out
+
+
 @dataclass
 class AgentTurnModel:
     """Heads over the frozen encoder; implements the detector interface (``detect``, ``scores``, ``codes``)."""
@@ -640,6 +666,7 @@ class AgentTurnModel:
         rows: Sequence[dict[str, Any]],
         *,
         features: TurnFeatures | None = None,
+        anger: Sequence[CustomerAnger] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> AgentTurnModel:
         """Train on labelled turns (``text``, ``context``, ``steps``, ``mistakes``): the e5 head on every turn,
@@ -673,19 +700,24 @@ class AgentTurnModel:
                     log(f"fold {k + 1}/{s.folds} done")
             self.oof_probs = oof_e5
             if s.ngram:
-                self.stack = fit_stack([oof_e5, oof_ng], y)
+                parts = [oof_e5, oof_ng, *self._anger_parts(anger, len(rows))]
+                self.stack = fit_stack(parts, y)
                 self.ngram = NgramModel.fit(texts, y, self.codes, seed=s.seed)
                 # in-sample for the stack's few weights per code, out of fold for both parts
-                self.oof_probs = apply_stack([oof_e5, oof_ng], self.stack)
+                self.oof_probs = apply_stack(parts, self.stack)
         self.thresholds = {c: self.thresholds.get(c, 0.5) for c in self.codes}
         self.encoder_name = getattr(self.encoder, "name", "")
         return self
 
     def fit_thresholds(
-        self, rows: Sequence[dict[str, Any]], *, features: TurnFeatures | None = None
+        self,
+        rows: Sequence[dict[str, Any]],
+        *,
+        features: TurnFeatures | None = None,
+        anger: Sequence[CustomerAnger] | None = None,
     ) -> dict[str, float]:
         """Per-code thresholds with the best F1 on ``rows`` (the dev split)."""
-        probs = self.probs([r["text"] for r in rows], [r.get("context") for r in rows], features=features)
+        probs = self.probs([r["text"] for r in rows], [r.get("context") for r in rows], features=features, anger=anger)
         self.thresholds = fit_thresholds(probs, label_matrix(rows, self.codes), self.codes)
         return self.thresholds
 
@@ -697,6 +729,16 @@ class AgentTurnModel:
         return self.thresholds
 
     # ------------------------------------------------------------ predict
+    @property
+    def reads_anger(self) -> bool:
+        """Whether the stack has the customer-anger parts (models saved before 2026-12-05 do not)."""
+        return self.stack is not None and self.stack.shape[1] == len(STACK_PARTS) + 1
+
+    def _anger_parts(self, anger: Sequence[CustomerAnger] | None, n_turns: int) -> list[np.ndarray]:
+        if not (self.settings.customer_anger if self.stack is None else self.reads_anger):
+            return []
+        return anger_parts(anger, n_turns, len(self.codes))
+
     def _features(self, texts: Sequence[str], contexts: Sequence[str | None] | None) -> TurnFeatures:
         if self.encoder is None:
             raise RuntimeError("the agent-turn model has no encoder")
@@ -708,8 +750,9 @@ class AgentTurnModel:
         contexts: Sequence[str | None] | None = None,
         *,
         features: TurnFeatures | None = None,
+        anger: Sequence[CustomerAnger] | None = None,
     ) -> np.ndarray:
-        """P(code) per turn, shape (turns, codes)."""
+        """P(code) per turn, shape (turns, codes); ``anger``: the customer's around each turn (None: unknown)."""
         if self.head is None:
             raise RuntimeError("the agent-turn model is not trained")
         if not texts:
@@ -717,20 +760,31 @@ class AgentTurnModel:
         features = features if features is not None else self._features(texts, contexts)
         p = _head_probs(self.head, features)
         if self.ngram is not None and self.stack is not None:
-            p = apply_stack([p, self.ngram.probs(texts)], self.stack)
+            p = apply_stack([p, self.ngram.probs(texts), *self._anger_parts(anger, len(texts))], self.stack)
         return p.astype(np.float32)
 
-    def scores(self, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[dict[str, float]]:
-        p = self.probs(texts, contexts)
+    def scores(
+        self,
+        texts: Sequence[str],
+        contexts: Sequence[str | None] | None = None,
+        anger: Sequence[CustomerAnger] | None = None,
+    ) -> list[dict[str, float]]:
+        p = self.probs(texts, contexts, anger=anger)
         return [{c: float(p[i, j]) for j, c in enumerate(self.codes)} for i in range(len(texts))]
 
     def predict_codes(self, probs: np.ndarray) -> np.ndarray:
         t = np.array([self.thresholds.get(c, 0.5) for c in self.codes], dtype=np.float32)
         return probs >= t
 
-    def detect(self, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[AgentTurn]:
-        """Steps and mistakes per agent turn; ``contexts``: the customer's turn before each (or None)."""
-        p = self.probs(texts, contexts)
+    def detect(
+        self,
+        texts: Sequence[str],
+        contexts: Sequence[str | None] | None = None,
+        anger: Sequence[CustomerAnger] | None = None,
+    ) -> list[AgentTurn]:
+        """Steps and mistakes per agent turn; ``contexts``: the customer's turn before each (or None); ``anger``:
+        the customer model's scores of the customer turns around each (``CustomerAnger``; None: unknown)."""
+        p = self.probs(texts, contexts, anger=anger)
         on = self.predict_codes(p)
         out = []
         for i in range(len(texts)):
@@ -766,7 +820,7 @@ class AgentTurnModel:
             "features": "[unit, context, unit * context, has_context]; unit = whole turn or one clause",
             "settings": self.settings.to_dict(),
             "stack": None if self.stack is None else np.round(self.stack, 6).tolist(),
-            "stack_parts": ["e5 heads", "character n-grams"],
+            "stack_parts": None if self.stack is None else list(STACK_PARTS[: self.stack.shape[1] - 1]),
             "info": self.info,
         }
         (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -790,7 +844,8 @@ class AgentTurnModel:
         path = Path(path)
         cfg = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         # models saved before thresholds_on existed had theirs fitted on dev
-        settings = HeadSettings(**{"thresholds_on": "dev", **cfg.get("settings", {})})
+        # ... and did not read the customer's anger
+        settings = HeadSettings(**{"thresholds_on": "dev", "customer_anger": False, **cfg.get("settings", {})})
         codes = tuple(cfg["codes"])
         tensors = load_file(str(path / HEADS_FILE))
         head = NumpyHead({k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")})
@@ -870,6 +925,7 @@ def measure(
     rows: Sequence[dict[str, Any]],
     *,
     probs: np.ndarray | None = None,
+    anger: Sequence[CustomerAnger] | None = None,
     levels: Sequence[int | None] | None = None,
     rules: Any = None,
 ) -> dict[str, Any]:
@@ -877,9 +933,10 @@ def measure(
     pre-selection (``real_unselected``, the mix of real traffic) and written turns. With ``levels`` (the
     customer model's level of each turn's context) and ``rules``, ``solution_while_furious`` is decided as a
     conversation decides it (:func:`with_conversation_rule`). ``probs``: the model's scores of ``rows`` when
-    already computed (both measures of one evaluation read the turns once)."""
+    already computed (both measures of one evaluation read the turns once); ``anger``: the customer's around
+    each turn (:func:`customer_anger`), for a model that reads it."""
     if probs is None:
-        probs = model.probs([r["text"] for r in rows], [r.get("context") for r in rows])
+        probs = model.probs([r["text"] for r in rows], [r.get("context") for r in rows], anger=anger)
     pred = model.predict_codes(probs) if levels is None else with_conversation_rule(model, probs, levels, rules)
     y = label_matrix(rows, model.codes)
     real = np.array([is_real(r) for r in rows])
@@ -1028,24 +1085,51 @@ def train_and_evaluate(
     splits: dict[str, list[dict[str, Any]]],
     settings: HeadSettings,
     *,
+    anger: dict[str, list[CustomerAnger]] | None = None,
     log: Callable[[str], None] | None = None,
     measure_test: bool = True,
 ) -> tuple[AgentTurnModel, dict[str, Any]]:
     """Train on ``train``, thresholds on the train split's out-of-fold scores (or on ``dev``, as
-    ``settings.thresholds_on`` says); metrics on dev and (real turns of) test."""
+    ``settings.thresholds_on`` says); metrics on dev and (real turns of) test. ``anger``: per split, the
+    customer's around each turn (:func:`customer_anger`; without it, unknown everywhere)."""
+    anger = anger or {}
     model = AgentTurnModel(encoder=encoder, settings=settings)
     train = splits["train"]
-    model.fit(train, log=log)
+    model.fit(train, anger=anger.get("train"), log=log)
     dev = splits.get("dev", [])
     if settings.thresholds_on == "train_oof":
         model.fit_thresholds_out_of_fold(train)
     elif dev:
-        model.fit_thresholds(dev)
+        model.fit_thresholds(dev, anger=anger.get("dev"))
     metrics: dict[str, Any] = {"train_turns": len(train), "dev_turns": len(dev)}
     for name, part in (("dev", dev), ("test", splits.get("test", []) if measure_test else [])):
         if part:
-            metrics[name] = measure(model, part)
+            metrics[name] = measure(model, part, anger=anger.get(name))
     return model, metrics
+
+
+def customer_anger(rows: Sequence[dict[str, Any]], scorer: Any) -> list[CustomerAnger]:
+    """The customer model's ``anger_score`` of the customer turns before and after each labelled agent turn, read
+    as a conversation reads them (with their context when ``scorer`` was trained on that format). STC-3 turns
+    carry both (``customer_before``/``customer_after``, ``data.sources.customer_turns_around``); a reply to a
+    review has the review before it; a written turn its ``context``."""
+    from model.context import with_context
+
+    reads_context = bool(getattr(scorer.config, "context_input", False))
+
+    def model_input(turn: Any) -> str | None:
+        if not turn or not str(turn[0]).strip():
+            return None
+        text, ctx = str(turn[0]), [(str(a), str(b)) for a, b in turn[1]]
+        return with_context(text, ctx) if reads_context else text
+
+    pairs = []
+    for r in rows:
+        before = r.get("customer_before") or [r.get("context") or "", []]
+        pairs.append((model_input(before), model_input(r.get("customer_after"))))
+    inputs = sorted({x for pair in pairs for x in pair if x})
+    score = {x: p.anger_score for x, p in zip(inputs, scorer.predict(inputs), strict=True)} if inputs else {}
+    return [CustomerAnger(before=score.get(b or ""), after=score.get(a or "")) for b, a in pairs]
 
 
 def _cmd_train(args: Any) -> int:
@@ -1056,7 +1140,15 @@ def _cmd_train(args: Any) -> int:
     enc = _cached_encoder(args.cache, args.threads)
     splits = training_rows(args.data, exclude_stc3_holdout=not args.keep_stc3_holdout)
     started = time.perf_counter()
-    model, metrics = train_and_evaluate(enc, splits, settings, log=logger.info, measure_test=not args.no_test)
+    anger = None
+    if settings.customer_anger:
+        from model.loading import load_model
+
+        scorer = load_model(args.customer_model)
+        anger = {name: customer_anger(rows, scorer) for name, rows in splits.items()}
+    model, metrics = train_and_evaluate(
+        enc, splits, settings, anger=anger, log=logger.info, measure_test=not args.no_test
+    )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     model.info = {
         "trained_on": "train split of data/agent_steps/agent_turns.jsonl (real + written)"
@@ -1065,6 +1157,8 @@ def _cmd_train(args: Any) -> int:
         "measured_on": "test split (held out), real turns reported apart",
         "encoder": enc.name,
     }
+    if settings.customer_anger:
+        model.info["customer_anger_from"] = str(args.customer_model)
     model.encoder_name = enc.name
     if args.output is not None:
         model.save(args.output, metrics=metrics)
@@ -1082,12 +1176,10 @@ def _cmd_train(args: Any) -> int:
     return 0
 
 
-def _rule_inputs(customer_model: Path, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _rule_inputs(scorer: Any, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The customer model's level of each turn's context and the default playbook's conversation rules."""
-    from model.loading import load_model
     from service.routing.playbook import DEFAULT_PLAYBOOK, Playbook
 
-    scorer = load_model(customer_model)
     ctx = [(i, r["context"]) for i, r in enumerate(rows) if r.get("context")]
     levels: list[int | None] = [None] * len(rows)
     for (i, _), pred in zip(ctx, scorer.predict([c for _, c in ctx]), strict=True):
@@ -1100,10 +1192,16 @@ def _cmd_evaluate(args: Any) -> int:
     enc = _cached_encoder(args.cache, args.threads)
     model = AgentTurnModel.load(args.model, encoder=enc)
     rows = training_rows(args.data)[args.split]
-    probs = model.probs([r["text"] for r in rows], [r.get("context") for r in rows])
+    scorer = None
+    if args.customer_model is not None or model.reads_anger:
+        from model.loading import load_model
+
+        scorer = load_model(args.customer_model or DEFAULT_CUSTOMER_MODEL)
+    anger = customer_anger(rows, scorer) if model.reads_anger and scorer is not None else None
+    probs = model.probs([r["text"] for r in rows], [r.get("context") for r in rows], anger=anger)
     out = measure(model, rows, probs=probs)
     if args.customer_model is not None:
-        by_rule = measure(model, rows, probs=probs, **_rule_inputs(args.customer_model, rows))
+        by_rule = measure(model, rows, probs=probs, **_rule_inputs(scorer, rows))
         out = {"model_score": out, "conversation_rule": by_rule}
     if args.write:
         path = Path(args.model) / METRICS_FILE
@@ -1143,6 +1241,12 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exerci
             p.add_argument("--thresholds-on", default=HeadSettings.thresholds_on, choices=tuple(THRESHOLD_SOURCES))
             p.add_argument("--keep-stc3-holdout", action="store_true", help="train on the held-out STC-3 chats too")
             p.add_argument("--no-test", action="store_true", help="dev figures only (for choosing settings)")
+            p.add_argument(
+                "--customer-model",
+                type=Path,
+                default=DEFAULT_CUSTOMER_MODEL,
+                help="the customer model whose anger the stack reads (HeadSettings.customer_anger)",
+            )
         if name == "evaluate":
             p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
             p.add_argument("--write", action="store_true", help="record the figures in the model's metrics.json")

@@ -40,10 +40,25 @@ class AgentTurn:
     scores: dict[str, float]
 
 
+@dataclass(frozen=True)
+class CustomerAnger:
+    """The customer model's ``anger_score`` of the customer turns just before and just after an agent turn, as
+    the conversation scored them (None: no such turn, e.g. the chat's last agent turn). The e5 agent-turn model
+    reads them for its mistakes: an argued or blaming reply sits between an angry turn and an angrier one."""
+
+    before: float | None = None
+    after: float | None = None
+
+
 class AgentDetector(Protocol):
     """What reads agent turns: the e5 agent-turn model (``service.routing.agent_model``) or this TF-IDF one."""
 
-    def detect(self, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[AgentTurn]: ...
+    def detect(
+        self,
+        texts: Sequence[str],
+        contexts: Sequence[str | None] | None = None,
+        anger: Sequence[CustomerAnger] | None = None,
+    ) -> list[AgentTurn]: ...
 
 
 def read_examples(path: Path = DEFAULT_DATA) -> list[dict[str, Any]]:
@@ -122,10 +137,15 @@ class AgentStepDetector:
         cols = {code: clf.predict_proba(x)[:, 1] for code, clf in self._models.items()}
         return [{code: float(cols[code][i]) if code in cols else 0.0 for code in self.codes} for i in range(len(texts))]
 
-    def detect(self, texts: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[AgentTurn]:
-        """Steps and mistakes per turn; ``contexts`` (the customer's turn before) is accepted for the common
-        interface with the e5 model and not read: n-grams of the agent's own words are all this model sees."""
-        del contexts
+    def detect(
+        self,
+        texts: Sequence[str],
+        contexts: Sequence[str | None] | None = None,
+        anger: Sequence[CustomerAnger] | None = None,
+    ) -> list[AgentTurn]:
+        """Steps and mistakes per turn; ``contexts`` (the customer's turn before) and ``anger`` are accepted for the
+        common interface with the e5 model and not read: n-grams of the agent's own words are all this model sees."""
+        del contexts, anger
         out = []
         for s in self.scores(texts):
             steps = [c for c in STEP_CODES if s[c] >= self.threshold]

@@ -33,7 +33,7 @@ class _Detector:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str | None]] = []
 
-    def detect(self, texts, contexts=None):  # type: ignore[no-untyped-def]
+    def detect(self, texts, contexts=None, anger=None):  # type: ignore[no-untyped-def]
         self.seen.extend(zip(texts, contexts or [None] * len(texts), strict=True))
         return [AgentTurn(steps=[], mistakes=[], scores={}) for _ in texts]
 

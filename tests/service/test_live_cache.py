@@ -9,7 +9,7 @@ import pytest
 from data.vocab import Role
 from service.analyzer import Analyzer, ConversationAnalyzer
 from service.live_cache import LruCache
-from service.routing.agent_steps import AgentTurn
+from service.routing.agent_steps import AgentTurn, CustomerAnger
 from service.routing.conversation import Turn
 from tests.service.test_conversation_context import _Recording
 
@@ -24,13 +24,16 @@ CHAT = [
 
 
 class _Detector:
-    """Counts what it reads, one call per batch; codes that depend on the turn alone."""
+    """Counts what it reads, one call per batch (and the customer's anger it was given); codes that depend on the
+    turn alone."""
 
     def __init__(self) -> None:
         self.calls: list[list[tuple[str, str | None]]] = []
+        self.anger: list[CustomerAnger] = []
 
-    def detect(self, texts, contexts=None):  # type: ignore[no-untyped-def]
+    def detect(self, texts, contexts=None, anger=None):  # type: ignore[no-untyped-def]
         self.calls.append(list(zip(texts, contexts or [None] * len(texts), strict=True)))
+        self.anger += list(anger or [])
         return [AgentTurn(steps=["apologize"] if "抱歉" in t else [], mistakes=[], scores={"x": len(t)}) for t in texts]
 
 
@@ -96,17 +99,25 @@ def test_live_chat_sent_again_scores_only_its_new_turns(tiny_model) -> None:  # 
 
     assert cached.unseen_turns(CHAT[:4]) == 4  # what the call will cost, told before it
     first = cached.analyze(CHAT[:4], id="c1").model_dump(mode="json")
-    assert cached.unseen_turns(CHAT[:4]) == 0 and cached.unseen_turns(CHAT) == 2
+    # two new turns, and the agent turn the new customer turn answers: read again with the customer's reaction
+    assert cached.unseen_turns(CHAT[:4]) == 0 and cached.unseen_turns(CHAT) == 3
     hits = cached.customer_cache.hits  # type: ignore[union-attr]
-    assert cached.unseen_turns(CHAT) == 2 and cached.customer_cache.hits == hits  # type: ignore[union-attr]  # a look
+    assert cached.unseen_turns(CHAT) == 3 and cached.customer_cache.hits == hits  # type: ignore[union-attr]  # a look
     assert len(model.seen) == 2 and sum(len(c) for c in detector.calls) == 2
     assert all(len(c) == 1 for c in detector.calls)  # new turns one at a time
     model.seen.clear()
     detector.calls.clear()
+    detector.anger.clear()
 
     second = cached.analyze(CHAT, id="c1").model_dump(mode="json")
     assert len(model.seen) == 1 and model.seen[0].startswith("快一點")  # only the new customer turn
-    assert [c[0][0] for c in detector.calls] == ["已經幫您辦理退款了"]  # only the new agent turn
+    # the new agent turn, and the one before it, now followed by a customer turn
+    assert sorted(c[0][0] for c in detector.calls) == sorted(["好的,我現在幫您查詢,請稍等", "已經幫您辦理退款了"])
+    scores = [t["result"]["anger"]["score"] for t in second["turns"] if t["role"] == "customer"]
+    by_text = {c[0][0]: a for c, a in zip(detector.calls, detector.anger, strict=True)}
+    middle, last = by_text["好的,我現在幫您查詢,請稍等"], by_text["已經幫您辦理退款了"]
+    assert (middle.before, middle.after) == pytest.approx((scores[1], scores[2]), abs=1e-6)  # the output rounds
+    assert last.before == pytest.approx(scores[2], abs=1e-6) and last.after is None
     assert second["turns"][:4] == first["turns"]  # the turns kept answer exactly as before
     assert second["turns"][1]["steps"] == ["apologize"]
 

@@ -23,7 +23,7 @@ class _Steps:
 
     calls = 0
 
-    def detect(self, texts, contexts=None):  # type: ignore[no-untyped-def]
+    def detect(self, texts, contexts=None, anger=None):  # type: ignore[no-untyped-def]
         _Steps.calls += len(texts)
         out = []
         for t in texts:

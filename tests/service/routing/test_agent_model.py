@@ -18,6 +18,7 @@ from service.routing.agent_model import (
     NgramModel,
     apply_stack,
     clauses,
+    customer_anger,
     evaluate_codes,
     featurize,
     fit_stack,
@@ -30,7 +31,7 @@ from service.routing.agent_model import (
     units,
     with_conversation_rule,
 )
-from service.routing.agent_steps import AgentTurn
+from service.routing.agent_steps import AgentTurn, CustomerAnger
 from tests.conftest import TINY_AGENT_TURNS, build_tiny_tokenizer
 
 TURNS = TINY_AGENT_TURNS
@@ -115,7 +116,7 @@ def test_train_predict_save_load_end_to_end(encoder: E5Encoder, tmp_path: Path) 
     assert {p.name for p in (tmp_path / "agent").iterdir()} == {
         "agent_heads.safetensors", "agent_model.json", "agent_ngrams.json", "metrics.json",
     }  # fmt: skip
-    assert model.ngram is not None and model.stack is not None and model.stack.shape == (len(CODES), 3)
+    assert model.ngram is not None and model.stack is not None and model.stack.shape == (len(CODES), 5)
     again = AgentTurnModel.load(tmp_path / "agent", encoder=encoder)
     p2 = again.probs([r["text"] for r in splits["train"]], [r["context"] for r in splits["train"]])
     assert np.allclose(probs, p2, atol=1e-6) and again.thresholds == model.thresholds
@@ -149,7 +150,9 @@ def test_thresholds_on_train_out_of_fold_or_dev(encoder: E5Encoder, tmp_path: Pa
 
 
 def test_interrogated_is_always_also_ask_details(encoder: E5Encoder) -> None:
-    model = AgentTurnModel(encoder=encoder, settings=HeadSettings(hidden=8, epochs=1, ngram=False)).fit(_rows())
+    model = AgentTurnModel(
+        encoder=encoder, settings=HeadSettings(hidden=8, epochs=1, ngram=False, customer_anger=False)
+    ).fit(_rows())
     model.thresholds = {c: (0.0 if c == "interrogated" else 1.01) for c in CODES}
     (turn,) = model.detect(["帳號？身分證？講清楚"])
     assert turn.mistakes == ["interrogated"] and turn.steps == ["ask_details"]
@@ -305,3 +308,81 @@ def test_solution_while_furious_decided_as_a_conversation_decides_it() -> None:
     j = CODES.index("solution_while_furious")
     assert pred[:, j].tolist() == [False, True, False, False, False]
     assert (np.delete(pred, j, axis=1) == np.delete(probs >= 0.5, j, axis=1)).all()  # every other code as predicted
+
+
+def test_customer_anger_enters_the_stack_and_is_saved(encoder: E5Encoder, tmp_path: Path) -> None:
+    """With ``customer_anger`` (the default) the stack reads the customer's anger after and before each turn: two
+    more parts, named in the saved config; unknown anger is 0.5 (logit 0, no evidence). A model saved before the
+    setting existed (a stack of two parts) reads turns as before, whatever anger it is given."""
+    train = _rows()
+    y = label_matrix(train)
+    mistaken = y[:, [CODES.index(c) for c in ("argued", "blamed_customer", "last_word")]].any(axis=1)
+    # the customer is angrier around the turns with a mistake: the stack must learn a positive weight for it
+    anger = [CustomerAnger(before=0.9 if m else 0.1, after=0.95 if m else 0.05) for m in mistaken]
+    settings = HeadSettings(hidden=16, epochs=30, lr=1e-2, batch_size=4, dropout=0.0, folds=2)
+    model, _ = train_and_evaluate(encoder, {"train": train, "dev": []}, settings, anger={"train": anger})
+    assert model.reads_anger and model.stack is not None and model.stack.shape == (len(CODES), 5)
+    argued = CODES.index("argued")
+    assert model.stack[argued, 2] > 0 or model.stack[argued, 3] > 0
+    texts, ctx = [r["text"] for r in train], [r["context"] for r in train]
+    calm = model.probs(texts, ctx, anger=[CustomerAnger(0.05, 0.05)] * len(texts))
+    angry = model.probs(texts, ctx, anger=[CustomerAnger(0.95, 0.95)] * len(texts))
+    unknown = model.probs(texts, ctx)
+    assert (angry[:, argued] > calm[:, argued]).all()
+    assert np.allclose(unknown, model.probs(texts, ctx, anger=[CustomerAnger(0.5, 0.5)] * len(texts)))
+    with pytest.raises(ValueError, match="anger"):
+        model.probs(texts, ctx, anger=[CustomerAnger()])
+    model.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "agent_model.json").read_text(encoding="utf-8"))
+    assert cfg["stack_parts"][2:] == ["customer anger after", "customer anger before"]
+    assert cfg["settings"]["customer_anger"] is True
+    again = AgentTurnModel.load(tmp_path / "m", encoder=encoder)
+    assert np.allclose(again.probs(texts, ctx, anger=[CustomerAnger(0.95, 0.95)] * len(texts)), angry, atol=1e-6)
+    # the format of before: two parts, no setting
+    cfg["stack"] = [row[:2] + row[-1:] for row in cfg["stack"]]
+    cfg["stack_parts"] = cfg["stack_parts"][:2]
+    del cfg["settings"]["customer_anger"]
+    (tmp_path / "m" / "agent_model.json").write_text(json.dumps(cfg), encoding="utf-8")
+    old = AgentTurnModel.load(tmp_path / "m", encoder=encoder)
+    assert not old.reads_anger and old.settings.customer_anger is False
+    assert np.allclose(old.probs(texts, ctx, anger=[CustomerAnger(0.95, 0.95)] * len(texts)), old.probs(texts, ctx))
+    with pytest.raises(ValueError, match="customer_anger"):
+        HeadSettings(ngram=False)
+
+
+class _Scorer:
+    """A customer model stand-in that records what it is asked to score (the inputs are what is tested)."""
+
+    def __init__(self, context_input: bool) -> None:
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(context_input=context_input)
+        self.seen: list[str] = []
+
+    def predict(self, texts):  # type: ignore[no-untyped-def]
+        from types import SimpleNamespace
+
+        self.seen += list(texts)
+        return [SimpleNamespace(anger_score=len(t) / 100) for t in texts]
+
+
+def test_customer_anger_reads_the_turns_around_as_a_conversation_does() -> None:
+    from model.context import with_context
+
+    rows = [
+        # an STC-3 turn: the customer turns before and after, each with its own context
+        {"text": "a", "context": "太慢了", "customer_before": ["太慢了", [["agent", "您好"]]],
+         "customer_after": ["還是不行", [["customer", "太慢了"], ["agent", "a"]]]},
+        {"text": "b", "context": "評論很長"},  # a reply to a review: the review before, nothing after
+        {"text": "c", "context": ""},  # a written turn with nothing before it
+    ]  # fmt: skip
+    scorer = _Scorer(context_input=True)
+    out = customer_anger(rows, scorer)
+    before0 = with_context("太慢了", [("agent", "您好")])
+    after0 = with_context("還是不行", [("customer", "太慢了"), ("agent", "a")])
+    assert out[0] == CustomerAnger(before=len(before0) / 100, after=len(after0) / 100)
+    assert out[1] == CustomerAnger(before=len("評論很長") / 100, after=None)
+    assert out[2] == CustomerAnger()
+    assert sorted(scorer.seen) == sorted({before0, after0, "評論很長"})
+    alone = _Scorer(context_input=False)
+    assert customer_anger(rows, alone)[0] == CustomerAnger(before=0.03, after=0.04)  # the turns alone

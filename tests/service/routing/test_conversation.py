@@ -45,7 +45,7 @@ def _result(level: int, ctype: str = "billing", *, threat: bool = False, script:
 class _NoDetector:
     """The rules never need the detector: agent turns are given as steps."""
 
-    def detect(self, texts, contexts=None):  # type: ignore[no-untyped-def]
+    def detect(self, texts, contexts=None, anger=None):  # type: ignore[no-untyped-def]
         return [AgentTurn(steps=[], mistakes=[], scores={}) for _ in texts]
 
 
