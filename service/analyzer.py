@@ -282,6 +282,9 @@ class ConversationAnalyzer:
         self.agent_cache: LruCache[tuple[str, str, str, str], AgentTurn] | None = (
             LruCache(cache_size) if cache_size else None
         )
+        keep_parts = getattr(detector, "keep_parts", None)  # the e5 model: a re-read costs only its stack
+        if cache_size and callable(keep_parts):
+            keep_parts(cache_size)
         self.observers: list[ConversationObserver] = []
         rules = analyzer.playbook.conversation
         if rules is None:  # pragma: no cover - Playbook always fills the defaults

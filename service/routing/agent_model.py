@@ -659,6 +659,19 @@ class AgentTurnModel:
     #: the final probabilities of the train turns, each from parts not trained on it (set by ``fit`` when
     #: there are folds; not saved): what ``fit_thresholds_out_of_fold`` fits on
     oof_probs: np.ndarray | None = field(default=None, repr=False)
+    #: the two text parts' scores of turns already read, by (turn, context) (``keep_parts``; off by default)
+    parts_cache: Any = field(default=None, repr=False)
+
+    def keep_parts(self, size: int) -> None:
+        """Keep the e5 and n-gram scores of the last ``size`` turns read (by turn and customer turn before it).
+
+        Why: in a live chat an agent turn is read again when the customer answers it (the customer's anger after
+        it is one of the stack's parts), and only the stack needs computing again: without this the re-read costs
+        the e5 forwards of all its units again (a call after a customer message 6 -> 15 ms, 2-core Intel Xeon,
+        2026-12-05). A turn's parts do not depend on what it is read with (each missing one is read alone)."""
+        from service.live_cache import LruCache
+
+        self.parts_cache = LruCache(size) if size else None
 
     # -------------------------------------------------------------- train
     def fit(
@@ -757,11 +770,30 @@ class AgentTurnModel:
             raise RuntimeError("the agent-turn model is not trained")
         if not texts:
             return np.zeros((0, len(self.codes)), dtype=np.float32)
+        if features is None and self.parts_cache is not None and self.ngram is not None and self.stack is not None:
+            p_e5, p_ng = self._kept_parts(texts, contexts)
+            return apply_stack([p_e5, p_ng, *self._anger_parts(anger, len(texts))], self.stack).astype(np.float32)
         features = features if features is not None else self._features(texts, contexts)
         p = _head_probs(self.head, features)
         if self.ngram is not None and self.stack is not None:
             p = apply_stack([p, self.ngram.probs(texts), *self._anger_parts(anger, len(texts))], self.stack)
         return p.astype(np.float32)
+
+    def _kept_parts(self, texts: Sequence[str], contexts: Sequence[str | None] | None) -> tuple[np.ndarray, np.ndarray]:
+        """The e5 and n-gram scores of each turn, from ``parts_cache`` or read now, each missing turn alone."""
+        if self.ngram is None:  # pragma: no cover - checked by the caller
+            raise RuntimeError("no n-gram part")
+        ctx = list(contexts) if contexts is not None else [None] * len(texts)
+        rows_e5, rows_ng = [], []
+        for text, c in zip(texts, ctx, strict=True):
+            key = (text, c or "")
+            kept = self.parts_cache.get(key)
+            if kept is None:
+                kept = (_head_probs(self.head, self._features([text], [c]))[0], self.ngram.probs([text])[0])
+                self.parts_cache.put(key, kept)
+            rows_e5.append(kept[0])
+            rows_ng.append(kept[1])
+        return np.stack(rows_e5), np.stack(rows_ng)
 
     def scores(
         self,

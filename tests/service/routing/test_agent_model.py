@@ -386,3 +386,31 @@ def test_customer_anger_reads_the_turns_around_as_a_conversation_does() -> None:
     assert sorted(scorer.seen) == sorted({before0, after0, "評論很長"})
     alone = _Scorer(context_input=False)
     assert customer_anger(rows, alone)[0] == CustomerAnger(before=0.03, after=0.04)  # the turns alone
+
+
+def test_kept_parts_make_a_re_read_cost_only_the_stack(encoder: E5Encoder) -> None:
+    """With ``keep_parts`` (the live server's), a turn read again with new anger around it is not embedded again,
+    and its scores are those of a turn read alone without the cache."""
+    settings = HeadSettings(hidden=16, epochs=10, lr=1e-2, batch_size=4, dropout=0.0, folds=2)
+    model, _ = train_and_evaluate(encoder, {"train": _rows(), "dev": []}, settings)
+    text, ctx = "系統顯示您已經簽收了", "我根本沒收到"
+    alone = [model.probs([text], [ctx], anger=[a]) for a in (CustomerAnger(0.2), CustomerAnger(0.2, 0.9))]
+
+    class _Counting:
+        def __init__(self, inner: E5Encoder) -> None:
+            self.inner, self.dim, self.name, self.texts = inner, inner.dim, inner.name, 0
+
+        def encode(self, texts):  # type: ignore[no-untyped-def]
+            self.texts += len(texts)
+            return self.inner.encode(texts)
+
+    counting = _Counting(encoder)
+    model.encoder = counting  # type: ignore[assignment]
+    model.keep_parts(8)
+    first = model.probs([text], [ctx], anger=[CustomerAnger(0.2)])
+    read = counting.texts
+    again = model.probs([text], [ctx], anger=[CustomerAnger(0.2, 0.9)])
+    assert read > 0 and counting.texts == read  # the second read embedded nothing
+    assert np.allclose(first, alone[0], atol=1e-6) and np.allclose(again, alone[1], atol=1e-6)
+    model.keep_parts(0)
+    assert model.parts_cache is None
