@@ -322,7 +322,8 @@ class ConversationAnalyzer:
 
         Each customer turn after the first is scored with its context (``model.context.with_context``: the
         last customer and agent turns before it), the format the shipped model is trained on; a single
-        message is scored as it is. Each agent turn is read with the customer's turn before it.
+        message is scored as it is. Each agent turn is read with the customer's turn before it and the customer model's
+        anger scores of the customer turns just before and just after it.
         """
         reads = self._reads(turns for _, turns in conversations)
         preds, fresh = self._customer_predictions(reads.cust_inputs)
@@ -353,7 +354,7 @@ class ConversationAnalyzer:
         for turns in conversations:
             pairs = [(str(t.role), t.text) for t in turns]
             first = len(out.cust_inputs)  # this chat's first customer turn in the flat lists
-            customer_at = [i for i, t in enumerate(turns) if t.role == Role.CUSTOMER]
+            n_customer = sum(1 for t in turns if t.role == Role.CUSTOMER)
             last_customer: str | None = None
             for i, t in enumerate(turns):
                 if t.role == Role.CUSTOMER:
@@ -365,9 +366,9 @@ class ConversationAnalyzer:
                 else:
                     out.agent_texts.append(t.text)
                     out.agent_contexts.append(last_customer)
-                    n_before = sum(1 for at in customer_at if at < i)
+                    n_before = len(out.cust_inputs) - first  # customer turns of this chat so far
                     before = first + n_before - 1 if n_before else None
-                    after = first + n_before if n_before < len(customer_at) else None
+                    after = first + n_before if n_before < n_customer else None
                     out.agent_around.append((before, after))
         return out
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
+
 from model.context import CONTEXT_MARK, previous_turns, with_context
 from service.analyzer import Analyzer, ConversationAnalyzer
 from service.routing.agent_steps import AgentTurn
@@ -73,3 +75,28 @@ def test_a_model_not_trained_on_context_reads_each_turn_alone(tiny_model) -> Non
     ConversationAnalyzer(Analyzer(model), detector).analyze(TURNS)  # type: ignore[arg-type]
     assert model.seen == ["帳單怎麼多了三百?", "還是不對"]
     assert detector.seen[1] == ("已經幫您退回了", "還是不對")  # agent turns still read with the customer's turn
+
+
+def test_agent_turns_get_the_anger_of_the_customer_turns_around_them(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    """Several chats in one batched pass (``calmfirst qa``): each agent turn gets the scores of its own chat's customer
+    turns just before and after it, none from a neighbouring chat."""
+    detector = _Detector()
+    anger: list[Any] = []
+    original = detector.detect
+
+    def recording(texts, contexts=None, anger_around=None):  # type: ignore[no-untyped-def]
+        anger.extend(anger_around or [])
+        return original(texts, contexts)
+
+    detector.detect = recording  # type: ignore[method-assign]
+    conv = ConversationAnalyzer(Analyzer(_Recording(tiny_model, context_input=True)), detector)  # type: ignore[arg-type]
+    second = [Turn("agent", "您好，請問有什麼可以幫您?"), Turn("customer", "網路又斷了!!"), Turn("agent", "抱歉")]
+    reads = conv._reads([TURNS, second])
+    assert reads.agent_around == [(0, 1), (1, None), (None, 2), (2, None)]
+    out = conv.analyze_many([("a", TURNS), ("b", second)])
+    score = [t.result.anger.score for o in out for t in o.turns if t.role == "customer"]  # type: ignore[union-attr]
+    expected = [(score[0], score[1]), (score[1], None), (None, score[2]), (score[2], None)]
+    for a, (before, after) in zip(anger, expected, strict=True):  # the results round scores to 6 places
+        assert (a.before is None) == (before is None) and (a.after is None) == (after is None)
+        assert a.before is None or a.before == pytest.approx(before, abs=1e-5)
+        assert a.after is None or a.after == pytest.approx(after, abs=1e-5)
