@@ -100,6 +100,7 @@ class _Actor:
         logging.basicConfig(level=logging.WARNING)
         full = Settings(**settings, intra_op_threads=1, workers=1, microbatch_max_size=1)
         self.analyzer = Analyzer.from_settings(full, model_path=model_path)
+        self.analyzer_backend = full.backend
 
     def score(self, payload: str) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -130,12 +131,27 @@ class ScoreChunks(_Actor):
 class QAChunks(_Actor):
     """``qa``: a chunk of conversations (``chunk_to_json``) -> its ``ChunkOutput`` as JSON."""
 
-    def __init__(self, settings: dict[str, Any], model_path: str | None, *, keep_text: bool, lang: str | None):
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        model_path: str | None,
+        *,
+        keep_text: bool,
+        lang: str | None,
+        agent_model: str = "",
+    ):
         super().__init__(settings, model_path)
         from service.analyzer import ConversationAnalyzer
+        from service.routing.agent_model import load_agent_detector
         from service.routing.agent_steps import AgentStepDetector
 
-        self.conv_an = ConversationAnalyzer(self.analyzer, AgentStepDetector.from_data())
+        # the agent-turn detector the local engine would use (``agent_model``: the driver's CALMFIRST_AGENT_MODEL,
+        # passed on because a worker of an existing cluster does not have the driver's environment)
+        if agent_model.lower() == "tfidf":
+            detector: Any = AgentStepDetector.from_data()
+        else:
+            detector = load_agent_detector(agent_model or None, backend=self.analyzer_backend, threads=1)
+        self.conv_an = ConversationAnalyzer(self.analyzer, detector)
         self.keep_text = keep_text
         self.lang = lang
 
@@ -297,11 +313,14 @@ class RayQAScorer:
         cpus: int,
         options: RayOptions,
     ) -> None:
+        from service.routing.agent_model import AGENT_MODEL_ENV
+
         self.kwargs = {
             "settings": worker_settings(settings),
             "model_path": model_path,
             "keep_text": keep_text,
             "lang": lang,
+            "agent_model": os.environ.get(AGENT_MODEL_ENV, "").strip(),
         }
         self.cpus = cpus
         self.options = options

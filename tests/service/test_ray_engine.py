@@ -238,3 +238,24 @@ def test_ray_score_starts_a_local_ray_without_address(
     assert not ray.is_initialized()
     local = [json.loads(x) for x in (tmp_path / "l.jsonl").read_text(encoding="utf-8").splitlines()]
     _same_results(local, [json.loads(x) for x in (tmp_path / "r.jsonl").read_text(encoding="utf-8").splitlines()])
+
+
+def test_ray_qa_reads_agent_turns_with_the_detector_the_local_engine_uses(
+    model_dir: Path, tiny_agent_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver's CALMFIRST_AGENT_MODEL travels to the actors (a worker of an existing cluster does not have
+    the driver's environment): the e5 agent-turn model where the local engine would load it, TF-IDF where asked.
+    Until 2026-12-05 the actors always read agent turns with TF-IDF."""
+    from service.ray_engine import QAChunks, RayQAScorer
+    from service.routing.agent_model import AgentTurnModel
+    from service.routing.agent_steps import AgentStepDetector
+    from service.settings import Settings
+
+    monkeypatch.setenv("CALMFIRST_AGENT_MODEL", str(tiny_agent_model_dir))
+    runner = RayQAScorer(Settings(), model_path=str(model_dir), keep_text=False, lang=None, cpus=1, options=None)  # type: ignore[arg-type]
+    assert runner.kwargs["agent_model"] == str(tiny_agent_model_dir)
+    settings = {"backend": "torch"}  # the tiny agent model's encoder through PyTorch: no export to build here
+    actor = QAChunks(settings, str(model_dir), keep_text=False, lang=None, agent_model=runner.kwargs["agent_model"])
+    assert isinstance(actor.conv_an.detector, AgentTurnModel)
+    actor = QAChunks(settings, str(model_dir), keep_text=False, lang=None, agent_model="tfidf")
+    assert isinstance(actor.conv_an.detector, AgentStepDetector)
