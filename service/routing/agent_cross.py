@@ -323,7 +323,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     npz = np.load(Path(args.model) / "probs.npz")
     if list(npz["codes"]) != list(shipped.codes) or list(npz["dev_ids"]) != [str(r["id"]) for r in dev]:
         raise SystemExit(f"{args.model}/probs.npz is not of these codes and dev turns: run `probs` again")
-    p_ship = shipped.probs([r["text"] for r in dev], [r.get("context") for r in dev])
+    anger = None
+    if shipped.reads_anger:  # the shipped stack reads the customer's anger around each turn: give it, as measured
+        from model.loading import load_model
+        from service.routing.agent_model import DEFAULT_CUSTOMER_MODEL, customer_anger
+
+        anger = customer_anger(dev, load_model(DEFAULT_CUSTOMER_MODEL))
+    p_ship = shipped.probs([r["text"] for r in dev], [r.get("context") for r in dev], anger=anger)
     p_cross = npz["dev_probs"]
     mis = np.array([c in MISTAKE_CODES for c in shipped.codes])
     candidates = {"shipped": p_ship}
