@@ -250,10 +250,13 @@ class ChatReads:
     #: the customer model's inputs (a later turn with its context, for a model trained on that format)
     cust_inputs: list[str] = field(default_factory=list)
     agent_texts: list[str] = field(default_factory=list)
-    #: the customer turn before each agent turn (None: the agent wrote first)
-    agent_contexts: list[str | None] = field(default_factory=list)
     #: per agent turn, the positions in ``cust_inputs`` of the customer turns just before and just after it
     agent_around: list[tuple[int | None, int | None]] = field(default_factory=list)
+
+    @property
+    def agent_contexts(self) -> list[str | None]:
+        """The customer turn before each agent turn (None: the agent wrote first)."""
+        return [None if b is None else self.cust_texts[b] for b, _ in self.agent_around]
 
     def agent_keys(self) -> list[tuple[str, str, str, str]]:
         """An agent turn's cache key: its text and context and the inputs of the customer turns around it."""
@@ -355,17 +358,14 @@ class ConversationAnalyzer:
             pairs = [(str(t.role), t.text) for t in turns]
             first = len(out.cust_inputs)  # this chat's first customer turn in the flat lists
             n_customer = sum(1 for t in turns if t.role == Role.CUSTOMER)
-            last_customer: str | None = None
             for i, t in enumerate(turns):
                 if t.role == Role.CUSTOMER:
                     out.cust_texts.append(t.text)
                     # only a model trained on the context format reads it; others (v1) see the turn alone
                     ctx = previous_turns(pairs, i) if self.reads_context else None
                     out.cust_inputs.append(with_context(t.text, ctx))
-                    last_customer = t.text
                 else:
                     out.agent_texts.append(t.text)
-                    out.agent_contexts.append(last_customer)
                     n_before = len(out.cust_inputs) - first  # customer turns of this chat so far
                     before = first + n_before - 1 if n_before else None
                     after = first + n_before if n_before < n_customer else None

@@ -1147,7 +1147,7 @@ def customer_anger(rows: Sequence[dict[str, Any]], scorer: Any) -> list[Customer
     review has the review before it; a written turn its ``context``."""
     from model.context import with_context
 
-    reads_context = bool(getattr(scorer.config, "context_input", False))
+    reads_context = scorer.config.context_input
 
     def model_input(turn: Any) -> str | None:
         if not turn or not str(turn[0]).strip():
