@@ -320,19 +320,22 @@ def read_source(source: str, root: Path | None = None) -> Iterator[SourceText]:
     yield from READERS[source](root)
 
 
-def customer_turns_around(turns: list[tuple[str, str]], index: int) -> dict[str, str]:
-    """The customer turns just before and just after agent turn ``index``, each as the JSON of
-    ``[text, context]`` (``context``: ``model.context.previous_turns`` of that turn, which a model that reads
-    context takes with it, as a conversation gives it): the agent-turn model reads their anger. Absent
-    turns are left out."""
-    from model.context import previous_turns
+def customer_turns_around(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """For each agent turn of a dialogue, in order: the customer turns just before and just after it, each as
+    the JSON of ``[text, context]`` (``context``: ``model.context.previous_turns`` of that turn, which a model
+    that reads context takes with it, as a conversation gives it): the agent-turn model reads their anger.
+    Absent turns are left out; an empty turn is neither a customer turn nor an agent turn to read."""
+    from model.context import customer_turns_around as around, previous_turns
 
-    out: dict[str, str] = {}
-    before = [j for j in range(index) if turns[j][0] == "customer" and turns[j][1]]
-    after = [j for j in range(index + 1, len(turns)) if turns[j][0] == "customer" and turns[j][1]]
-    for key, found in (("customer_before", before[-1:]), ("customer_after", after[:1])):
-        for j in found:
-            out[key] = json.dumps([turns[j][1], previous_turns(turns, j)], ensure_ascii=False)
+    customers = [j for j, (role, text) in enumerate(turns) if role == "customer" and text]
+    out: list[dict[str, str]] = []
+    for before, after in around([role == "customer" for role, text in turns if text]):
+        found: dict[str, str] = {}
+        for key, k in (("customer_before", before), ("customer_after", after)):
+            if k is not None:
+                j = customers[k]
+                found[key] = json.dumps([turns[j][1], previous_turns(turns, j)], ensure_ascii=False)
+        out.append(found)
     return out
 
 
@@ -346,12 +349,13 @@ def read_agent_turns(root: Path) -> Iterator[SourceText]:
     for dia in dialogues:
         split = hash_split(f"stc3:{dia['id']}")
         turns = stc3_turns(dia)
+        around = iter(customer_turns_around(turns))
         last = ""
         for i, (role, text) in enumerate(turns):
             if role == "customer":
                 last = text
             elif text:
-                meta = {"context": last, **customer_turns_around(turns, i)}
+                meta = {"context": last, **next(around)}
                 yield SourceText(f"{dia['id']}-t{i}", "stc3", text, split, meta)
     readers = (("tw_hospital_reviews", read_tw_hospital), ("tw_restaurant_chain_reviews", read_tw_restaurant_chain))
     for source, reader in readers:

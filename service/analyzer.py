@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from data.script import detect_script
 from data.vocab import SCRIPT_LANG, AngerLabel, ComplaintType, Role, Script
-from model.context import previous_turns, with_context
+from model.context import customer_turns_around, previous_turns, with_context
 from model.loading import load_model
 from model.onnx.runtime import OnnxCalmFirstModel
 from model.scores import Prediction, ScoringModel
@@ -242,6 +242,11 @@ class Analyzer:
         return occlusion_explanation(self.model, normalize_text(text), batch_size=batch_size or self.batch_size)
 
 
+def _shift(ordinal: int | None, first: int) -> int | None:
+    """A chat's customer-turn ordinal as a position in the flat lists of a batch whose chat starts at ``first``."""
+    return None if ordinal is None else first + ordinal
+
+
 @dataclass
 class ChatReads:
     """What the models read of one or more chats, in flat lists (``ConversationAnalyzer._reads``)."""
@@ -357,7 +362,8 @@ class ConversationAnalyzer:
         for turns in conversations:
             pairs = [(str(t.role), t.text) for t in turns]
             first = len(out.cust_inputs)  # this chat's first customer turn in the flat lists
-            n_customer = sum(1 for t in turns if t.role == Role.CUSTOMER)
+            for before, after in customer_turns_around([t.role == Role.CUSTOMER for t in turns]):
+                out.agent_around.append((_shift(before, first), _shift(after, first)))
             for i, t in enumerate(turns):
                 if t.role == Role.CUSTOMER:
                     out.cust_texts.append(t.text)
@@ -366,10 +372,6 @@ class ConversationAnalyzer:
                     out.cust_inputs.append(with_context(t.text, ctx))
                 else:
                     out.agent_texts.append(t.text)
-                    n_before = len(out.cust_inputs) - first  # customer turns of this chat so far
-                    before = first + n_before - 1 if n_before else None
-                    after = first + n_before if n_before < n_customer else None
-                    out.agent_around.append((before, after))
         return out
 
     def unseen_turns(self, turns: Sequence[Turn]) -> int:
