@@ -325,7 +325,8 @@ def customer_turns_around(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
     the JSON of ``[text, context]`` (``context``: ``model.context.previous_turns`` of that turn, which a model
     that reads context takes with it, as a conversation gives it): the agent-turn model reads their anger.
     Absent turns are left out; an empty turn is neither a customer turn nor an agent turn to read."""
-    from model.context import customer_turns_around as around, previous_turns
+    from model.context import customer_turns_around as around
+    from model.context import previous_turns
 
     customers = [j for j, (role, text) in enumerate(turns) if role == "customer" and text]
     out: list[dict[str, str]] = []
