@@ -86,6 +86,11 @@ class BulkBudget:
                 self._waiting.remove(ticket)
                 self._cond.notify_all()  # the next in line may fit now
 
+    def whole(self, n: int) -> int:
+        """What a transcript with ``n`` turns to score takes: the whole budget, or ``n`` where that is more. It scores
+        turn by turn (as a live chat's new turns are scored), so it holds the model as long as a full batch would."""
+        return max(n, self.limit)
+
     def _take(self, n: int) -> None:
         self.texts += n
         self.requests += 1

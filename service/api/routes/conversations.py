@@ -27,7 +27,6 @@ def analyze_conversation(
     last = [t.text for t in turns if t.role == Role.CUSTOMER][-1:] if req.explain else []
     # a chat no longer than the threshold cannot have more turns to score: no look-up on the live path
     unseen = conv.unseen_turns(turns) if len(turns) > settings.bulk_chat_turns else 0
-    # a transcript scores turn by turn (as a live chat's new turns are): the whole budget, as a full batch takes
-    bulk = max(unseen, budget.limit) if unseen > settings.bulk_chat_turns else 0
+    bulk = budget.whole(unseen) if unseen > settings.bulk_chat_turns else 0
     with budget.hold(bulk + sum(conv.analyzer.explain_forwards(text) for text in last)):
         return conv.analyze(turns, id=req.id, lang=req.lang, explain=req.explain, redact=req.redact)

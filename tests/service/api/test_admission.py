@@ -37,6 +37,14 @@ def test_budget_zero_means_no_limit() -> None:
     assert b.refused == 0
 
 
+def test_a_transcript_takes_the_whole_budget() -> None:
+    b = BulkBudget(64, queue=0)
+    assert b.whole(40) == 64  # fewer turns than the budget: still all of it
+    assert b.whole(300) == 300  # more: the turns themselves
+    assert b.admit(b.whole(40)) and not b.admit(1)  # nothing else fits beside it
+    assert BulkBudget(0).whole(40) == 40  # no limit: only what it scores
+
+
 def _admit_in_thread(b: BulkBudget, n: int, name: str, order: list[str]) -> threading.Thread:
     def run() -> None:
         if b.admit(n):
