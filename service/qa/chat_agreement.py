@@ -254,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exerci
         dialogues = [d for d in labelled_dialogues(json.load(f), customer, agent) if d.split == args.split]
     conv, info, agent_label = _build_analyzer(args, _Store(args.cache))
     report = run(conv, conv.analyzer.model.config, dialogues)
+    root = Path(__file__).resolve().parents[2]
+    if Path(info["path"]).resolve().is_relative_to(root):  # the figures file names the model, not this machine
+        info["path"] = str(Path(info["path"]).resolve().relative_to(root))
     report = {"split": args.split, "customer_model": info, "agent_model": agent_label, **report}
     print(json.dumps(report, indent=1, ensure_ascii=False))  # noqa: T201
     if not args.no_write:
