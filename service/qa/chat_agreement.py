@@ -204,22 +204,40 @@ def compare(
     return out
 
 
+#: the measures whose disagreements are split between the two readers (customer turns, agent turns)
+ATTRIBUTED = ("situation", "next_step", "next_step_rule")
+
+
 def run(conv_models: Any, config: Any, dialogues: Sequence[LabelledDialogue]) -> dict[str, Any]:
-    """Both runs of the same conversation code, and their agreement."""
+    """Both runs of the same conversation code, and their agreement; then, for the measures that read both kinds
+    of turn, the agreement when only one reader is the models' (the other answers with people's labels), which
+    tells whose reads the disagreements come from."""
     from service.analyzer import Analyzer, ConversationAnalyzer
 
     chosen = [d for d in dialogues if d.customers_labelled]
     pairs = [(d.id, d.turns) for d in chosen]
-    models = conv_models.analyze_many(pairs)
-    oracle = ConversationAnalyzer(
-        Analyzer(GoldModel(config, chosen), policy=conv_models.analyzer.policy, playbook=conv_models.analyzer.playbook),
-        GoldDetector(chosen),
+    gold_customer = Analyzer(
+        GoldModel(config, chosen), policy=conv_models.analyzer.policy, playbook=conv_models.analyzer.playbook
     )
-    people = oracle.analyze_many(pairs)
+    gold_agent = GoldDetector(chosen)
+    models = conv_models.analyze_many(pairs)
+    people = ConversationAnalyzer(gold_customer, gold_agent).analyze_many(pairs)
     report = compare(chosen, models, people)
+    full = [i for i, d in enumerate(chosen) if d.all_labelled]
+    one_reader = {
+        "models_customer_reads_only": ConversationAnalyzer(conv_models.analyzer, gold_agent),
+        "models_agent_reads_only": ConversationAnalyzer(gold_customer, conv_models.detector),
+    }
+    report["attribution"] = {}
+    for name, conv in one_reader.items():
+        part = conv.analyze_many([pairs[i] for i in full])
+        report["attribution"][name] = {
+            m: agreement([MEASURES[m][0](r) == MEASURES[m][0](people[i]) for r, i in zip(part, full, strict=True)])
+            for m in ATTRIBUTED
+        }
     report["dialogues"] = {
         "customer_turns_labelled": len(chosen),
-        "every_turn_labelled": sum(1 for d in chosen if d.all_labelled),
+        "every_turn_labelled": len(full),
         "two_or_more_customer_turns": sum(1 for d in chosen if d.customer_turns >= 2),
     }
     return report

@@ -82,9 +82,15 @@ def test_agreement_counts_each_disagreement_where_the_models_read_differently(ti
     # the next step reads agent turns: only dialogue 10, where every turn is labelled
     assert report["next_step"]["n"] == 1 and report["steps_taken"] == {"n": 1, "agreement": 1.0, "ci95": [1.0, 1.0]}
 
+    # the one misread is a customer turn: with the models' agent reads alone the situation agrees, with their
+    # customer reads alone it does not
+    attribution = report["attribution"]
+    assert attribution["models_agent_reads_only"]["situation"]["agreement"] == 1.0
+    assert attribution["models_customer_reads_only"]["situation"] == {"n": 1, "agreement": 0.0, "ci95": [0.0, 0.0]}
+
     same = run(
         ConversationAnalyzer(Analyzer(GoldModel(tiny_model.config, dialogues)), GoldDetector(dialogues)),
         tiny_model.config,
         dialogues,
     )
-    assert all(v["agreement"] == 1.0 for k, v in same.items() if k != "dialogues")
+    assert all(v["agreement"] == 1.0 for k, v in same.items() if k not in ("dialogues", "attribution"))
