@@ -6,13 +6,13 @@ the file, the row and the bad value, before any compute is spent.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.lines import BadLine, CsvTable
 from data.loader import load_annotations
 from data.schema import ANGER_LABELS, COMPLAINT_TYPES
 from data.script import detect_script
@@ -163,7 +163,13 @@ def _read_rows(src: DataSource) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with open(p, encoding="utf-8-sig", newline="") as f:
         if fmt == "csv":
-            rows.extend(dict(r) for r in csv.DictReader(f))
+            for item in CsvTable(f).rows():  # a broken quote is an error naming its line, not rows lost
+                if isinstance(item, BadLine):
+                    raise DataError(f"{path}:{item.line}: {item.reason}")
+                n, row = item
+                if None in row:
+                    raise DataError(f"{path}:{n}: more fields than the header")
+                rows.append(row)
         else:
             for n, line in enumerate(f, start=1):
                 if line.strip():

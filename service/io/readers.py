@@ -13,7 +13,6 @@ globbed, or relative to the folder), so ids stay unique across files.
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import sys
@@ -22,29 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from data.lines import BadLine, CsvTable, InputFormatError
 from service.text import replace_surrogates
 
 #: Messages per model call of ``calmfirst score`` (both engines) unless ``--chunk`` says otherwise: bigger
 #: chunks waste less padding (``service.score.score_file``).
 SCORE_CHUNK = 2048
-
-
-class InputFormatError(ValueError):
-    """The input as a whole cannot be read (unknown format, missing CSV column)."""
-
-
-@dataclass
-class BadLine:
-    """A line that was skipped, and why (reported as ``PATH: line N: reason (skipped)``)."""
-
-    line: int
-    reason: str
-    #: the file it is in, when the input is a folder or glob of files (else the input itself)
-    path: str | None = None
-
-    def report(self, source: str | Path) -> str:
-        """``PATH: line N: reason (skipped)``, naming the file the line is in."""
-        return f"{self.path or source}: line {self.line}: {self.reason} (skipped)\n"
 
 
 @dataclass
@@ -167,13 +149,13 @@ def _txt_records(lines: Iterable[str], *, default_id: DefaultId = _line_id) -> I
 def _csv_records(
     f: IO[str], *, text_field: str, id_field: str, delimiter: str, default_id: DefaultId = _line_id
 ) -> Iterator[Record | BadLine]:
-    reader = csv.DictReader(f, delimiter=delimiter)
-    if reader.fieldnames is None:
+    table = CsvTable(f, delimiter=delimiter)
+    if table.fieldnames is None:
         return
-    if text_field not in reader.fieldnames:
-        raise InputFormatError(f"CSV header has no column {text_field!r} (columns: {reader.fieldnames})")
+    if text_field not in table.fieldnames:
+        raise InputFormatError(f"CSV header has no column {text_field!r} (columns: {table.fieldnames})")
     row_no = 0
-    for item in csv_rows(reader):
+    for item in table.rows():
         if isinstance(item, BadLine):
             yield item
             continue
@@ -187,21 +169,6 @@ def _csv_records(
             yield BadLine(line, f"column {text_field!r} empty")
             continue
         yield Record(line, row.get(id_field) or default_id(row_no - 1), text)
-
-
-def csv_rows(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str | Any, Any]] | BadLine]:
-    """``(line number, row)`` for each row, or a ``BadLine`` for a row the csv module cannot read
-    (which does not end the file: the rows after it are still read)."""
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            # the csv module has not counted the rejected row yet: it starts on the next line
-            yield BadLine(reader.line_num + 1, f"unreadable CSV row ({e})")
-            continue
-        yield reader.line_num, row
 
 
 def _chain(first: list[str], rest: Iterable[str]) -> Iterator[str]:

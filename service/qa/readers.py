@@ -14,14 +14,14 @@ read in sorted order, each as it would be alone; a JSONL conversation without an
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from data.lines import BadLine, CsvTable, InputFormatError
 from data.vocab import Role
-from service.io.readers import BadLine, InputFormatError, csv_rows, file_label, input_files, read_jsonl
+from service.io.readers import file_label, input_files, read_jsonl
 from service.routing.conversation import Turn
 
 CSV_REQUIRED = ("conversation_id", "turn_index", "role", "text")
@@ -128,11 +128,11 @@ def _jsonl_conversations(f: IO[str], *, id_prefix: str | None = None) -> Iterato
 
 
 def _csv_conversations(f: IO[str]) -> Iterator[SourceConversation | BadLine]:
-    reader = csv.DictReader(f)
-    if reader.fieldnames is None:
+    table = CsvTable(f)
+    if table.fieldnames is None:
         return
-    header = [h.strip() for h in reader.fieldnames]
-    reader.fieldnames = header
+    header = [h.strip() for h in table.fieldnames]
+    table.fieldnames = header
     missing = [c for c in CSV_REQUIRED if c not in header]
     if missing:
         raise InputFormatError(f"line 1: CSV header has no column {missing[0]!r} (needs {', '.join(CSV_REQUIRED)})")
@@ -147,7 +147,7 @@ def _csv_conversations(f: IO[str]) -> Iterator[SourceConversation | BadLine]:
         rows.clear()
         return conv
 
-    for item in csv_rows(reader):
+    for item in table.rows():
         if isinstance(item, BadLine):
             yield item
             continue

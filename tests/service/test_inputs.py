@@ -84,3 +84,38 @@ def test_unreadable_csv_row_is_reported_and_the_rest_read(tmp_path: Path) -> Non
     assert [(b.line, b.reason.split(" (")[0]) for b in got if isinstance(b, BadLine)] == [(3, "unreadable CSV row")]
     assert [b.line for b in convs if isinstance(b, BadLine)] == [3]
     assert [c.key for c in convs if isinstance(c, SourceConversation)] == ["x", "y"]
+
+
+def test_a_broken_quote_does_not_swallow_the_rows_after_it(tmp_path: Path) -> None:
+    """An opened quote that never closes (or closes in the middle of a later row) made the csv module read every
+    later line into one field: the rows behind it were lost without a word. Now the row is reported where it
+    starts and the lines after it are read again; a well-quoted field over two lines is still one text."""
+    msgs = tmp_path / "m.csv"
+    msgs.write_text(
+        'id,text\na1,"壞引號 開始\n' + "".join(f"r{i},好的{i}\n" for i in range(200)) + 'm,"兩行\n的文字"\n',
+        encoding="utf-8",
+    )
+    got = list(read_records(str(msgs)))
+    records = [r for r in got if isinstance(r, Record)]
+    assert [r.id for r in records] == [f"r{i}" for i in range(200)] + ["m"]
+    assert records[0].line == 3 and records[-1].text == "兩行\n的文字" and records[-1].line == 203
+    bad = [b for b in got if isinstance(b, BadLine)]
+    assert [b.line for b in bad] == [2] and "quoted field opened on line 2" in bad[0].reason
+
+    # a transcript: the quote opened on line 3 closes on line 5 before a letter, not a comma
+    conv = tmp_path / "c.csv"
+    conv.write_text(
+        "conversation_id,turn_index,role,text\n"
+        "k1,0,customer,你好\n"
+        'k1,1,agent,"您好\n'
+        "k1,2,customer,我要退款\n"
+        'k2,0,customer,"帳單" 錯了\n'
+        "k3,0,customer,再見\n",
+        encoding="utf-8",
+    )
+    items = list(read_conversations(conv))
+    convs = {c.key: c for c in items if isinstance(c, SourceConversation)}
+    assert [b.line for b in items if isinstance(b, BadLine)] == [3]
+    assert [t.text for t in convs["k1"].turns] == ["你好", "我要退款"]
+    assert [t.text for t in convs["k2"].turns] == ["帳單 錯了"]  # a one-line quirk is read as before
+    assert list(convs) == ["k1", "k2", "k3"]

@@ -124,6 +124,21 @@ def test_train_bad_label_names_row_and_value(tiny_backbone_dir: Path, tmp_path: 
         run_training(cfg)
 
 
+def test_training_csv_with_a_broken_quote_is_an_error_naming_its_line(tmp_path: Path) -> None:
+    """The csv module would read every row after an unclosed quote into one text: rows lost without a word."""
+    from training.config import DataSource
+    from training.data import load_source
+
+    bad = tmp_path / "quote.csv"
+    rows = "".join(f"還好{i},0,none,false\n" for i in range(50))
+    bad.write_text('text,anger_level,complaint_type,threat\n"等太久了,1,delivery,false\n' + rows, encoding="utf-8")
+    with pytest.raises(DataError, match=r"quote.csv:2: .*quoted field opened on line 2"):
+        load_source(DataSource(path=str(bad)))
+    good = tmp_path / "good.csv"
+    good.write_text('text,anger_level,complaint_type,threat\n"兩行\n的文字",1,delivery,false\n' + rows, encoding="utf-8")
+    assert len(load_source(DataSource(path=str(good)))) == 51
+
+
 def test_train_evaluate_cli_reports(trained: Path, train_file: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     rc = main(
         [
