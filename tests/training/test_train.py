@@ -135,7 +135,9 @@ def test_training_csv_with_a_broken_quote_is_an_error_naming_its_line(tmp_path: 
     with pytest.raises(DataError, match=r"quote.csv:2: .*quoted field opened on line 2"):
         load_source(DataSource(path=str(bad)))
     good = tmp_path / "good.csv"
-    good.write_text('text,anger_level,complaint_type,threat\n"兩行\n的文字",1,delivery,false\n' + rows, encoding="utf-8")
+    good.write_text(
+        'text,anger_level,complaint_type,threat\n"兩行\n的文字",1,delivery,false\n' + rows, encoding="utf-8"
+    )
     assert len(load_source(DataSource(path=str(good)))) == 51
 
 
