@@ -141,7 +141,7 @@ def _cmd_qa(args: argparse.Namespace) -> int:
     from service.io.readers import InputFormatError
     from service.qa.readers import check_input
     from service.qa.run import run_qa
-    from service.routing.agent_model import load_agent_detector
+    from service.routing.agent_model import AGENT_MODEL_ENV, DEFAULT_MODEL_DIR, load_agent_detector
 
     try:
         check_input(args.input)  # fail before the model loads
@@ -154,6 +154,11 @@ def _cmd_qa(args: argparse.Namespace) -> int:
         "progress": False if args.no_progress else None,
         "keep_text": args.keep_text,
         "lang": args.lang,
+        # what else decides the results: a folder written with other models is not resumed (service.qa.resume)
+        "run": {
+            "model": str(Path(args.model or settings.model_path).resolve()),
+            "agent_model": os.environ.get(AGENT_MODEL_ENV) or str(DEFAULT_MODEL_DIR.resolve()),
+        },
     }
     try:
         if args.engine == "ray":

@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from service.io.readers import InputFormatError
 from service.qa.rows import CONVERSATION_COLUMNS, TURN_COLUMNS
@@ -130,10 +131,39 @@ def _csv_records(lines: Iterator[str]) -> Iterator[str]:
         yield buf
 
 
-def prepare_output(out_dir: Path) -> set[str]:
-    """Make ``out_dir`` consistent with its commit log and return the conversation ids already done."""
+RUN_FILE = "run.json"
+
+
+def _check_run(out_dir: Path, run: dict[str, Any], done: set[str]) -> None:
+    """Resume only the run that wrote the folder: another input, model or option would mix two runs' results
+    (a conversation id of the new input already in the folder would be skipped, never scored)."""
+    path = out_dir / RUN_FILE
+    if done and path.is_file():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            before = None
+        if isinstance(before, dict):
+            changed = [k for k in sorted(set(before) | set(run)) if before.get(k) != run.get(k)]
+            if changed:
+                k = changed[0]
+                raise InputFormatError(
+                    f"{out_dir} holds the results of another run ({k}: {before.get(k)!r} there, {run.get(k)!r} now): "
+                    "write to a new output folder, or empty this one to start over"
+                )
+    path.write_text(json.dumps(run, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def prepare_output(out_dir: Path, run: dict[str, Any] | None = None) -> set[str]:
+    """Make ``out_dir`` consistent with its commit log and return the conversation ids already done.
+
+    ``run`` says what this run is (input, models, options: ``run.json`` in the folder); a folder holding
+    conversations of a different run is an error rather than a resume. A folder without ``run.json`` (written
+    before it existed) resumes as before."""
     out_dir.mkdir(parents=True, exist_ok=True)
     done = _committed(out_dir / "conversations.jsonl")
+    if run is not None:
+        _check_run(out_dir, run, done)
     if any((out_dir / name).exists() for name in OUTPUT_FILES):
         _prune_jsonl(out_dir / "turns.jsonl", done)
         _prune_csv(out_dir / "turns.csv", done, TURN_COLUMNS, unique=False)

@@ -212,6 +212,13 @@ class _Writers:
             f.close()
 
 
+def input_identity(source: str | Path) -> str:
+    """The input as ``run.json`` names it: the file's or folder's absolute path, or a glob from the working folder.
+    Not its size or time: fixing a bad line and re-running the same command resumes (only that conversation is new)."""
+    path = Path(source)
+    return str(path.resolve() if path.exists() else Path.cwd() / path)
+
+
 def run_qa(
     input_path: str | Path,
     out_dir: str | Path,
@@ -226,6 +233,7 @@ def run_qa(
     lang: str | None = None,
     worst_n: int = 10,
     err: IO[str] | None = None,
+    run: dict[str, Any] | None = None,
 ) -> QAReport:
     """Score every conversation of ``input_path`` into ``out_dir`` (resuming), then aggregate and report.
 
@@ -233,6 +241,8 @@ def run_qa(
     ``scorer`` (default: :class:`LocalScorer` over ``analyzer`` and ``detector`` in this process).
     ``progress=None`` shows the bar for inputs of 200 lines or more. Problems in the input go to
     ``err`` (default stderr) as ``PATH: line N: reason (skipped)`` and into ``QAReport.bad``.
+    ``run`` names what else decides the results (the models); with the input and the options it is kept in
+    ``out_dir/run.json``, and a folder holding another run's conversations is an error, not a resume.
     """
     err = err or sys.stderr
     check_input(input_path)
@@ -241,7 +251,8 @@ def run_qa(
             raise ValueError("run_qa needs an analyzer and a detector, or a scorer")
         scorer = LocalScorer(ConversationAnalyzer(analyzer, detector), keep_text=keep_text, lang=lang)
     out = Path(out_dir)
-    done = prepare_output(out)
+    identity = {"input": input_identity(input_path), "lang": lang, "keep_text": keep_text, **(run or {})}
+    done = prepare_output(out, identity)
     report = QAReport(out_dir=out, resumed=0)
     total = count_lines(str(input_path))
     show = progress if progress is not None else (total or 0) >= 200

@@ -129,8 +129,9 @@ def test_qa_jsonl_writes_turns_conversations_agents_report(tmp_path, qa, capsys)
     assert report.scored == 4 and report.resumed == 0 and report.bad == []
     assert {p.name for p in out.iterdir()} == {
         "turns.jsonl", "turns.csv", "conversations.jsonl", "conversations.csv", "agents.csv", "agents.json",
-        "report.html",
+        "report.html", "run.json",
     }  # fmt: skip
+    assert json.loads((out / "run.json").read_text()) == {"input": str(src.resolve()), "lang": None, "keep_text": False}
     turns = _jsonl(out / "turns.jsonl")
     assert len(turns) == sum(len(c["turns"]) for c in CONVERSATIONS) == report.turns_scored
     assert [t["conversation_id"] for t in turns[:4]] == ["t1"] * 4
@@ -369,6 +370,28 @@ def test_qa_rerun_resumes_without_duplicates(tmp_path, qa) -> None:  # type: ign
     assert again.scored == 0 and again.resumed == 4 and again.conversations_total == 4
     for name, data in before.items():
         assert (out / name).read_bytes() == data, name
+
+
+def test_qa_does_not_resume_another_runs_folder(tmp_path, qa) -> None:  # type: ignore[no-untyped-def]
+    """A folder written for one input resumed by another skipped the new input's conversations whose ids it
+    already held (found by an outside walkthrough: two files both with a "t1"). Now that is an error naming what
+    differs; the same input fixed and re-run still resumes."""
+    src = _write_jsonl(tmp_path / "in.jsonl", CONVERSATIONS[:2], extra_lines={1: "{broken"})
+    out = tmp_path / "out"
+    first = qa(src, out)
+    assert first.scored == 2 and len(first.bad) == 1
+    other = _write_jsonl(tmp_path / "other.jsonl", [{**CONVERSATIONS[2], "id": "t1"}])
+    with pytest.raises(InputFormatError, match=r"another run \(input: .*in.jsonl.* there, .*other.jsonl.* now\)"):
+        qa(other, out)
+    with pytest.raises(InputFormatError, match=r"\(lang: None there, 'en' now\)"):
+        qa(src, out, lang="en")
+    # the bad line fixed in the same file: a resume that scores only what is new
+    _write_jsonl(src, CONVERSATIONS[:3])
+    again = qa(src, out)
+    assert (again.resumed, again.scored) == (2, 1)
+    # a folder written before run.json existed resumes as it always did
+    (out / "run.json").unlink()
+    assert qa(src, out).resumed == 3
 
 
 def test_qa_resume_after_interruption_matches_clean_run(tmp_path, qa) -> None:  # type: ignore[no-untyped-def]
