@@ -22,10 +22,17 @@ logger = logging.getLogger("calmfirst")
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from service.analyzer import Analyzer
-    from service.io.readers import InputFormatError
-    from service.io.writers import open_output
+    from service.io.readers import InputFormatError, check_source
+    from service.io.writers import open_output, output_format
     from service.score import score_file
 
+    try:  # before the model loads
+        check_source(args.input)
+        if args.output not in (None, "-"):
+            output_format(args.output)
+    except InputFormatError as e:
+        print(f"calmfirst score: {e}", file=sys.stderr)
+        return 2
     settings = batch_settings(args)
     if args.output not in (None, "-") and getattr(args, "engine", "local") == "local":
         return _score_to_file(args, settings)  # complete or absent; a re-run resumes
@@ -108,13 +115,8 @@ def batch_settings(args: argparse.Namespace) -> Any:
 def _score_to_file(args: argparse.Namespace, settings: Any) -> int:
     from service.analyzer import Analyzer
     from service.io.readers import InputFormatError
-    from service.score import output_format, score_to_file
+    from service.score import score_to_file
 
-    try:
-        output_format(args.output)  # before the model loads
-    except InputFormatError as e:
-        print(f"calmfirst score: {e}", file=sys.stderr)
-        return 2
     analyzer = Analyzer.from_settings(settings, model_path=args.model)
     try:
         report = score_to_file(

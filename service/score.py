@@ -19,7 +19,7 @@ from tqdm import tqdm
 from service.analyzer import Analyzer
 from service.io.readers import SCORE_CHUNK, BadLine, InputFormatError, Record, count_lines, read_records
 from service.io.resumable import ResumableOutput, input_identity
-from service.io.writers import ResultWriter
+from service.io.writers import ResultWriter, output_format
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +101,6 @@ def score_file(
         report.scored / elapsed if elapsed > 0 else 0.0,
     )
     return report
-
-
-def output_format(path: str) -> str:
-    """``jsonl`` or ``csv`` from an output file name; :class:`InputFormatError` for anything else."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in {".jsonl", ".csv"}:
-        raise InputFormatError(f"{path}: output must be .jsonl or .csv")
-    return suffix[1:]
 
 
 def score_to_file(

@@ -111,6 +111,17 @@ def input_files(source: str | Path, suffixes: Sequence[str] = MESSAGE_SUFFIXES) 
     return files
 
 
+def check_source(source: str) -> None:
+    """Fail before any model loads: a missing file, a folder without inputs or a glob matching nothing is an
+    :class:`InputFormatError` naming it, as is a file of an unknown format."""
+    if source == "-":
+        return
+    if input_files(source) is None:
+        if not Path(source).is_file():
+            raise InputFormatError(f"{source}: no such file")
+        message_format(source)
+
+
 def file_label(file: Path, source: str | Path) -> str:
     """How a file of a folder input is named in ids: relative to the folder; as globbed otherwise."""
     base = Path(source)

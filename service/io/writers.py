@@ -38,10 +38,20 @@ def open_output(path: str | None) -> tuple[IO[str], str]:
         if reconfigure is not None:
             reconfigure(encoding="utf-8")
         return stream, "jsonl"
+    fmt = output_format(path)
+    return open(path, "w", encoding="utf-8", newline=""), fmt
+
+
+def output_format(path: str) -> str:
+    """``jsonl`` or ``csv`` from an output file name, checked before anything is scored: an unknown ending or a
+    folder that does not exist is an :class:`InputFormatError` naming it."""
     suffix = Path(path).suffix.lower()
     if suffix not in {".jsonl", ".csv"}:
         raise InputFormatError(f"{path}: output must be .jsonl or .csv")
-    return open(path, "w", encoding="utf-8", newline=""), suffix[1:]
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise InputFormatError(f"{path}: no such folder {str(folder)!r} (create it first)")
+    return suffix[1:]
 
 
 def open_append(path: Path) -> tuple[IO[str], bool]:

@@ -132,6 +132,20 @@ def test_cli_unknown_output_format(tmp_path, env_model, capsys) -> None:  # type
     assert "output must be" in capsys.readouterr().err
 
 
+def test_cli_score_missing_input_or_output_folder_is_a_one_line_error(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Both were tracebacks (found by an outside walkthrough); now named, exit 2, before any model loads
+    (no model is given here: loading one would fail differently)."""
+    src = tmp_path / "a.jsonl"
+    src.write_text('{"text": "你好"}\n', encoding="utf-8")
+    assert main(["score", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "x.csv")]) == 2
+    assert capsys.readouterr().err.strip() == f"calmfirst score: {tmp_path / 'nope.jsonl'}: no such file"
+    assert main(["score", str(tmp_path / "nope.jsonl")]) == 2  # to stdout
+    assert "no such file" in capsys.readouterr().err
+    assert main(["score", str(src), "-o", str(tmp_path / "missing" / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "no such folder" in err and "Traceback" not in err and not (tmp_path / "missing").exists()
+
+
 def test_cli_prepare_backbone_exports_builds_what_the_server_loads(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     """``make backbone`` (``prepare-backbone --exports``) builds both exports, so no server builds one in process."""
     import model.backbone
