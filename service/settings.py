@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.onnx.runtime import SpinMode
 from service.routing.playbook import DEFAULT_PLAYBOOK
@@ -15,6 +16,24 @@ from service.routing.policy import Policy
 
 #: The model shipped in the repository, used when no other is configured.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "default"
+
+
+def _string_list(value: Any) -> Any:
+    """A list setting from the environment: a JSON list (``["https://a.example"]``) or comma-separated values
+    (``https://a.example,https://b.example``); anything else goes to pydantic, which names the setting."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not a JSON list ({e.msg}); or give comma-separated values") from e
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+#: a list of strings that a CALMFIRST_* variable may give as JSON or as comma-separated values
+StringList = Annotated[list[str], NoDecode, BeforeValidator(_string_list)]
 
 
 class Settings(BaseSettings):
@@ -148,15 +167,16 @@ class Settings(BaseSettings):
 
     # access
     api_key: str | None = Field(None, description="with a key, every path but public_paths wants it in x-api-key")
-    public_paths: list[str] = Field(
+    public_paths: StringList = Field(
         default_factory=lambda: ["/healthz", "/readyz", "/"],
-        description="paths served without the API key (JSON list; an entry ending in * is a prefix); "
+        description="paths served without the API key (a JSON list or comma-separated; an entry ending in * is "
+        "a prefix); "
         "default: the probes and the console page",
     )
-    cors_origins: list[str] = Field(
+    cors_origins: StringList = Field(
         default_factory=list,
-        description="origins allowed to call the API from a browser (JSON list, e.g. "
-        '["https://console.example.com"]); empty (default): CORS off',
+        description="origins allowed to call the API from a browser (a JSON list, e.g. "
+        '["https://console.example.com"], or comma-separated); empty (default): CORS off',
     )
 
     @field_validator("default_script")
