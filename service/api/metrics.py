@@ -229,10 +229,28 @@ class MetricsMiddleware:
 
 
 def _route_path(scope: Scope) -> str:
-    """The matched route's template (``/v1/analyze``), ``<unmatched>`` before routing or for a 404."""
+    """The matched route's template (``/v1/analyze``): the one the router put into the scope, else the one the
+    request's method and path match (:func:`route_of`); ``<unmatched>`` for a path or method the API does not have."""
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
-    return str(path) if path else UNMATCHED
+    return str(path) if path else route_of(scope) or UNMATCHED
+
+
+def route_of(scope: Scope) -> str | None:
+    """The route template a request's path names, found without routing it: a path of the app's OpenAPI schema
+    (FastAPI builds it once) or the schema's own URL.
+
+    A request answered before routing (a middleware's 401, 413, 415, 422 or shed 503) or by a plain Starlette
+    route (``/openapi.json``) has no route in its scope; counting it under ``<unmatched>`` would hide which
+    endpoint gets the bad bodies. None for a path the API does not have: no series per made-up path. (The API's
+    paths have no parameters, so the path is its own template.)"""
+    app: Any = scope.get("app")
+    path = scope.get("path")
+    if app is None or not isinstance(path, str):
+        return None
+    if path in app.openapi().get("paths", {}) or path == getattr(app, "openapi_url", None):
+        return path
+    return None
 
 
 def install_metrics(app: FastAPI) -> Metrics:

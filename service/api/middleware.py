@@ -216,21 +216,6 @@ class ApiKeyMiddleware:
 
 
 # ------------------------------------------------------------------ load shedding
-@dataclass(frozen=True)
-class ShedRoute:
-    """What ``/metrics`` reads of a route (its template), for a request shed before routing."""
-
-    path: str
-
-
-def _label_route(scope: Scope) -> None:
-    """Name the route a shed request was for (its OpenAPI path), so ``/metrics`` counts the 503 there and not
-    under ``<unmatched>``; a path the API does not have stays unmatched (no series per made-up path)."""
-    openapi = getattr(scope.get("app"), "openapi", None)
-    if openapi is not None and scope.get("path") in openapi().get("paths", {}):  # FastAPI builds it once
-        scope["route"] = ShedRoute(str(scope["path"]))
-
-
 class LoadShedder:
     """Admits at most ``settings.max_inflight`` POST requests at once; the next gets a 503 at once.
 
@@ -252,7 +237,6 @@ class LoadShedder:
             return
         if self.inflight >= self.limit:
             self.shed += 1
-            _label_route(scope)
             retry = str(self.settings.retry_after_s)
             content = {
                 "detail": f"server busy: {self.limit} requests already in progress (max_inflight); "

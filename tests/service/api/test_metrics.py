@@ -32,6 +32,14 @@ def test_metrics_counts_requests_inference_and_product(client: httpx.Client) -> 
     results += batch.json()["results"]
     assert client.post("/v1/analyze", json={"text": ""}).status_code == 422
     assert client.get("/no/such/path").status_code == 404
+    # answered by the middleware before routing, and by a plain Starlette route: still counted on their route
+    bad_json = client.post("/v1/conversations/analyze", content=b"{bad", headers={"content-type": "application/json"})
+    assert bad_json.status_code == 422
+    assert (
+        client.post("/v1/conversations/analyze", content=b"hi", headers={"content-type": "text/plain"}).status_code
+        == 415
+    )
+    assert client.get("/openapi.json").status_code == 200
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     m = samples(r.text)
@@ -41,6 +49,9 @@ def test_metrics_counts_requests_inference_and_product(client: httpx.Client) -> 
     assert value(m, "calmfirst_http_requests_total", route="/v1/analyze", status="422") == 1
     assert value(m, "calmfirst_http_requests_total", route="/v1/analyze/batch", status="200") == 1
     assert value(m, "calmfirst_http_requests_total", route="<unmatched>", status="404") == 1
+    assert value(m, "calmfirst_http_requests_total", route="/v1/conversations/analyze", status="422") == 1
+    assert value(m, "calmfirst_http_requests_total", route="/v1/conversations/analyze", status="415") == 1
+    assert value(m, "calmfirst_http_requests_total", route="/openapi.json", status="200") == 1
     assert value(m, "calmfirst_http_request_duration_seconds_count", route="/v1/analyze", status="200") == 3
     assert value(m, "calmfirst_http_request_duration_seconds_bucket", route="/v1/analyze", status="200", le="+Inf") == 3
     assert value(m, "calmfirst_http_request_duration_seconds_sum", route="/v1/analyze", status="200") > 0
