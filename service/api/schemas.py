@@ -65,6 +65,26 @@ def _finite(v: Any) -> Any:
     return v
 
 
+def _id_value(v: Any) -> Any:
+    """An id as given: a string, an integer or null. Checked before pydantic's union, so a boolean is not read
+    as 1 (``true`` came back as ``1``) and a wrong type is one error at the field, not one per union member
+    (``items.0.id.str``, ``items.0.id.int``)."""
+    if v is None or isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)):
+        return v
+    raise PydanticCustomError("id_type", "must be a string, an integer or null")
+
+
+def _timestamp(v: Any) -> Any:
+    """A turn's timestamp as given: a string, a finite number or null (checked as :func:`_id_value` is)."""
+    if v is None or isinstance(v, str) or (isinstance(v, int | float) and not isinstance(v, bool)):
+        return _finite(v)
+    raise PydanticCustomError("ts_type", "must be a string, a number or null")
+
+
+#: a caller's id, returned as given
+Id = Annotated[str | int | None, BeforeValidator(_id_value)]
+
+
 @dataclass(frozen=True)
 class Limits:
     """The configured count limits, checked before the items are validated one by one (fast 422s)."""
@@ -96,7 +116,7 @@ class AnalyzeRequest(_Request):
 
 
 class BatchItem(_Request):
-    id: str | int | None = None
+    id: Id = None
     text: Text
 
 
@@ -114,11 +134,11 @@ class BatchRequest(_Request):
 class TurnIn(_Request):
     role: Role
     text: Text
-    ts: Annotated[str | int | float | None, BeforeValidator(_finite)] = None
+    ts: Annotated[str | int | float | None, BeforeValidator(_timestamp)] = None
 
 
 class ConversationRequest(_Request):
-    id: str | int | None = None
+    id: Id = None
     turns: list[TurnIn] = Field(
         ...,
         min_length=1,

@@ -101,6 +101,34 @@ def test_app_bad_input_422_names_field(client: httpx.Client, path: str, body: di
     assert field in r.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/analyze/batch", {"items": [{"id": 1.5, "text": "你好"}]}, "items.0.id"),
+        ("/v1/analyze/batch", {"items": [{"id": True, "text": "你好"}]}, "items.0.id"),
+        ("/v1/conversations/analyze", {"id": False, "turns": [{"role": "customer", "text": "你好"}]}, "id"),
+        ("/v1/conversations/analyze", {"turns": [{"role": "customer", "text": "你好", "ts": {"a": 1}}]}, "turns.0.ts"),
+        ("/v1/conversations/analyze", {"turns": [{"role": "customer", "text": "你好", "ts": True}]}, "turns.0.ts"),
+    ],
+)
+def test_app_wrong_id_or_ts_type_is_one_error_at_the_field(
+    client: httpx.Client, path: str, body: dict, field: str
+) -> None:
+    """Booleans came back as 1/0 and a float id gave one error per union member (``items.0.id.str``,
+    ``items.0.id.int``); found by an outside walkthrough."""
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == [field]
+
+
+def test_app_ids_and_timestamps_come_back_as_given(client: httpx.Client) -> None:
+    batch = client.post("/v1/analyze/batch", json={"items": [{"id": "a", "text": "退款"}, {"id": 7, "text": "好"}]})
+    assert [r["id"] for r in batch.json()["results"]] == ["a", 7]
+    turns = [{"role": "customer", "text": "你好", "ts": 1.5}, {"role": "agent", "text": "您好", "ts": "10:02"}]
+    conv = client.post("/v1/conversations/analyze", json={"id": 0, "turns": turns}).json()
+    assert conv["id"] == 0 and [t["ts"] for t in conv["turns"]] == [1.5, "10:02"]
+
+
 def test_app_malformed_json_is_422_not_500(client: httpx.Client) -> None:
     r = client.post("/v1/analyze", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
