@@ -190,7 +190,7 @@ def _cmd_qa(args: argparse.Namespace) -> int:
 def _cmd_qa_validate(args: argparse.Namespace) -> int:
     from service.qa.validate import main as validate_main
 
-    return validate_main(args.args)
+    return validate_main(args.args, prog="calmfirst qa-validate")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -298,13 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score messages from a .jsonl/.csv/.txt file, a folder or glob of them, or -")
     p.add_argument("input", help=".jsonl/.csv/.txt file, a folder or a quoted glob of them, or - (stdin)")
     p.add_argument("-o", "--output", help=".jsonl (default: stdout) or .csv")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--id-field", default="id")
+    p.add_argument(
+        "--text-field", default="text", help="the JSONL field or CSV column holding the text (default: text)"
+    )
+    p.add_argument("--id-field", default="id", help="the JSONL field or CSV column holding the id (default: id)")
     p.add_argument(
         "--batch-size",
         type=int,
         default=None,
-        help="texts per model call (default 32; an int8 ONNX model runs at most 32 per forward pass)",
+        help="texts per forward pass (default 32; an int8 ONNX model runs at most 32 per forward pass)",
     )
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--lang", choices=["zh-Hant", "zh-Hans", "en"], default=None, help="next-step language")
@@ -312,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk",
         type=int,
         default=SCORE_CHUNK,
-        help="messages per model call (per Ray task with --engine ray); an interrupted -o FILE resumes per chunk",
+        help=f"messages read, scored (sorted by length, in forward passes of --batch-size) and written together "
+        f"(default {SCORE_CHUNK}; one Ray task with --engine ray); an interrupted -o FILE resumes per chunk",
     )
     p.add_argument("--no-progress", action="store_true")
     _engine_options(p)
@@ -324,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", required=True, help="output folder (re-running resumes where it stopped)")
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
-    p.add_argument("--batch-size", type=int, default=None, help="model batch size (as for score)")
-    p.add_argument("--chunk", type=int, default=64, help="conversations per model call (bounds memory)")
+    p.add_argument("--batch-size", type=int, default=None, help="texts per forward pass (as for score)")
+    p.add_argument(
+        "--chunk", type=int, default=64, help="conversations scored and written together (default 64; bounds memory)"
+    )
     p.add_argument("--keep-text", action="store_true", help="store redacted message text in turns.* (default: none)")
     p.add_argument("--lang", choices=["zh-Hant", "zh-Hans", "en"], default=None, help="next-step language")
     p.add_argument("--no-progress", action="store_true")

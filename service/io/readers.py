@@ -46,7 +46,7 @@ def read_jsonl(lines: Iterable[str], *, start: int = 1) -> Iterator[tuple[int, d
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            yield BadLine(n, f"not valid JSON ({e.msg})")
+            yield BadLine(n, f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})")
             continue
         except RecursionError:
             yield BadLine(n, "not valid JSON (nested too deeply)")

@@ -89,7 +89,24 @@ def check_input(path: str | Path) -> str:
     fmt = transcript_format(path)
     if not Path(path).is_file():
         raise InputFormatError(f"{path}: no such file")
+    if fmt == "csv":  # a missing column is found now, before the output folder gets empty files
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as stream:
+            try:
+                _csv_header(CsvTable(stream))
+            except InputFormatError as e:
+                raise InputFormatError(f"{path}: {e}") from None
     return fmt
+
+
+def _csv_header(table: CsvTable) -> list[str] | None:
+    """The transcript CSV's column names (stripped), checked for the required ones; None for an empty file."""
+    if table.fieldnames is None:
+        return None
+    header = [h.strip() for h in table.fieldnames]
+    missing = [c for c in CSV_REQUIRED if c not in header]
+    if missing:
+        raise InputFormatError(f"line 1: CSV header has no column {missing[0]!r} (needs {', '.join(CSV_REQUIRED)})")
+    return header
 
 
 def _jsonl_conversations(f: IO[str], *, id_prefix: str | None = None) -> Iterator[SourceConversation | BadLine]:
@@ -129,13 +146,10 @@ def _jsonl_conversations(f: IO[str], *, id_prefix: str | None = None) -> Iterato
 
 def _csv_conversations(f: IO[str]) -> Iterator[SourceConversation | BadLine]:
     table = CsvTable(f)
-    if table.fieldnames is None:
+    header = _csv_header(table)
+    if header is None:
         return
-    header = [h.strip() for h in table.fieldnames]
     table.fieldnames = header
-    missing = [c for c in CSV_REQUIRED if c not in header]
-    if missing:
-        raise InputFormatError(f"line 1: CSV header has no column {missing[0]!r} (needs {', '.join(CSV_REQUIRED)})")
     seen: set[str] = set()
     current: SourceConversation | None = None
     rows: list[tuple[int, Turn]] = []

@@ -453,12 +453,12 @@ def _build_analyzer(args: argparse.Namespace, store: _Store) -> tuple[Any, dict[
     return conv, info, label
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - exercised by hand and by run_validation
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m service.qa.validate") -> int:  # pragma: no cover
     from service.routing.agent_model import DEFAULT_CACHE as AGENT_CACHE
     from service.routing.agent_model import DEFAULT_MODEL_DIR as AGENT_DIR
     from service.settings import DEFAULT_MODEL_DIR
 
-    ap = argparse.ArgumentParser(prog="python -m service.qa.validate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="customer model folder (default: model/default)")
     ap.add_argument("--backend", default="onnx", choices=("onnx", "torch", "auto"))
     ap.add_argument("--agent-model", default=str(AGENT_DIR), help="agent-turn model folder (TF-IDF if absent)")

@@ -119,3 +119,15 @@ def test_a_broken_quote_does_not_swallow_the_rows_after_it(tmp_path: Path) -> No
     assert [t.text for t in convs["k1"].turns] == ["你好", "我要退款"]
     assert [t.text for t in convs["k2"].turns] == ["帳單 錯了"]  # a one-line quirk is read as before
     assert list(convs) == ["k1", "k2", "k3"]
+
+
+def test_a_bad_json_line_names_the_column_and_a_csv_transcript_without_a_column_names_the_file(tmp_path: Path) -> None:
+    from service.io.readers import read_jsonl
+    from service.qa.readers import check_input
+
+    (bad,) = list(read_jsonl(['{"text": "a\x01b"}']))
+    assert isinstance(bad, BadLine) and bad.reason == "not valid JSON (Invalid control character at column 12)"
+    conv = tmp_path / "c.csv"
+    conv.write_text("conversation_id,role,text\nx,customer,你好\n", encoding="utf-8")
+    with pytest.raises(InputFormatError, match=r"c.csv: line 1: CSV header has no column 'turn_index'"):
+        check_input(conv)

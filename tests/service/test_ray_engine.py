@@ -145,7 +145,7 @@ def test_ray_score_matches_local(
         _skipped(err_ray)
         == _skipped(err_local)
         == [
-            f"{folder / 'a.jsonl'}: line 3: not valid JSON (Expecting property name enclosed in double quotes) (skipped)",
+            f"{folder / 'a.jsonl'}: line 3: not valid JSON (Expecting property name enclosed in double quotes at column 2) (skipped)",
             f"{folder / 'a.jsonl'}: line 5: field 'text' missing or not a non-empty string (skipped)",
         ]
     )
