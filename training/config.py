@@ -88,7 +88,8 @@ class DataSource(_Section):
     ``columns`` maps our field names (text, anger_level, complaint_type, types,
     threat, script, split, id) to the file's column names.
     ``split``: a fixed split for every row, or ``column`` to read it from the
-    ``split`` column, or ``auto`` (the source's own split / a stable hash).
+    ``split`` column, or ``auto`` (the row's own ``split`` where it has one, else a stable hash of its
+    normalised text: the same for any path spelling, duplicates always together).
     ``tasks`` lists which labels this source provides; a weak source may give
     only ``anger_level`` (and is named as weak in the model card).
     """

@@ -17,6 +17,7 @@ from data.loader import load_annotations
 from data.schema import ANGER_LABELS, COMPLAINT_TYPES
 from data.script import detect_script
 from data.sources import hash_split
+from data.splits import text_key
 from model.context import with_context
 from training.config import DataConfig, DataSource
 
@@ -109,7 +110,7 @@ def _parse_types(value: Any, primary: str, where: str) -> list[str]:
     return out
 
 
-def row_to_example(row: dict[str, Any], src: DataSource, where: str, default_split: str) -> Example:
+def row_to_example(row: dict[str, Any], src: DataSource, where: str) -> Example:
     cols = {f: src.columns.get(f, f) for f in FIELDS}
 
     def get(f: str) -> Any:
@@ -130,7 +131,9 @@ def row_to_example(row: dict[str, Any], src: DataSource, where: str, default_spl
         if split not in {"train", "dev", "test"}:
             raise DataError(f"{where}: split must be train, dev or test, got {split!r}")
     elif src.split == "auto":
-        split = get("split") if get("split") in {"train", "dev", "test"} else default_split
+        # a row without its own split gets one from its text alone: the same text lands in the same split however
+        # the file is named, moved or spelt on the command line, and a duplicate never straddles train and test
+        split = get("split") if get("split") in {"train", "dev", "test"} else hash_split(f"text:{text_key(text)}")
     else:
         split = src.split
     return Example(
@@ -234,8 +237,7 @@ def load_source(src: DataSource, *, shared_dir: str | None = None) -> list[Examp
     out = []
     for i, row in enumerate(rows[: src.limit] if src.limit else rows):
         where = f"{name} row {i + 1}" + (f" (id {row.get('id')})" if row.get("id") is not None else "")
-        default_split = hash_split(f"{name}:{row.get('id', i)}")
-        out.append(row_to_example(row, src, where, default_split))
+        out.append(row_to_example(row, src, where))
     return out
 
 

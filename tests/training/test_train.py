@@ -141,6 +141,25 @@ def test_training_csv_with_a_broken_quote_is_an_error_naming_its_line(tmp_path: 
     assert len(load_source(DataSource(path=str(good)))) == 51
 
 
+def test_auto_splits_depend_on_the_text_not_on_how_the_path_is_spelt(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The split of a row without one was hashed from the path as given: the same file named by an absolute and a
+    relative path put 26 of 80 rows in another split (train rows evaluated as test). Found by an outside walkthrough."""
+    from training.config import DataSource
+    from training.data import load_source
+
+    rows = [f"第{i}號訂單還沒到，怎麼回事,0,delivery,false\n" for i in range(200)] + [
+        "第7號訂單還沒到，怎麼回事,1,delivery,false\n"
+    ]
+    data = tmp_path / "nosplit.csv"
+    data.write_text("text,anger_level,complaint_type,threat\n" + "".join(rows), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    spellings = [str(data), "nosplit.csv", "./nosplit.csv"]
+    splits = [[e.split for e in load_source(DataSource(path=p))] for p in spellings]
+    assert splits[0] == splits[1] == splits[2]
+    assert {"train", "dev", "test"} <= set(splits[0])
+    assert splits[0][7] == splits[0][200]  # the duplicate text sits with its twin
+
+
 def test_train_evaluate_cli_reports(trained: Path, train_file: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     rc = main(
         [
