@@ -13,12 +13,33 @@ from model.classifier import CalmFirstConfig, CalmFirstModel
 from model.config import SCHEMA_VERSION
 from training.breakdown import markdown as breakdown_markdown
 from training.calibration import calibrate
-from training.config import DataSource, TrainingArguments
+from training.config import ConfigError, DataSource, TrainingArguments
 from training.contrast import contrast_markdown, contrast_metrics
 from training.data import Example, load_examples, load_source
 from training.trainer import CalmFirstTrainer, TrainResult, evaluate_model, summarize_examples
 
 logger = logging.getLogger(__name__)
+
+
+def _check_continued(args: TrainingArguments, continued: CalmFirstConfig) -> None:
+    """A continued model keeps its backbone, adapters and head dropout: a config that sets them otherwise is an
+    error naming the key, not a setting silently ignored (and then printed in the card as if it had applied).
+    ``model.lora: null`` stays allowed: it merges the adapters and fine-tunes the whole encoder."""
+    given = args.model.model_fields_set
+    where = f"the model it continues ({args.model.init_from})"
+    fix = "leave it as that model has it, or train from the backbone (model.init_from=null)"
+    if "backbone" in given and args.model.backbone != continued.backbone:
+        raise ConfigError(f"model.backbone={args.model.backbone!r}: {where} is built on {continued.backbone!r}; {fix}")
+    if "head_dropout" in given and args.model.head_dropout != continued.head_dropout:
+        raise ConfigError(f"model.head_dropout={args.model.head_dropout}: {where} has {continued.head_dropout}; {fix}")
+    asked, has = args.model.lora, continued.lora
+    if "lora" not in given or asked is None:
+        return
+    if has is None:
+        raise ConfigError(f"model.lora: {where} has no adapters (its encoder was fine-tuned whole); {fix}")
+    for key in ("r", "alpha", "dropout", "target_modules"):
+        if getattr(asked, key) != getattr(has, key):
+            raise ConfigError(f"model.lora.{key}={getattr(asked, key)}: {where} has {getattr(has, key)}; {fix}")
 
 
 def build_model(args: TrainingArguments) -> CalmFirstModel:
@@ -34,6 +55,7 @@ def build_model(args: TrainingArguments) -> CalmFirstModel:
         if model.config.max_length != args.model.max_length:
             logger.info("max_length %d -> %d", model.config.max_length, args.model.max_length)
             model.config.max_length = args.model.max_length
+        _check_continued(args, model.config)
         if args.model.lora is None:
             model.unfreeze_encoder()  # full fine-tuning of the continued model
         return model

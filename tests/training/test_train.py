@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from model.classifier import CalmFirstModel
 from service.cli import main
 from tests.conftest import fixture_messages
-from training.config import load_config
+from training.config import ConfigError, load_config
 from training.data import DataError
 from training.run import run_evaluation, run_training
 
@@ -158,6 +159,19 @@ def test_auto_splits_depend_on_the_text_not_on_how_the_path_is_spelt(tmp_path: P
     assert splits[0] == splits[1] == splits[2]
     assert {"train", "dev", "test"} <= set(splits[0])
     assert splits[0][7] == splits[0][200]  # the duplicate text sits with its twin
+
+
+def test_a_continued_model_refuses_settings_it_cannot_take(trained: Path, tmp_path: Path) -> None:
+    """model.lora.r=8 on a config that continues a model was ignored silently while the card printed r=8
+    (found by an outside walkthrough): now an error naming the key; model.lora=null (full fine-tuning) stays."""
+    from training.run import build_model
+
+    base = [f"model.init_from={trained / 'model-best'}", f"output_dir={tmp_path / 'o'}"]
+    for override, key in (("model.lora.r=8", "model.lora.r=8"), ("model.head_dropout=0.5", "model.head_dropout=0.5")):
+        with pytest.raises(ConfigError, match=re.escape(key) + r": the model it continues"):
+            build_model(load_config(None, [*base, override]))
+    build_model(load_config(None, base))  # its own settings (the defaults here) are fine
+    build_model(load_config(None, [*base, "model.lora=null"]))
 
 
 def test_train_evaluate_cli_reports(trained: Path, train_file: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
