@@ -78,6 +78,26 @@ def split_examples(
     train = [e for e in examples if e.split in args.data.train_splits]
     dev = [e for e in examples if e.split == args.data.eval_split and not e.weak]
     test = [e for e in examples if e.split == args.data.test_split and not e.weak]
+    present = sorted({e.split for e in examples})
+    if not train:
+        raise ConfigError(
+            f"data.train_splits={args.data.train_splits}: no record is in them (splits present: {present})"
+        )
+    # checked before the model loads: a misspelt split ran without dev (no best epoch, no calibration) or without
+    # test, silently; records lacking a label the metrics read crashed the run after training
+    for key, name, part in (
+        ("data.eval_split", args.data.eval_split, dev),
+        ("data.test_split", args.data.test_split, test),
+    ):
+        if name == "-":
+            continue
+        if not part:
+            raise ConfigError(f"{key}={name!r}: no record is in that split (splits present: {present}); '-' for none")
+        if not any(e.anger_level is not None and e.complaint_type and e.threat is not None for e in part):
+            raise ConfigError(
+                f"{key}={name!r}: none of its {len(part)} records has all three labels (anger_level, complaint_type, "
+                "threat), which its metrics read; label them, or set it to '-'"
+            )
     return train, dev, test
 
 

@@ -275,6 +275,9 @@ class CalmFirstTrainer:
             )
         steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes)
         total_steps = args.max_steps or steps_per_epoch * args.epochs
+        # max_steps wins over epochs (as in transformers' Trainer): the data is read again until it is reached;
+        # it was cut at the end of the last epoch while the schedule decayed towards max_steps
+        epochs = math.ceil(total_steps / steps_per_epoch) if args.max_steps else args.epochs
         from transformers import get_linear_schedule_with_warmup
 
         scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * args.warmup_ratio), total_steps)
@@ -283,7 +286,7 @@ class CalmFirstTrainer:
         logger.info(
             "training %d examples, %d epochs, %d steps, %d trainable parameters, %d process(es)",
             len(self.train_examples),
-            args.epochs,
+            epochs,
             total_steps,
             n_trainable,
             accelerator.num_processes,
@@ -294,7 +297,7 @@ class CalmFirstTrainer:
         best_dev: dict[str, Any] = {}
         step = 0
         t0 = time.time()
-        for epoch in range(1, args.epochs + 1):
+        for epoch in range(1, epochs + 1):
             wrapped.train()
             running = 0.0
             for batch in loader:

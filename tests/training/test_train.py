@@ -174,6 +174,31 @@ def test_a_continued_model_refuses_settings_it_cannot_take(trained: Path, tmp_pa
     build_model(load_config(None, [*base, "model.lora=null"]))
 
 
+def test_split_settings_that_select_nothing_usable_are_errors_before_the_model_loads(
+    train_file: Path, tmp_path: Path
+) -> None:
+    """A misspelt data.eval_split ran without dev (no best epoch, no calibration), silently; an anger-only source
+    crashed after training (KeyError) and saved nothing. Found by an outside walkthrough."""
+    base = [f'data.sources=[{{"path": "{train_file}", "split": "column"}}]', "model.backbone=/nonexistent"]
+    for override, message in (
+        ("data.eval_split=validation", r"data.eval_split='validation': no record is in that split"),
+        ('data.train_splits=["training"]', r"data.train_splits=\['training'\]: no record is in them"),
+    ):
+        with pytest.raises(ConfigError, match=message):  # raised before /nonexistent is loaded
+            run_training(load_config(None, [*base, override, f"output_dir={tmp_path / 'o'}"]))
+    anger_only = f'data.sources=[{{"path": "{train_file}", "split": "column", "tasks": ["anger_level"]}}]'
+    with pytest.raises(ConfigError, match=r"data.eval_split='dev': none of its \d+ records has all three labels"):
+        run_training(load_config(None, [anger_only, "model.backbone=/nonexistent", f"output_dir={tmp_path / 'o'}"]))
+
+
+def test_max_steps_beyond_one_epoch_reads_the_data_again(
+    train_file: Path, tiny_backbone_dir: Path, tmp_path: Path
+) -> None:
+    """It stopped at the end of the epoch while the schedule was built for max_steps."""
+    result = run_training(_config(train_file, tiny_backbone_dir, tmp_path / "o", "epochs=1", "max_steps=9"))
+    assert [h["step"] for h in result.history][-1] == 9 and len(result.history) > 1
+
+
 def test_train_evaluate_cli_reports(trained: Path, train_file: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     rc = main(
         [
