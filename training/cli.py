@@ -8,6 +8,21 @@ import sys
 from typing import Any
 
 
+def _columns(text: str | None) -> dict[str, Any]:
+    """``--columns``: a JSON object mapping the project's field names to the file's column names."""
+    from training.data import DataError
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f'--columns: not valid JSON ({e.msg}); e.g. \'{{"text": "content"}}\'') from e
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise DataError('--columns: expected a JSON object of column names, e.g. \'{"text": "content"}\'')
+    return value
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from training.config import ConfigError, load_config
     from training.data import DataError
@@ -19,7 +34,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, overrides)
         result = run_training(cfg)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, FileNotFoundError) as e:  # FileNotFoundError: model.init_from is not there
         print(f"calmfirst train: {e}", file=sys.stderr)
         return 2
     summary = {
@@ -37,8 +52,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.run import run_evaluation
 
-    columns: dict[str, Any] = json.loads(args.columns) if args.columns else {}
     try:
+        columns = _columns(args.columns)
         metrics = run_evaluation(
             args.model,
             args.data,
@@ -60,8 +75,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.run import load_eval_examples
 
-    columns: dict[str, Any] = json.loads(args.columns) if args.columns else {}
     try:
+        columns = _columns(args.columns)
         examples = load_eval_examples(args.data, split=args.split, columns=columns)
         result = calibrate_folder(args.model, examples, output=args.output)
     except (DataError, ValueError, FileNotFoundError) as e:

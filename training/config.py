@@ -198,7 +198,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             text = p.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"{p}: cannot read config: {e}") from e
-        raw = tomllib.loads(text) if p.suffix == ".toml" else (yaml.safe_load(text) or {})
+        try:
+            raw = tomllib.loads(text) if p.suffix == ".toml" else (yaml.safe_load(text) or {})
+        except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {e}") from e
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
     raw = apply_overrides(raw, overrides or [])

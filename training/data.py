@@ -97,9 +97,14 @@ def _parse_types(value: Any, primary: str, where: str) -> list[str]:
     if value is None or value == "":
         return [primary]
     if isinstance(value, str):
-        value = (
-            json.loads(value) if value.strip().startswith("[") else [v for v in value.replace(",", "|").split("|") if v]
-        )
+        try:
+            value = (
+                json.loads(value)
+                if value.strip().startswith("[")
+                else [v for v in value.replace(",", "|").split("|") if v]
+            )
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: types is not a valid JSON list ({e.msg}): {value!r}") from e
     if not isinstance(value, list):
         raise DataError(f"{where}: types must be a list of complaint types, got {value!r}")
     out = [primary]
@@ -108,6 +113,29 @@ def _parse_types(value: Any, primary: str, where: str) -> list[str]:
         if t not in out:
             out.append(t)
     return out
+
+
+def _parse_context(value: Any, where: str) -> list[tuple[str, str]] | None:
+    """The turns before a conversation turn: ``[[role, text], ...]`` or ``[{"role", "text"}, ...]`` (a JSON string
+    of either in a CSV cell); anything else is an error naming the row (a list of objects was read as key pairs)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: context is not valid JSON ({e.msg})") from e
+    turns: list[tuple[str, str]] = []
+    for turn in value if isinstance(value, list) else [None]:
+        if isinstance(turn, dict) and set(turn) >= {"role", "text"}:
+            turns.append((str(turn["role"]), str(turn["text"])))
+        elif isinstance(turn, list | tuple) and len(turn) == 2:
+            turns.append((str(turn[0]), str(turn[1])))
+        else:
+            raise DataError(
+                f'{where}: context must be a list of [role, text] pairs or {{"role", "text"}} objects, got {turn!r}'
+            )
+    return turns or None
 
 
 def row_to_example(row: dict[str, Any], src: DataSource, where: str) -> Example:
@@ -148,7 +176,7 @@ def row_to_example(row: dict[str, Any], src: DataSource, where: str) -> Example:
         id=str(get("id") if get("id") is not None else ""),
         weak=src.weak,
         weight=src.weight,
-        context=[(str(r), str(t)) for r, t in row["context"]] if isinstance(row.get("context"), list) else None,
+        context=_parse_context(row.get("context"), where),
         meta={"region": row["region"]} if row.get("region") else {},
     )
 
@@ -163,6 +191,14 @@ def _read_rows(src: DataSource) -> list[dict[str, Any]]:
         fmt = "csv" if p.suffix.lower() == ".csv" else "jsonl"
     if not p.exists():
         raise DataError(f"{path}: no such file")
+    try:
+        return _read_file_rows(p, fmt)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from e
+
+
+def _read_file_rows(p: Path, fmt: str) -> list[dict[str, Any]]:
+    path = str(p)
     rows: list[dict[str, Any]] = []
     with open(p, encoding="utf-8-sig", newline="") as f:
         if fmt == "csv":
@@ -177,16 +213,24 @@ def _read_rows(src: DataSource) -> list[dict[str, Any]]:
             for n, line in enumerate(f, start=1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        row = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+                    rows.append(row)
     return rows
 
 
 def _read_hf(name: str) -> list[dict[str, Any]]:
     import datasets
 
-    ds = datasets.load_from_disk(name) if Path(name).exists() else datasets.load_dataset(name)
+    try:
+        ds = datasets.load_from_disk(name) if Path(name).exists() else datasets.load_dataset(name)
+    except (FileNotFoundError, ValueError, ConnectionError) as e:
+        raise DataError(
+            f"hf:{name}: cannot load this dataset (a folder saved with save_to_disk, or a hub name): {e}"
+        ) from e
     if isinstance(ds, datasets.DatasetDict):
         rows = []
         for split, part in ds.items():

@@ -199,6 +199,56 @@ def test_max_steps_beyond_one_epoch_reads_the_data_again(
     assert [h["step"] for h in result.history][-1] == 9 and len(result.history) > 1
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "types.jsonl",
+            '{"text": "好慢", "anger_level": 1, "complaint_type": "delivery", "threat": false, "types": "[billing"}\n',
+            r"row 1.*types is not a valid JSON list",
+        ),
+        ("array.jsonl", '["好慢", 1]\n', r"array.jsonl:1: expected a JSON object, got list"),
+        (
+            "ctx.jsonl",
+            '{"text": "還是不行", "anger_level": 1, "complaint_type": "service_quality", "threat": false, '
+            '"context": [["customer", "你好", "x"]]}\n',
+            r"row 1.*context must be a list of \[role, text\] pairs",
+        ),
+    ],
+)
+def test_bad_training_rows_are_errors_naming_file_and_row(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    """Each was a Python traceback (found by an outside walkthrough)."""
+    from training.config import DataSource
+    from training.data import load_source
+
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        load_source(DataSource(path=str(path)))
+
+
+def test_context_objects_gbk_files_and_bad_configs(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from training.config import DataSource
+    from training.data import load_source
+
+    row = {"text": "還是不行", "anger_level": 1, "complaint_type": "service_quality", "threat": False}
+    ok = tmp_path / "objects.jsonl"
+    ok.write_text(json.dumps({**row, "context": [{"role": "customer", "text": "帳單錯了"}]}) + "\n", encoding="utf-8")
+    assert load_source(DataSource(path=str(ok)))[0].context == [("customer", "帳單錯了")]
+    gbk = tmp_path / "gbk.csv"
+    gbk.write_bytes("text,anger_level,complaint_type,threat\n太慢了,1,delivery,false\n".encode("gbk"))
+    with pytest.raises(DataError, match=r"gbk.csv: not UTF-8 text"):
+        load_source(DataSource(path=str(gbk)))
+    bad_yaml = tmp_path / "c.yaml"
+    bad_yaml.write_text("data: [unclosed\n", encoding="utf-8")
+    assert main(["train", str(bad_yaml)]) == 2
+    assert "c.yaml: not valid YAML" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "model/default", str(ok), "--columns", "{bad"]) == 2
+    assert "--columns: not valid JSON" in capsys.readouterr().err
+
+
 def test_train_evaluate_cli_reports(trained: Path, train_file: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     rc = main(
         [
