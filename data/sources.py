@@ -194,6 +194,12 @@ def region_of(source: str) -> str:
     return REGIONS.get(source, "cn")
 
 
+def known_region(source: str) -> str | None:
+    """The region of a shared source, None for any other (a user's own file: its region is not known, and calling
+    its Traditional rows mainland would put them in the wrong breakdown row)."""
+    return region_of(source) if source in READERS else None
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         yield from enumerate(csv.DictReader(f))

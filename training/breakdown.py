@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from data.schema import WRITTEN_SOURCE, kind_of
-from data.sources import region_of
+from data.sources import known_region
 from training.metrics import HEADLINE, compute_metrics
 
 #: the figures that get a bootstrap interval
@@ -113,7 +113,7 @@ def gold_record(ex: Any) -> dict[str, Any]:
     return {
         "id": ex.id,
         "source": ex.source,
-        "region": ex.meta.get("region") or region_of(ex.source),
+        "region": ex.meta.get("region") or known_region(ex.source),
         "script": ex.script,
         "anger_level": ex.anger_level,
         "complaint_type": ex.complaint_type,

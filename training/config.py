@@ -86,7 +86,8 @@ class DataSource(_Section):
     a ``.csv``/``.jsonl`` file, or ``hf:<name or folder>`` for a ``datasets``
     dataset (``load_from_disk`` folder or ``load_dataset`` name).
     ``columns`` maps our field names (text, anger_level, complaint_type, types,
-    threat, script, split, id) to the file's column names.
+    threat, script, split, id, region) to the file's column names; ``region`` (tw, hk or cn) puts a row
+    in the evaluation's per-region rows (rows without one appear per script only).
     ``split``: a fixed split for every row, or ``column`` to read it from the
     ``split`` column, or ``auto`` (the row's own ``split`` where it has one, else a stable hash of its
     normalised text: the same for any path spelling, duplicates always together).

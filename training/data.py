@@ -23,7 +23,7 @@ from training.config import DataConfig, DataSource
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("id", "text", "anger_level", "complaint_type", "types", "threat", "script", "split")
+FIELDS = ("id", "text", "anger_level", "complaint_type", "types", "threat", "script", "split", "region")
 
 
 class DataError(ValueError):
@@ -151,6 +151,9 @@ def row_to_example(row: dict[str, Any], src: DataSource, where: str) -> Example:
     ctype = _parse_type(get("complaint_type"), where) if "complaint_type" in src.tasks else None
     types = _parse_types(get("types"), ctype, where) if ctype is not None else []
     threat = _parse_bool(get("threat"), where, "threat") if "threat" in src.tasks else None
+    region = get("region") or None
+    if region is not None and region not in {"tw", "hk", "cn"}:
+        raise DataError(f"{where}: region must be tw, hk or cn, got {region!r}")
     script = get("script") or detect_script(text)
     if script not in {"hant", "hans"}:
         raise DataError(f"{where}: script must be hant or hans, got {script!r}")
@@ -177,7 +180,7 @@ def row_to_example(row: dict[str, Any], src: DataSource, where: str) -> Example:
         weak=src.weak,
         weight=src.weight,
         context=_parse_context(row.get("context"), where),
-        meta={"region": row["region"]} if row.get("region") else {},
+        meta={"region": region} if region else {},
     )
 
 

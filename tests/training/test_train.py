@@ -249,6 +249,29 @@ def test_context_objects_gbk_files_and_bad_configs(tmp_path: Path, capsys) -> No
     assert "--columns: not valid JSON" in capsys.readouterr().err
 
 
+def test_a_users_rows_without_a_region_are_not_called_mainland(tmp_path: Path) -> None:
+    """Every region-less row of a user's file, Traditional ones too, was counted under "real cn"."""
+    from training.breakdown import gold_record, groups
+    from training.config import DataSource
+    from training.data import load_source
+
+    path = tmp_path / "mine.csv"
+    path.write_text(
+        "text,anger_level,complaint_type,threat,place\n"
+        "你們的客服態度很差,2,staff_attitude,false,\n"
+        "你们的客服态度很差,2,staff_attitude,false,\n"
+        "個客服好差,2,staff_attitude,false,hk\n",
+        encoding="utf-8",
+    )
+    examples = load_source(DataSource(path=str(path), columns={"region": "place"}))
+    found = groups([gold_record(e) for e in examples])
+    assert found["real hk"] == [2] and "real cn" not in found and "real tw" not in found
+    assert found["real hant"] == [0, 2] and found["real hans"] == [1]
+    path.write_text("text,anger_level,complaint_type,threat,region\n好慢,1,delivery,false,taiwan\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"row 1.*region must be tw, hk or cn, got 'taiwan'"):
+        load_source(DataSource(path=str(path)))
+
+
 def test_train_evaluate_cli_reports(trained: Path, train_file: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     rc = main(
         [
