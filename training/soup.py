@@ -42,6 +42,8 @@ MUST_AGREE = (
     "lora.alpha",
     "lora.dropout",
     "lora.target_modules",
+    # the model each run continued: runs from different starts sit in different basins, their average in neither
+    "training.hyperparameters.model.init_from",
 )
 
 
@@ -86,7 +88,10 @@ def soup_folders(sources: Sequence[str | Path], output: str | Path, *, version: 
     for path, (cfg, state) in zip(paths[1:], loaded[1:], strict=True):
         for key in MUST_AGREE:
             if _config_value(cfg, key) != _config_value(cfg0, key):
-                raise SoupError(f"{path}: config key {key!r} differs from {paths[0]} ({_config_value(cfg, key)!r})")
+                raise SoupError(
+                    f"{path}: config key {key!r} is {_config_value(cfg, key)!r} where {paths[0]} has "
+                    f"{_config_value(cfg0, key)!r}"
+                )
         if set(state) != set(state0):
             diff = sorted(set(state) ^ set(state0))
             raise SoupError(f"{path}: weights differ in their names from {paths[0]} (e.g. {diff[0]!r})")

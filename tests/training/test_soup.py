@@ -67,7 +67,13 @@ def test_soup_refuses_runs_that_cannot_be_averaged(tiny_model_dir: Path, tmp_pat
     cfg["max_length"] = json.loads((a / CONFIG_NAME).read_text())["max_length"]
     cfg["lora"]["r"] = 8
     (b / CONFIG_NAME).write_text(json.dumps(cfg))
-    with pytest.raises(SoupError, match=r"'lora\.r'"):
+    with pytest.raises(SoupError, match=r"'lora\.r' is 8 where .* has 4"):
+        soup_folders([a, b], tmp_path / "x")
+    # runs that continued different models (found by an outside walkthrough: accepted before)
+    cfg["lora"]["r"] = json.loads((a / CONFIG_NAME).read_text())["lora"]["r"]
+    cfg["training"] = {"hyperparameters": {"model": {"init_from": "model/v24"}}}
+    (b / CONFIG_NAME).write_text(json.dumps(cfg))
+    with pytest.raises(SoupError, match=r"'training\.hyperparameters\.model\.init_from' is 'model/v24' where"):
         soup_folders([a, b], tmp_path / "x")
     assert not (tmp_path / "x").exists()  # nothing written when the runs do not agree
 
