@@ -102,7 +102,7 @@ class DataSource(_Section):
     tasks: list[Task] = Field(default_factory=lambda: list(_ALL_TASKS))
     weak: Bool = False
     weight: float = Field(1.0, gt=0.0)
-    limit: Int | None = None
+    limit: Int | None = Field(None, ge=1)  # the first so many rows; None: all
 
 
 class DataConfig(_Section):

@@ -66,6 +66,8 @@ def test_config_toml_and_dotted_overrides(tmp_path) -> None:  # type: ignore[no-
         (['batch_size="16"'], "batch_size"),
         (["fit_temperature=1"], "fit_temperature"),
         (["model.lora.r=0"], "model.lora"),
+        (['data.sources=[{"path": "a.csv", "limit": 0}]'], "limit"),  # was "all rows"
+        (['data.sources=[{"path": "a.csv", "limit": -5}]'], "limit"),  # dropped the last 5
     ],
 )
 def test_config_invalid_values_name_the_setting(overrides: list[str], names: str) -> None:
