@@ -8,6 +8,7 @@ each dotted key (``data.sources[0].format: ...``). Built in code, the models rai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from pathlib import Path
@@ -52,11 +53,13 @@ def _known(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
         if field is None:
             return []
         current = field.annotation
-        for arg in getattr(current, "__args__", ()):  # list[DataSource], DataSource | None
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
+        for arg in getattr(current, "__args__", ()):  # list[DataSource], DataSource | None, LoraSettings | None
+            if isinstance(arg, type) and (issubclass(arg, BaseModel) or dataclasses.is_dataclass(arg)):
                 current = arg
     if isinstance(current, type) and issubclass(current, BaseModel):
         return sorted(current.model_fields)
+    if isinstance(current, type) and dataclasses.is_dataclass(current):  # model.lora (model.config.LoraSettings)
+        return sorted(f.name for f in dataclasses.fields(current))
     return []
 
 
@@ -65,7 +68,7 @@ def describe(error: ValidationError, model: type[BaseModel]) -> str:
     lines = []
     for e in error.errors():
         loc = tuple(e["loc"])
-        if e["type"] == "extra_forbidden":
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             lines.append(f"{_key(loc)}: unknown setting (known: {_known(model, loc)})")
         else:
             lines.append(f"{_key(loc) or '(top)'}: {e['msg']}, got {e.get('input')!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,16 @@ def test_config_to_dict_round_trips() -> None:
     cfg = load_config("training/configs/default.yaml", ["epochs=3"])
     again = TrainingArguments(**cfg.to_dict())
     assert again.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("override", "known"),
+    [
+        ("epoch=3", "'epochs'"),
+        ("model.lr=3", "'max_length'"),
+        ("model.lora.rr=8", "'alpha', 'dropout', 'r', 'target_modules'"),  # a dataclass section, too
+    ],
+)
+def test_an_unknown_key_lists_the_known_ones(override: str, known: str) -> None:
+    with pytest.raises(ConfigError, match=r"unknown setting \(known: \[.*" + re.escape(known)):
+        load_config("training/configs/default.yaml", [override])
