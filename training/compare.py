@@ -87,6 +87,8 @@ class Run:
     split: str
     n: int
     quantities: dict[str, float]
+    #: ``training.run.records_fingerprint`` of the evaluated records (None in metrics written before it existed)
+    records: str | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> Run:
@@ -112,7 +114,8 @@ class Run:
         if isinstance(contrast, dict) and "n_pairs" in contrast:
             q[CONTRAST_PAIRS] = float(round(contrast["pair_accuracy"] * contrast["n_pairs"]))
         data = raw.get("data") or {}
-        return cls(str(p), str(data.get("split")), int(raw.get("n", 0)), q)
+        records = data.get("records")
+        return cls(str(p), str(data.get("split")), int(raw.get("n", 0)), q, str(records) if records else None)
 
     def get(self, quantity: str) -> float:
         if quantity not in self.quantities:
@@ -259,11 +262,14 @@ def judge(rule: Rule, candidates: Sequence[Candidate]) -> Verdict:
 
 
 def check_same_records(candidates: Sequence[Candidate]) -> None:
-    """Every run evaluated on the same split and number of records: means over other records compare nothing."""
-    seen = {(r.split, r.n) for c in candidates for r in c.runs}
-    if len(seen) > 1:
-        runs = [f"{r.path} ({r.split}, {r.n})" for c in candidates for r in c.runs]
-        raise CompareError(f"runs evaluated on different records: {runs}")
+    """Every run evaluated on the same records (split, count and, where recorded, the records' fingerprint):
+    means over other records compare nothing."""
+    runs = [r for c in candidates for r in c.runs]
+    seen = {(r.split, r.n) for r in runs}
+    fingerprints = {r.records for r in runs}
+    if len(seen) > 1 or (None not in fingerprints and len(fingerprints) > 1):
+        named = [f"{r.path} ({r.split}, {r.n}, records {r.records})" for r in runs]
+        raise CompareError(f"runs evaluated on different records: {named}")
 
 
 def split_named(spec: str, what: str, form: str) -> tuple[str, str]:

@@ -132,6 +132,17 @@ def resolve_device(device: str) -> str:
     raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
+def records_fingerprint(examples: list[Example]) -> str:
+    """What the evaluated records were, in 16 hex digits (their ids and normalised texts, in any order):
+    ``calmfirst compare`` refuses to average runs evaluated on different records even when split and count agree."""
+    import hashlib
+
+    from data.splits import text_key
+
+    lines = sorted(f"{e.id}\t{text_key(e.text)}" for e in examples)
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:16]
+
+
 def run_evaluation(
     model_path: str,
     data: str,
@@ -155,7 +166,7 @@ def run_evaluation(
     examples = load_eval_examples(data, split=split, columns=columns)
     metrics = evaluate_model(model, examples, breakdown_resamples=resamples)
     metrics["model"] = {"path": model_path, "name": model.config.name, "version": model.config.version}
-    metrics["data"] = {"path": data, "split": split, "n": len(examples)}
+    metrics["data"] = {"path": data, "split": split, "n": len(examples), "records": records_fingerprint(examples)}
     metrics["temperature"] = model.config.temperature
     metrics["temperature_by_script"] = model.config.temperature_by_script
     if calibration is not None:

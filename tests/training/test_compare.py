@@ -21,7 +21,18 @@ from training.compare import (
 )
 
 
-def _write(path: Path, *, cf: float, qwk: float, typ: float, tw: float, ece: float, pairs: float, n: int = 100) -> Path:
+def _write(
+    path: Path,
+    *,
+    cf: float,
+    qwk: float,
+    typ: float,
+    tw: float,
+    ece: float,
+    pairs: float,
+    n: int = 100,
+    records: str | None = None,
+) -> Path:
     row = {
         "n": 80,
         "calm_first_f1": cf,
@@ -32,7 +43,7 @@ def _write(path: Path, *, cf: float, qwk: float, typ: float, tw: float, ece: flo
     }
     metrics = {
         "n": n,
-        "data": {"path": "annotations", "split": "dev", "n": n},
+        "data": {"path": "annotations", "split": "dev", "n": n, **({"records": records} if records else {})},
         "breakdown": {
             "real": {**row, "ci95": {"calm_first_f1": [0.0, 1.0]}},
             "real tw": {**row, "calm_first_f1": tw},
@@ -124,6 +135,13 @@ def test_runs_on_other_records_and_unknown_candidates_are_refused(runs: dict[str
     other = _write(tmp_path / "other", cf=0.7, qwk=0.8, typ=0.5, tw=0.6, ece=0.03, pairs=0.5, n=99)
     with pytest.raises(CompareError, match="different records"):
         compare([f"base={runs['b1']}", f"cand={other}"])
+    # the same split and count, other records (found by an outside walkthrough: two data files were compared)
+    a = _write(tmp_path / "fa", cf=0.7, qwk=0.8, typ=0.5, tw=0.6, ece=0.03, pairs=0.5, records="aaaa")
+    b = _write(tmp_path / "fb", cf=0.7, qwk=0.8, typ=0.5, tw=0.6, ece=0.03, pairs=0.5, records="bbbb")
+    with pytest.raises(CompareError, match="different records"):
+        compare([f"base={a}", f"cand={b}"])
+    same = _write(tmp_path / "fa2", cf=0.7, qwk=0.8, typ=0.5, tw=0.6, ece=0.03, pairs=0.5, records="aaaa")
+    compare([f"base={a}", f"cand={same}"])  # the same records: compared
     with pytest.raises(CompareError, match="expected NAME=PATH"):
         compare([str(runs["b1"])])
     with pytest.raises(CompareError, match="cannot read evaluation metrics"):

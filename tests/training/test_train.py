@@ -302,6 +302,12 @@ def test_train_evaluate_cli_reports(trained: Path, train_file: Path, tmp_path: P
 def test_train_evaluate_function_matches_cli(trained: Path, train_file: Path) -> None:
     m = run_evaluation(str(trained / "model-best"), str(train_file), split="all")
     assert m["n"] == 40
+    # the records' fingerprint (calmfirst compare checks it): the same records give it, other records do not
+    dev = run_evaluation(str(trained / "model-best"), str(train_file), split="dev", contrast=False)
+    assert len(m["data"]["records"]) == 16 and m["data"]["records"] != dev["data"]["records"]
+    assert (
+        run_evaluation(str(trained / "model-best"), str(train_file), split="dev", contrast=False)["data"] == dev["data"]
+    )
 
 
 @pytest.mark.slow
