@@ -130,6 +130,7 @@ def soup_folders(sources: Sequence[str | Path], output: str | Path, *, version: 
     if version:
         cfg["version"] = version
     training = dict(cfg0.get("training") or {})
+    training.pop("metrics", None)  # the first run's figures, not the soup's: evaluate the soup itself
     training["soup"] = {
         "of": [str(p) for p in paths],
         "versions": [c.get("version") for c, _ in loaded],
@@ -138,4 +139,19 @@ def soup_folders(sources: Sequence[str | Path], output: str | Path, *, version: 
     }
     cfg["training"] = training
     (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from model.card import render_model_card
+    from model.config import read_config
+
+    # the card every model folder has, from the same template, saying what was averaged and that it is not measured
+    runs = "\n".join(
+        f"- `{p}` (version {c.get('version')}, seed {seed})"
+        for p, (c, _), seed in zip(paths, loaded, training["soup"]["seeds"], strict=True)
+    )
+    soup_section = (
+        f"## Soup\n\nThe fine-tuned weights of {k} runs averaged exactly (LoRA updates stacked by rank):\n\n{runs}\n\n"
+        "Its temperatures are the first run's and it has not been evaluated as a soup: run `calmfirst calibrate` "
+        "and `calmfirst evaluate` on it before using its figures. The training data and hyperparameters above are "
+        "the first run's."
+    )
+    (out / "README.md").write_text(render_model_card(read_config(out), sections=[soup_section]), encoding="utf-8")
     return SoupResult(out, tuple(str(p) for p in paths), rank, len(souped))

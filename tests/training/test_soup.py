@@ -39,6 +39,8 @@ def test_soup_is_the_average_of_the_merged_runs(tiny_model_dir: Path, tmp_path: 
     assert result.rank == cfg["lora"]["r"] == 2 * cfg_a["lora"]["r"]
     assert cfg["lora"]["alpha"] == 2 * cfg_a["lora"]["alpha"]  # alpha / r unchanged
     assert cfg["version"] == "9.9.9" and cfg["training"]["soup"]["of"] == [str(a), str(b)]
+    card = (tmp_path / "soup" / "README.md").read_text(encoding="utf-8")  # a model card, as every model folder has
+    assert "9.9.9" in card and "## Soup" in card and str(a) in card and "## Evaluation" not in card
 
     sa, sb, ss = _merged_state(a), _merged_state(b), _merged_state(tmp_path / "soup")
     assert set(ss) == set(sa)
