@@ -22,7 +22,7 @@ from model.context import customer_turns_around, previous_turns, with_context
 from model.loading import load_model
 from model.onnx.runtime import OnnxCalmFirstModel
 from model.scores import Prediction, ScoringModel
-from service.explain import occlusion_explanation, occlusion_forwards
+from service.explain import occlusion_explanation, occlusion_forwards, on_masked_text
 from service.live_cache import LruCache
 from service.microbatch import MicroBatcher
 from service.model_check import check_model_dir
@@ -218,6 +218,8 @@ class Analyzer:
                 r.explanation = self.explain(t)
             if redact:
                 r.text = mask(t)
+                if r.explanation is not None:
+                    r.explanation = on_masked_text(r.explanation, t, r.text)
         return out
 
     async def analyze_one(self, text: str, *, lang: str | None = None, redact: bool = False) -> MessageResult:
@@ -320,7 +322,10 @@ class ConversationAnalyzer:
             turn.result.explanation = self.analyzer.explain(turns[last].text, batch_size=64)
         if redact:
             for ot, t in zip(out.turns, turns, strict=True):
-                ot.text = mask(normalize_text(t.text))
+                original = normalize_text(t.text)
+                ot.text = mask(original)
+                if isinstance(ot, CustomerTurnResult) and ot.result.explanation is not None:
+                    ot.result.explanation = on_masked_text(ot.result.explanation, original, ot.text)
         return out
 
     def analyze_many(

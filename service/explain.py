@@ -80,3 +80,37 @@ def occlusion_explanation(
         spans=sorted(spans[:top_k], key=lambda s: s.start),
         char_weights=[CharWeight(start=u[0], end=u[1], weight=round(w, 4)) for u, w in zip(units, weight, strict=True)],
     )
+
+
+def on_masked_text(explanation: Explanation, original: str, masked: str) -> Explanation:
+    """The explanation of ``original`` told on ``masked`` (the same text after ``service.redact``), for an answer
+    with ``redact=true``: every span and character weight is moved onto the masked text, and one that touches
+    masked personal data widens to the whole mask token. A span's text is then always a piece of the masked text,
+    so no fragment of a phone or card number leaves through the explanation (it did: ``-345``), and its offsets
+    slice the text the answer returns. The weights stay the ones the model gave the original."""
+    from difflib import SequenceMatcher
+
+    n = len(original)
+    lo, hi = [0] * (n + 1), [0] * (n + 1)  # where an original position lands as a range's start / end
+    lo[n] = len(masked)
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, original, masked, autojunk=False).get_opcodes():
+        for i in range(i1, i2):
+            lo[i] = j1 + (i - i1) if tag == "equal" else j1
+        for i in range(i1 + 1, i2 + 1):
+            hi[i] = j1 + (i - i1) if tag == "equal" else j2
+
+    def moved(start: int, end: int) -> tuple[int, int]:
+        return lo[min(start, n)], max(lo[min(start, n)], hi[min(end, n)])
+
+    spans = []
+    for s in explanation.spans:
+        a, b = moved(s.start, s.end)
+        spans.append(Span(start=a, end=b, text=masked[a:b], weight=s.weight))
+    weights = None
+    if explanation.char_weights is not None:
+        merged: dict[tuple[int, int], float] = {}
+        for w in explanation.char_weights:
+            key = moved(w.start, w.end)
+            merged[key] = max(merged.get(key, w.weight), w.weight)
+        weights = [CharWeight(start=a, end=b, weight=v) for (a, b), v in sorted(merged.items())]
+    return explanation.model_copy(update={"spans": spans, "char_weights": weights})

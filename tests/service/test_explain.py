@@ -67,3 +67,55 @@ def test_forwards_counted_before_running_are_the_texts_scored(text: str, window:
     scorer = _TrashScorer()
     occlusion_explanation(scorer, text, window=window)
     assert occlusion_forwards(text, window=window) == scorer.seen
+
+
+def test_an_explanation_with_redact_shows_no_fragment_of_personal_data(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    """redact=true with explain=true returned spans such as "-345" of a masked phone number, at offsets of the
+    unmasked text (found by an outside walkthrough). Every span is now a piece of the masked text, at its offsets."""
+    import re
+
+    from service.analyzer import Analyzer, ConversationAnalyzer
+    from service.routing.agent_steps import AgentStepDetector
+    from service.routing.conversation import Turn
+
+    texts = ["對,就是0912-345-678,快處理!", "卡號4111111111111111被你們亂扣款,太扯了!"]
+    results = Analyzer(tiny_model).analyze(texts, explain=True, redact=True)
+    for r, original in zip(results, texts, strict=True):
+        assert r.text is not None and "[" in r.text and r.explanation is not None
+        for span in r.explanation.spans:
+            assert span.text == r.text[span.start : span.end]
+            assert not re.search(r"\d{3}", span.text), span
+        for w in r.explanation.char_weights or []:
+            assert 0 <= w.start < w.end <= len(r.text)
+    # whole chats too: the explained last customer turn
+    conv = ConversationAnalyzer(Analyzer(tiny_model), AgentStepDetector.from_data())
+    out = conv.analyze([Turn(role="customer", text=texts[0])], explain=True, redact=True)
+    explained = out.turns[0].result.explanation  # type: ignore[union-attr]
+    assert explained is not None and all(s.text == out.turns[0].text[s.start : s.end] for s in explained.spans)
+    assert not any(re.search(r"\d{3}", s.text) for s in explained.spans)
+    # without redact the explanation is the original's, unchanged
+    plain = Analyzer(tiny_model).analyze(texts[:1], explain=True)[0]
+    assert all(s.text == texts[0][s.start : s.end] for s in plain.explanation.spans)  # type: ignore[union-attr]
+
+
+def test_spans_move_onto_the_masked_text_and_widen_over_a_mask() -> None:
+    from service.explain import on_masked_text
+    from service.redact import redact
+    from service.results import CharWeight, Explanation, Span
+
+    original = "對,就是0912-345-678,快處理!"
+    masked = redact(original)
+    assert masked == "對,就是[PHONE],快處理!"
+    explanation = Explanation(
+        base_score=0.5,
+        spans=[Span(start=8, end=12, text="-345", weight=0.3), Span(start=17, end=20, text="快處理", weight=0.2)],
+        char_weights=[CharWeight(start=i, end=i + 1, weight=0.01 * i) for i in range(len(original))],
+    )
+    moved = on_masked_text(explanation, original, masked)
+    assert [(s.start, s.end, s.text, s.weight) for s in moved.spans] == [
+        (4, 11, "[PHONE]", 0.3),
+        (12, 15, "快處理", 0.2),
+    ]
+    weights = {(w.start, w.end): w.weight for w in moved.char_weights or []}
+    assert weights[(4, 11)] == pytest.approx(0.15)  # the phone's characters: one weight on the token, the largest
+    assert weights[(0, 1)] == 0.0 and weights[(12, 13)] == pytest.approx(0.17)
