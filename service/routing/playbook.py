@@ -89,10 +89,12 @@ class Sequences(_Strict):
 
 
 #: Phrases that show the agent put the customer off without a time (CONTRACT.md rule 3); matched in both scripts.
+#: Not 確認一下 / 了解一下 / 反饋 alone: "想跟您確認一下,問題都解決了嗎" (confirm_satisfaction's own wording),
+#: "我想先了解一下" (listening) and "感謝您的反饋" defer nothing.
 DEFERRAL_PHRASES: tuple[str, ...] = (
-    "查一下", "查詢一下", "幫您查", "幫你查", "為您查", "確認一下", "核實一下", "了解一下", "稍後", "稍候", "晚點",
+    "查一下", "查詢一下", "幫您查", "幫你查", "為您查", "確認後", "核實一下", "稍後", "稍候", "晚點",
     "晚些", "之後回覆",
-    "再回覆", "回覆您", "回覆你", "再聯繫", "再聯絡", "給您回電", "回電", "反饋", "反映給", "轉達", "跟進",
+    "再回覆", "回覆您", "回覆你", "再聯繫", "再聯絡", "給您回電", "回電", "反饋給", "反映給", "轉達", "跟進",
     "請稍等", "請耐心等待", "敬請等待", "等待處理", "處理後", "盡快處理", "儘快處理", "會盡快", "會儘快",
     "查吓", "遲啲", "等陣", "覆返",
 )  # fmt: skip

@@ -173,6 +173,20 @@ def test_rule3_deferral_without_a_time_gets_a_callback_time(conv: ConversationAn
     assert nxt(conv, c(1), a("commit_action", text=text), c(1, "好")) == ("promise_callback", "deferred")
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "想跟您確認一下，問題都解決了嗎？還有其他我能幫忙的嗎？",  # confirm_satisfaction's own wording
+        "謝謝您告訴我們，我想先了解一下，您是說上個月帳單多扣了100元對嗎？",  # listening
+        "感谢您的反馈，已经为您退款100元了。",
+    ],
+)
+def test_rule3_not_for_wording_that_defers_nothing(conv: ConversationAnalyzer, text: str) -> None:
+    """These were read as deferrals (found by an outside walkthrough): the playbook's own confirm_satisfaction
+    text then asked the agent to promise a callback."""
+    assert nxt(conv, c(1), a("commit_action", text=text))[1] != "deferred"
+
+
 def test_rule3_not_when_a_time_was_given(conv: ConversationAnalyzer) -> None:
     turns = (c(1), a("commit_action", "promise_callback", text="我查一下，15分鐘內回電給您"))
     assert nxt(conv, *turns) == ("listen_acknowledge", "usual_order")  # rule 7: the first step not taken
