@@ -34,6 +34,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
         print(f"calmfirst score: {e}", file=sys.stderr)
         return 2
     settings = batch_settings(args)
+    if (problem := lang_problem(args.lang, settings)) is not None:
+        print(f"calmfirst score: {problem}", file=sys.stderr)
+        return 2
     if args.output not in (None, "-") and getattr(args, "engine", "local") == "local":
         return _score_to_file(args, settings)  # complete or absent; a re-run resumes
     try:
@@ -103,6 +106,17 @@ def _score_ray(args: argparse.Namespace, settings: Any, out: IO[str], fmt: str) 
     )
 
 
+def lang_problem(lang: str | None, settings: Any) -> str | None:
+    """``--lang`` that the playbook in force has no texts for, said before the model loads (it was a KeyError
+    after scoring had started)."""
+    from service.routing.playbook import Playbook
+
+    if lang is None:
+        return None
+    languages = [str(x) for x in Playbook.load(settings.playbook_path).languages]
+    return None if lang in languages else f"--lang {lang}: not a language of the playbook ({', '.join(languages)})"
+
+
 def batch_settings(args: argparse.Namespace) -> Any:
     """Settings of a batch command (``score``, ``qa``): whole batches per forward, so no micro-batcher
     and none of its one-thread lanes (``service.microbatch``) to load."""
@@ -151,6 +165,9 @@ def _cmd_qa(args: argparse.Namespace) -> int:
         print(f"calmfirst qa: {e}", file=sys.stderr)
         return 2
     settings = batch_settings(args)
+    if (problem := lang_problem(args.lang, settings)) is not None:
+        print(f"calmfirst qa: {problem}", file=sys.stderr)
+        return 2
     options = {
         "batch_conversations": args.chunk,
         "progress": False if args.no_progress else None,

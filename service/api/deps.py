@@ -59,6 +59,14 @@ def check_text(text: str, field: str, settings: Settings) -> None:
         raise FieldError(field, f"longer than {settings.max_text_chars} characters")
 
 
+def check_lang(lang: str | None, analyzer: Analyzer) -> None:
+    """A next-step language the playbook in force has no texts for is a 422 naming ``lang`` (it was a 500: a
+    contact center may ship a playbook without English)."""
+    languages = [str(x) for x in analyzer.playbook.languages]
+    if lang is not None and str(lang) not in languages:
+        raise FieldError("lang", f"{str(lang)!r} is not a language of this playbook ({', '.join(languages)})")
+
+
 def check_count(n: int, field: str, what: str, settings: Settings) -> None:
     if n > settings.max_batch_items:
         raise FieldError(field, f"more than {settings.max_batch_items} {what}")

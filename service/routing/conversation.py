@@ -204,8 +204,11 @@ def _usual_order(rule: UsualOrderRule, v: ConversationView, grievance_level: int
     return rule.step
 
 
-def next_step(rules: ConversationRules, v: ConversationView) -> tuple[str, str]:
-    """The next step's code and the name of the rule that gave it (``repair`` for the repair step)."""
+def next_step(rules: ConversationRules, v: ConversationView, sequence: Sequence[str] = ()) -> tuple[str, str]:
+    """The next step's code and the name of the rule that gave it (``repair`` for the repair step).
+
+    ``sequence``: the steps of the conversation's situation (``rules.sequence``), for a playbook whose rules
+    give nothing (one without the usual-order rule): its first step not yet taken."""
     last = v.last_agent
     mistake = last is not None and any(m in rules.repair_after for m in last.mistakes)
     if mistake and not any(_apply(r, v, rules) is not None for r in rules.rules if r.rule in rules.repair_unless):
@@ -214,9 +217,12 @@ def next_step(rules: ConversationRules, v: ConversationView) -> tuple[str, str]:
         code = _apply(rule, v, rules)
         if code is not None:
             return code, rule.rule
-    # a playbook without the usual-order rule: the first step of the practice not yet taken
+    # a playbook without the usual-order rule: the first step of the situation's sequence not yet taken (it
+    # walked every step code, so a calm chat was told to escalate to a supervisor; the sequences name only steps
+    # the playbook defines)
     taken = v.taken_since(-1)
-    return next((c for c in map(str, Step) if c not in taken), str(Step.CONFIRM_SATISFACTION)), "none"
+    steps = list(sequence) or [str(Step.CONFIRM_SATISFACTION)]
+    return next((c for c in steps if c not in taken), steps[-1]), "none"
 
 
 def _grievance_level(rules: ConversationRules) -> int:
@@ -327,7 +333,7 @@ def build_conversation(
         situation = Situation.READY_FOR_SOLUTIONS
     sequence = rules.sequence(situation)
     view = ConversationView(customers=customers, agents=agents, escalate=escalate)
-    code, fired = next_step(rules, view)
+    code, fired = next_step(rules, view, sequence)
     step = playbook.step(code, complaint_type=ctype, lang=lang or SCRIPT_LANG[last.script])
     state = ConversationState(
         flag=flag,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from data.schema import COMPLAINT_TYPES
 from data.vocab import CONVERSATION_STATES as _STATES
-from data.vocab import ROUTE_SITUATIONS, Lang, Mistake, Situation, Step, values
+from data.vocab import ROUTE_SITUATIONS, SCRIPT_LANG, Lang, Mistake, Situation, Step, values
 from service.results import NextStep
 
 #: The playbook shipped with the service (what ``CALMFIRST_PLAYBOOK_PATH`` replaces).
@@ -56,9 +56,11 @@ class Routes(_Strict):
 class Thresholds(BaseModel):
     """Numbers of the practice; ``calm_first_level`` is the policy's default (settings may override it)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
     calm_first_level: int = Field(2, ge=1, le=3, description="anger level at or above which the flag is calm_first")
-    callback_minutes: int = Field(15, gt=0, description="promised callback when a colleague must be consulted")
+    callback_minutes: int = Field(
+        15, gt=0, description="promised callback when a colleague must be consulted ({callback_minutes} in step texts)"
+    )
 
 
 def _steps(*codes: Step) -> Any:
@@ -264,6 +266,10 @@ class ConversationRules(_Strict):
         for i, name in enumerate(sorted(self.repair_unless)):
             if name not in RULE_KINDS:
                 raise ValueError(f"conversation.repair_unless[{i}]: {name!r} is not a rule; known: {list(RULE_KINDS)}")
+        mistakes = values(Mistake)
+        for i, name in enumerate(sorted(self.repair_after)):  # a typo here silently switched repair off
+            if name not in mistakes:
+                raise ValueError(f"conversation.repair_after[{i}]: {name!r} is not a mistake; known: {mistakes}")
         return self
 
     def sequence(self, state: Situation | str) -> list[str]:
@@ -310,6 +316,9 @@ class Playbook(_Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> Playbook:
+        for default in SCRIPT_LANG.values():  # every message gets its script's language when none is asked for
+            if default not in self.languages:
+                raise ValueError(f"languages: {str(default)!r} missing (the default next-step language of its script)")
         for code, variants in self.steps.items():
             if "default" not in variants:
                 raise ValueError(f"steps.{code}.default: missing")
@@ -327,6 +336,13 @@ class Playbook(_Strict):
         for key, code in named:
             if code not in self.steps:
                 raise ValueError(f"{key}: step {code!r} is not defined under 'steps'")
+        usual = [r for r in self.conversation.rules if isinstance(r, UsualOrderRule)]
+        if self.order and usual and list(usual[0].order) != list(self.order):
+            i = self.conversation.rules.index(usual[0])
+            raise ValueError(
+                f"order: differs from conversation.rules[{i}].order, which decides a conversation's next step; "
+                "make them the same, or drop 'order'"
+            )
         return self
 
     @classmethod
@@ -360,6 +376,7 @@ class Playbook(_Strict):
         variants = self.steps[code]
         texts = variants.get(complaint_type) or variants["default"]
         text = texts.get(lang) or variants["default"][lang]
+        text = text.replace("{callback_minutes}", str(self.thresholds.callback_minutes))
         return NextStep(code=code, text=text, lang=Lang(lang))
 
     def route(self, situation: str, *, complaint_type: str, lang: str) -> NextStep:

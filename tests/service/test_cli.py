@@ -200,3 +200,22 @@ def test_cli_bad_setting_is_named_without_a_traceback(  # type: ignore[no-untype
         err = capsys.readouterr().err
         assert f"calmfirst {argv[0]}: {named}" in err
         assert "Traceback" not in err
+
+
+def test_cli_lang_the_playbook_lacks_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from service.routing.playbook import DEFAULT_PLAYBOOK
+
+    raw = yaml.safe_load(DEFAULT_PLAYBOOK.read_text(encoding="utf-8"))
+    raw["languages"] = ["zh-Hant", "zh-Hans"]
+    for variants in raw["steps"].values():
+        for texts in variants.values():
+            texts.pop("en", None)
+    playbook = tmp_path / "pb.yaml"
+    playbook.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("CALMFIRST_PLAYBOOK_PATH", str(playbook))
+    src = tmp_path / "a.jsonl"
+    src.write_text('{"text": "你好"}\n', encoding="utf-8")
+    assert main(["score", str(src), "--lang", "en", "--model", str(tmp_path / "no-model")]) == 2
+    assert "--lang en: not a language of the playbook (zh-Hant, zh-Hans)" in capsys.readouterr().err

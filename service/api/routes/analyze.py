@@ -7,7 +7,7 @@ from functools import partial
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import AnalyzerDep, Auth, BulkBudgetDep, SettingsDep, check_count, check_text
+from service.api.deps import AnalyzerDep, Auth, BulkBudgetDep, SettingsDep, check_count, check_lang, check_text
 from service.api.schemas import ERROR_RESPONSES, AnalyzeRequest, BatchRequest
 from service.results import BatchResult, MessageResult
 
@@ -23,6 +23,7 @@ async def analyze(
     scores the text and up to 159 variants of it, bulk work: it takes its texts from the bulk budget
     (``service.api.admission``) like a batch."""
     check_text(req.text, "text", settings)
+    check_lang(req.lang, a)
     if a.microbatcher is not None and not req.explain:
         return await a.analyze_one(req.text, lang=req.lang, redact=req.redact)
     run = partial(a.analyze, [req.text], ids=[0], lang=req.lang, explain=req.explain, redact=req.redact)
@@ -42,6 +43,7 @@ def analyze_batch(
 ) -> BatchResult:
     """A request the service rejects (422) never takes from the bulk budget (``service.api.admission``)."""
     check_count(len(req.items), "items", "items in one batch", settings)
+    check_lang(req.lang, a)
     for i, item in enumerate(req.items):
         check_text(item.text, f"items.{i}.text", settings)
     ids = [item.id if item.id is not None else i for i, item in enumerate(req.items)]

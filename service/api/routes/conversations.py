@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from data.vocab import Role
-from service.api.deps import Auth, BulkBudgetDep, ConversationsDep, SettingsDep, check_count, check_text
+from service.api.deps import Auth, BulkBudgetDep, ConversationsDep, SettingsDep, check_count, check_lang, check_text
 from service.api.schemas import ERROR_RESPONSES, ConversationRequest
 from service.results import ConversationResult
 from service.routing.conversation import Turn
@@ -21,6 +21,7 @@ def analyze_conversation(
     than ``bulk_chat_turns`` turns still to score is a transcript, bulk work that takes the whole budget, and an
     explanation (the last customer turn's, up to 160 forwards) takes its texts (``service.api.admission``)."""
     check_count(len(req.turns), "turns", "turns in one conversation", settings)
+    check_lang(req.lang, conv.analyzer)
     for i, t in enumerate(req.turns):
         check_text(t.text, f"turns.{i}.text", settings)
     turns = [Turn(role=t.role, text=t.text, ts=t.ts) for t in req.turns]

@@ -321,3 +321,30 @@ def test_app_every_422_has_one_shape(client: httpx.Client) -> None:
         assert r.status_code == 422
         out = r.json()
         assert set(out) == {"detail", "errors"} and out["errors"][0]["field"] in out["detail"]
+
+
+def test_a_language_the_playbook_lacks_is_a_422_naming_lang(tiny_analyzer) -> None:  # type: ignore[no-untyped-def]
+    """A contact center's playbook without English loaded fine, then lang=en was a 500 (an outside walkthrough)."""
+    import yaml
+
+    from service.analyzer import Analyzer
+    from service.routing.playbook import DEFAULT_PLAYBOOK, Playbook
+
+    raw = yaml.safe_load(DEFAULT_PLAYBOOK.read_text(encoding="utf-8"))
+    raw["languages"] = ["zh-Hant", "zh-Hans"]
+    for variants in raw["steps"].values():
+        for texts in variants.values():
+            texts.pop("en", None)
+    analyzer = Analyzer(tiny_analyzer.model, playbook=Playbook.from_dict(raw))
+    for client in _serve(Settings(), analyzer):
+        turns = [{"role": "customer", "text": "為什麼7號還要算錢?"}]
+        for path, body in (
+            ("/v1/analyze", {"text": "為什麼7號還要算錢?", "lang": "en"}),
+            ("/v1/analyze/batch", {"items": [{"text": "為什麼7號還要算錢?"}], "lang": "en"}),
+            ("/v1/conversations/analyze", {"turns": turns, "lang": "en"}),
+        ):
+            r = client.post(path, json=body)
+            assert r.status_code == 422, (path, r.text)
+            assert [e["field"] for e in r.json()["errors"]] == ["lang"] and "zh-Hant, zh-Hans" in r.json()["detail"]
+        ok = client.post("/v1/analyze", json={"text": "為什麼7號還要算錢?", "lang": "zh-Hans"})
+        assert ok.status_code == 200 and ok.json()["route"]["next_step"]["lang"] == "zh-Hans"

@@ -384,6 +384,23 @@ def test_a_contact_center_edits_the_rules(tiny_analyzer: Analyzer) -> None:
     )
 
 
+def test_without_the_usual_order_rule_the_situations_sequence_gives_the_step(tiny_analyzer: Analyzer) -> None:
+    """The fallback walked every step code: a calm chat with the usual steps taken was told to escalate to a
+    supervisor (found by an outside walkthrough)."""
+    raw = yaml.safe_load(DEFAULT_PLAYBOOK.read_text(encoding="utf-8"))
+    raw["conversation"]["rules"] = [r for r in raw["conversation"]["rules"] if r["rule"] != "usual_order"]
+    raw.pop("order")
+    pb = Playbook.from_dict(raw)
+    conv = ConversationAnalyzer(Analyzer(tiny_analyzer.model, playbook=pb), _NoDetector())  # type: ignore[arg-type]
+    rest = ("listen_acknowledge", "thank", "apologize", "commit_action", "promise_callback", "confirm_satisfaction")
+    code, rule = nxt(conv, c(1), a("ask_details", "offer_options"), c(0, "好的"), a(*rest))
+    assert rule == "none" and code in pb.conversation.sequence("recovered") + pb.conversation.sequence(
+        "ready_for_solutions"
+    )
+    assert code != "escalate_supervisor"
+    assert nxt(conv, c(1))[0] == pb.conversation.sequence("ready_for_solutions")[0]
+
+
 @pytest.mark.parametrize(
     ("mutate", "key"),
     [

@@ -46,6 +46,11 @@ def test_playbook_type_specific_text_and_fallback() -> None:
         (lambda r: r["conversation"]["sequences"]["recovered"].append("hug"), "conversation.sequences.recovered[4]"),
         (lambda r: r["thresholds"].__setitem__("calm_first_level", 5), "thresholds.calm_first_level"),
         (lambda r: r.__setitem__("colour", "red"), "colour"),
+        # found by an outside walkthrough: each loaded silently and changed or broke behaviour
+        (lambda r: r["thresholds"].__setitem__("calm_first_levle", 3), "thresholds.calm_first_levle"),
+        (lambda r: r["conversation"].__setitem__("repair_after", ["argud"]), "conversation.repair_after[0]"),
+        (lambda r: r["order"].reverse(), "order: differs from conversation.rules[6].order"),
+        (lambda r: r.__setitem__("languages", ["zh-Hant", "en"]), "languages: 'zh-Hans' missing"),
     ],
 )
 def test_playbook_invalid_names_the_key(raw, mutate, key) -> None:  # type: ignore[no-untyped-def]
@@ -72,3 +77,13 @@ def test_playbook_calm_first_level_is_the_policy_default(tmp_path, raw, monkeypa
     monkeypatch.setenv("CALMFIRST_CALM_FIRST_LEVEL", "1")  # an explicit setting wins over the playbook
     assert Settings().policy(default_level=3).calm_first_level == 1
     assert Playbook.from_dict(raw).to_dict()["thresholds"] == raw["thresholds"]
+
+
+def test_callback_minutes_is_written_into_the_step_texts(raw) -> None:  # type: ignore[no-untyped-def]
+    """thresholds.callback_minutes was read by nothing: the texts said 15 minutes whatever it was."""
+    assert "15分鐘" in Playbook.from_dict(raw).step("promise_callback", complaint_type="none", lang="zh-Hant").text
+    raw["thresholds"]["callback_minutes"] = 10
+    pb = Playbook.from_dict(raw)
+    for lang, expected in (("zh-Hant", "10分鐘"), ("zh-Hans", "10分钟"), ("en", "10 minutes")):
+        text = pb.step("promise_callback", complaint_type="none", lang=lang).text
+        assert expected in text and "{" not in text
