@@ -47,8 +47,8 @@ def script_counts(text: str) -> tuple[int, int]:
     return sum(c in trad for c in text), sum(c in simp for c in text)
 
 
-def detect_script(text: str, *, default: str = HANS) -> str:
-    """``hant`` or ``hans``; ``default`` when the text has no telling character."""
+def telling_script(text: str) -> str | None:
+    """``hant`` or ``hans`` when the text has a character that tells them apart, else None (an order number, 好)."""
     t, s = script_counts(text)
     if t > s:
         return HANT
@@ -56,7 +56,12 @@ def detect_script(text: str, *, default: str = HANS) -> str:
         return HANS
     if any(c in _CANTONESE_PARTICLES for c in text):
         return HANT
-    return default
+    return None
+
+
+def detect_script(text: str, *, default: str = HANS) -> str:
+    """``hant`` or ``hans``; ``default`` when the text has no telling character."""
+    return telling_script(text) or default
 
 
 @functools.cache

@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from data.script import detect_script
+from data.script import detect_script, telling_script
 from data.vocab import SCRIPT_LANG, AngerLabel, ComplaintType, Role, Script
 from model.context import customer_turns_around, previous_turns, with_context
 from model.loading import load_model
@@ -166,9 +166,13 @@ class Analyzer:
         """Built once: every result carries it, and a pydantic model per request was measurable."""
         return ModelInfo(name=self.model.config.name, version=self.model.config.version)
 
-    def result(self, pred: Prediction, text: str, *, id: Any, lang: str | None = None) -> MessageResult:
-        """The contract result of one message, built once from its prediction and routing decision."""
-        script = Script(detect_script(text, default=self.default_script))
+    def result(
+        self, pred: Prediction, text: str, *, id: Any, lang: str | None = None, default_script: str | None = None
+    ) -> MessageResult:
+        """The contract result of one message, built once from its prediction and routing decision.
+        ``default_script``: the script of a text with no telling character (a chat's script so far), else the
+        service's ``default_script``."""
+        script = Script(detect_script(text, default=default_script or self.default_script))
         decision = self.policy.decide(pred)
         step = self.playbook.route(
             decision.situation, complaint_type=pred.complaint_type, lang=lang or SCRIPT_LANG[script]
@@ -254,6 +258,9 @@ class ChatReads:
     """What the models read of one or more chats, in flat lists (``ConversationAnalyzer._reads``)."""
 
     cust_texts: list[str] = field(default_factory=list)
+    #: per customer turn, the script its chat has shown so far (None: no telling character yet): the script of a
+    #: turn that tells none ("A12345678", "好"), so a Traditional chat's next step stays Traditional
+    cust_scripts: list[str | None] = field(default_factory=list)
     #: the customer model's inputs (a later turn with its context, for a model trained on that format)
     cust_inputs: list[str] = field(default_factory=list)
     agent_texts: list[str] = field(default_factory=list)
@@ -342,8 +349,8 @@ class ConversationAnalyzer:
         preds, fresh = self._customer_predictions(reads.cust_inputs)
         # the result (script, next-step language) is the message's own; only the scores read the context
         results = [
-            self.analyzer.result(p, t, id=i, lang=lang)
-            for i, (p, t) in enumerate(zip(preds, reads.cust_texts, strict=True))
+            self.analyzer.result(p, t, id=i, lang=lang, default_script=d)
+            for i, (p, t, d) in enumerate(zip(preds, reads.cust_texts, reads.cust_scripts, strict=True))
         ]
         # counted once per message: a live chat sent again brings its earlier turns back, already counted
         new = [r for r, f in zip(results, fresh, strict=True) if f]
@@ -369,7 +376,11 @@ class ConversationAnalyzer:
             first = len(out.cust_inputs)  # this chat's first customer turn in the flat lists
             for before, after in customer_turns_around([t.role == Role.CUSTOMER for t in turns]):
                 out.agent_around.append((_shift(before, first), _shift(after, first)))
+            shown: str | None = None  # the chat's script so far, from any turn that tells it
             for i, t in enumerate(turns):
+                if t.role == Role.CUSTOMER:
+                    out.cust_scripts.append(shown)
+                shown = telling_script(t.text) or shown
                 if t.role == Role.CUSTOMER:
                     out.cust_texts.append(t.text)
                     # only a model trained on the context format reads it; others (v1) see the turn alone

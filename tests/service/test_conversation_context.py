@@ -100,3 +100,22 @@ def test_agent_turns_get_the_anger_of_the_customer_turns_around_them(tiny_model)
         assert (a.before is None) == (before is None) and (a.after is None) == (after is None)
         assert a.before is None or a.before == pytest.approx(before, abs=1e-5)
         assert a.after is None or a.after == pytest.approx(after, abs=1e-5)
+
+
+def test_a_turn_that_tells_no_script_takes_its_chats(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    """An order number as the last turn of a Traditional chat was read as Simplified, and the chat's next step
+    came in Simplified (found by an outside walkthrough)."""
+    conv = ConversationAnalyzer(Analyzer(tiny_model), _Detector())  # type: ignore[arg-type]
+    turns = [
+        Turn(role="customer", text="我的包裹等了一個禮拜還沒到,你們到底在幹什麼!"),
+        Turn(role="agent", text="非常抱歉讓您久等了,方便提供訂單編號嗎?"),
+        Turn(role="customer", text="A12345678"),
+    ]
+    out = conv.analyze(turns)
+    assert out.turns[2].result.script == "hant"  # type: ignore[union-attr]
+    assert out.state.next_step.lang == "zh-Hant"
+    simplified = conv.analyze([Turn(role="customer", text="我的包裹还没到"), Turn(role="customer", text="好")])
+    assert simplified.state.next_step.lang == "zh-Hans"
+    # a chat that never tells its script keeps the service's default, and a single message is read as before
+    assert conv.analyze([Turn(role="customer", text="A12345678")]).state.next_step.lang == "zh-Hans"
+    assert Analyzer(tiny_model).analyze(["A12345678"])[0].script == "hans"
