@@ -79,6 +79,7 @@ def occlusion_explanation(
         base_score=round(base, 4),
         spans=sorted(spans[:top_k], key=lambda s: s.start),
         char_weights=[CharWeight(start=u[0], end=u[1], weight=round(w, 4)) for u, w in zip(units, weight, strict=True)],
+        explained_to=units[-1][1] if len(_units(text)) > len(units) else None,
     )
 
 
@@ -113,4 +114,7 @@ def on_masked_text(explanation: Explanation, original: str, masked: str) -> Expl
             key = moved(w.start, w.end)
             merged[key] = max(merged.get(key, w.weight), w.weight)
         weights = [CharWeight(start=a, end=b, weight=v) for (a, b), v in sorted(merged.items())]
-    return explanation.model_copy(update={"spans": spans, "char_weights": weights})
+    update: dict[str, Any] = {"spans": spans, "char_weights": weights}
+    if explanation.explained_to is not None:
+        update["explained_to"] = hi[min(explanation.explained_to, n)]
+    return explanation.model_copy(update=update)

@@ -91,6 +91,9 @@ class Explanation(_Model):
     base_score: float | None
     spans: list[Span]
     char_weights: list[CharWeight] | None = Omitted
+    #: present when the text was longer than an explanation reads (``service.explain.MAX_UNITS`` units): the
+    #: characters from here on were not occluded, so they carry no weight whatever they say
+    explained_to: int | None = Omitted
 
 
 class MessageResult(_Model):

@@ -119,3 +119,16 @@ def test_spans_move_onto_the_masked_text_and_widen_over_a_mask() -> None:
     weights = {(w.start, w.end): w.weight for w in moved.char_weights or []}
     assert weights[(4, 11)] == pytest.approx(0.15)  # the phone's characters: one weight on the token, the largest
     assert weights[(0, 1)] == 0.0 and weights[(12, 13)] == pytest.approx(0.17)
+
+
+def test_a_text_longer_than_an_explanation_reads_says_where_it_stopped(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    """Only the first MAX_UNITS units are occluded; the answer did not say so (found by an outside walkthrough)."""
+    from service.analyzer import Analyzer
+
+    short = "你們這群騙子!"
+    long = "你們這群騙子!" + "好" * (MAX_UNITS + 20) + "垃圾公司!"
+    assert occlusion_explanation(tiny_model, short).explained_to is None
+    cut = occlusion_explanation(tiny_model, long)
+    assert cut.explained_to == MAX_UNITS and all(w.end <= MAX_UNITS for w in cut.char_weights or [])
+    body = Analyzer(tiny_model).analyze([short], explain=True)[0].model_dump(mode="json")
+    assert "explained_to" not in body["explanation"]  # additive: absent unless the text was cut
