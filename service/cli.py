@@ -106,6 +106,17 @@ def _score_ray(args: argparse.Namespace, settings: Any, out: IO[str], fmt: str) 
     )
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: 1 or more (``--chunk 0`` behaved as 1, silently)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
 def lang_problem(lang: str | None, settings: Any) -> str | None:
     """``--lang`` that the playbook in force has no texts for, said before the model loads (it was a KeyError
     after scoring had started)."""
@@ -329,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", choices=["zh-Hant", "zh-Hans", "en"], default=None, help="next-step language")
     p.add_argument(
         "--chunk",
-        type=int,
+        type=positive_int,
         default=SCORE_CHUNK,
         help=f"messages read, scored (sorted by length, in forward passes of --batch-size) and written together "
         f"(default {SCORE_CHUNK}; one Ray task with --engine ray); an interrupted -o FILE resumes per chunk",
@@ -346,7 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--batch-size", type=int, default=None, help="texts per forward pass (as for score)")
     p.add_argument(
-        "--chunk", type=int, default=64, help="conversations scored and written together (default 64; bounds memory)"
+        "--chunk",
+        type=positive_int,
+        default=64,
+        help="conversations scored and written together (default 64; bounds memory)",
     )
     p.add_argument("--keep-text", action="store_true", help="store redacted message text in turns.* (default: none)")
     p.add_argument("--lang", choices=["zh-Hant", "zh-Hans", "en"], default=None, help="next-step language")

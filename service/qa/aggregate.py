@@ -28,6 +28,12 @@ UNASSIGNED = "(unassigned)"
 BOOTSTRAP = 2000
 
 
+#: fewer conversations than this: the interval is the whole 0-100 scale (a bootstrap of one has no width)
+MIN_FOR_INTERVAL = 3
+#: fewer conversations than this that all share one score: the whole scale too (no spread seen is not none)
+MIN_WITHOUT_SPREAD = 10
+
+
 def bootstrap_mean_interval(
     hist: Counter[int], *, key: str, n_boot: int = BOOTSTRAP, level: float = 0.95
 ) -> tuple[float, float]:
@@ -41,8 +47,12 @@ def bootstrap_mean_interval(
     if n == 0:
         return (0.0, 0.0)
     scores = np.array(sorted(hist), dtype=float)
-    if n == 1 or len(scores) == 1:
-        return (float(scores[0]), float(scores[-1])) if n == 1 else (float(scores[0]), float(scores[0]))
+    if n < MIN_FOR_INTERVAL or (len(scores) == 1 and n < MIN_WITHOUT_SPREAD):
+        # a bootstrap of one or two conversations (or of a few that happen to share a score) has no width, so the
+        # agent would look told apart from everyone: too few to bound the mean, the interval is the whole scale
+        return (0.0, 100.0)
+    if len(scores) == 1:
+        return (float(scores[0]), float(scores[0]))
     p = np.array([hist[int(v)] for v in scores], dtype=float) / n
     seed = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "little")
     draws = np.random.default_rng(seed).multinomial(n, p, size=n_boot)

@@ -134,6 +134,10 @@ def _csv_records(lines: Iterator[str]) -> Iterator[str]:
 RUN_FILE = "run.json"
 
 
+def _shown(value: Any) -> str:
+    return "(not given)" if value is None else repr(value)
+
+
 def _check_run(out_dir: Path, run: dict[str, Any], done: set[str]) -> None:
     """Resume only the run that wrote the folder: another input, model or option would mix two runs' results
     (a conversation id of the new input already in the folder would be skipped, never scored)."""
@@ -148,7 +152,8 @@ def _check_run(out_dir: Path, run: dict[str, Any], done: set[str]) -> None:
             if changed:
                 k = changed[0]
                 raise InputFormatError(
-                    f"{out_dir} holds the results of another run ({k}: {before.get(k)!r} there, {run.get(k)!r} now): "
+                    f"{out_dir} holds the results of another run ({k}: {_shown(before.get(k))} there, "
+                    f"{_shown(run.get(k))} now): "
                     "write to a new output folder, or empty this one to start over"
                 )
     path.write_text(json.dumps(run, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")

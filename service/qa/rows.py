@@ -232,6 +232,7 @@ def conversation_row(conv: SourceConversation, result: ConversationResult) -> Co
             base=hs["base"],
             end=hs["end"],
         ),
-        anger_scores=[round(r.anger.score, 4) for r in result.customer_results()],
+        # as the score read them (the answer's 6 decimals): rounded further, a rescored line could land a point off
+        anger_scores=[r.anger.score for r in result.customer_results()],
         next_step_rule=state.next_step_rule,
     )

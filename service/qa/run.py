@@ -99,6 +99,22 @@ class ChunkOutput:
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
 
+    def without(self, done: set[str]) -> ChunkOutput:
+        """The rows of the conversations not in ``done`` (a resumed chunk is scored whole, written in part)."""
+
+        def keep(row: dict[str, Any]) -> bool:
+            return str(row["conversation_id"]) not in done
+
+        turns = [(j, c) for j, c in zip(self.turns_json, self.turns_csv, strict=True) if keep(c)]
+        convs = [(j, c) for j, c in zip(self.conversations_json, self.conversations_csv, strict=True) if keep(c)]
+        return ChunkOutput(
+            turns_json=[j for j, _ in turns],
+            turns_csv=[c for _, c in turns],
+            conversations_json=[j for j, _ in convs],
+            conversations_csv=[c for _, c in convs],
+            problems=self.problems,
+        )
+
     @classmethod
     def from_json(cls, text: str) -> ChunkOutput:
         data = json.loads(text)
@@ -285,27 +301,34 @@ def run_qa(
                 problem(BadLine(item.line, f"conversation id {short(item.key)} repeated", path=item.path))
                 continue
             seen.add(item.key)
-            if item.key in done:
-                report.resumed += 1
-                if not pending:
-                    advance(item.last_line)
-                continue
             n_customer = sum(t.role == Role.CUSTOMER for t in item.turns)
             if n_customer == 0:
                 problem(BadLine(item.line, "no customer turn to score", path=item.path))
                 continue
+            if item.key in done:
+                report.resumed += 1
+            # chunks are cut as in a clean run, done conversations included: a chunk holding any conversation still
+            # to do is scored whole, so every conversation has the batch-mates it has in a clean run (an int8 model's
+            # scores depend on them) and a resumed run ends with the same numbers; only the new ones are written
             pending.append(item)
             pending_customer += n_customer
             if len(pending) >= batch_conversations or pending_customer >= max_customer_turns:
-                last_lines.append(pending[-1].last_line)
-                yield pending
+                yield from cut(pending)
                 pending, pending_customer = [], 0
         if pending:
-            last_lines.append(pending[-1].last_line)
-            yield pending
+            yield from cut(pending)
+
+    def cut(chunk: list[SourceConversation]) -> Iterator[list[SourceConversation]]:
+        if all(c.key in done for c in chunk):
+            advance(chunk[-1].last_line)
+            return
+        last_lines.append(chunk[-1].last_line)
+        yield chunk
 
     try:
         for output in scorer.score_chunks(chunks()):
+            if done:
+                output = output.without(done)
             for bad in output.problems:
                 problem(bad)
             writers.write_chunk(output)

@@ -215,7 +215,7 @@ class HandlingModel:
         lines.append("), 0, 100)")
         unused = [f for f in FEATURES if abs(SCALE * self.weights.get(f, 0.0)) < 0.05]
         if unused:
-            lines.append("signals the data gave no weight (0 points): " + ", ".join(unused))
+            lines.append("signals the data gave (almost) no weight (under 0.05 points each): " + ", ".join(unused))
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

@@ -219,3 +219,11 @@ def test_cli_lang_the_playbook_lacks_is_refused_before_the_model_loads(tmp_path,
     src.write_text('{"text": "你好"}\n', encoding="utf-8")
     assert main(["score", str(src), "--lang", "en", "--model", str(tmp_path / "no-model")]) == 2
     assert "--lang en: not a language of the playbook (zh-Hant, zh-Hans)" in capsys.readouterr().err
+
+
+def test_cli_chunk_must_be_positive(capsys) -> None:  # type: ignore[no-untyped-def]
+    """--chunk 0 and --chunk -3 behaved as 1, silently (found by an outside walkthrough)."""
+    for command in (["qa", "in.jsonl", "-o", "out"], ["score", "in.jsonl"]):
+        with pytest.raises(SystemExit) as stop:
+            main([*command, "--chunk", "0"])
+        assert stop.value.code == 2 and "--chunk: 0 is not 1 or more" in capsys.readouterr().err
