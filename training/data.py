@@ -184,11 +184,12 @@ def row_to_example(row: dict[str, Any], src: DataSource, where: str) -> Example:
     )
 
 
-def _read_rows(src: DataSource) -> list[dict[str, Any]]:
+def _read_rows(src: DataSource) -> tuple[list[dict[str, Any]], list[int] | None]:
+    """The rows of a file or ``datasets`` source, and each row's line in its file (None for a dataset)."""
     path = src.path
     fmt = src.format
     if fmt == "hf" or path.startswith("hf:"):
-        return _read_hf(path.removeprefix("hf:"))
+        return _read_hf(path.removeprefix("hf:")), None
     p = Path(path)
     if fmt == "auto":
         fmt = "csv" if p.suffix.lower() == ".csv" else "jsonl"
@@ -200,9 +201,10 @@ def _read_rows(src: DataSource) -> list[dict[str, Any]]:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from e
 
 
-def _read_file_rows(p: Path, fmt: str) -> list[dict[str, Any]]:
+def _read_file_rows(p: Path, fmt: str) -> tuple[list[dict[str, Any]], list[int]]:
     path = str(p)
     rows: list[dict[str, Any]] = []
+    lines: list[int] = []
     with open(p, encoding="utf-8-sig", newline="") as f:
         if fmt == "csv":
             for item in CsvTable(f).rows():  # a broken quote is an error naming its line, not rows lost
@@ -212,6 +214,7 @@ def _read_file_rows(p: Path, fmt: str) -> list[dict[str, Any]]:
                 if None in row:
                     raise DataError(f"{path}:{n}: more fields than the header")
                 rows.append(row)
+                lines.append(n)
         else:
             for n, line in enumerate(f, start=1):
                 if line.strip():
@@ -222,7 +225,8 @@ def _read_file_rows(p: Path, fmt: str) -> list[dict[str, Any]]:
                     if not isinstance(row, dict):
                         raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
                     rows.append(row)
-    return rows
+                    lines.append(n)
+    return rows, lines
 
 
 def _read_hf(name: str) -> list[dict[str, Any]]:
@@ -278,12 +282,15 @@ def load_source(src: DataSource, *, shared_dir: str | None = None) -> list[Examp
         records = load_annotations(shared_dir=Path(shared_dir) if shared_dir else None, on_missing="skip")
         rows: list[dict[str, Any]] = records
         name = "annotations"
+        lines: list[int] | None = None
     elif isinstance(src.path, str):
-        rows = _read_rows(src)
+        rows, lines = _read_rows(src)
         name = src.path
     out = []
     for i, row in enumerate(rows[: src.limit] if src.limit else rows):
-        where = f"{name} row {i + 1}" + (f" (id {row.get('id')})" if row.get("id") is not None else "")
+        # a file's errors name its line (as its parse errors do) and the data row; a dataset's, the row
+        at = f"{name}:{lines[i]} (row {i + 1})" if lines is not None else f"{name} row {i + 1}"
+        where = at + (f" (id {row.get('id')})" if row.get("id") is not None else "")
         out.append(row_to_example(row, src, where))
     return out
 

@@ -339,3 +339,15 @@ def test_train_two_processes_gloo(train_file: Path, tiny_backbone_dir: Path, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "model-best" / "calmfirst_config.json").is_file()
     assert "2 process(es)" in proc.stderr  # the trainer's own count of ranks
+
+
+def test_a_bad_value_names_the_files_line_as_parse_errors_do(tmp_path: Path) -> None:
+    """Value errors said "row N" (the data row) where parse errors said "path:LINE" (an outside walkthrough)."""
+    from training.config import DataSource
+    from training.data import load_source
+
+    path = tmp_path / "two.jsonl"
+    good = {"text": "好慢", "anger_level": 1, "complaint_type": "delivery", "threat": False}
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "anger_level": 7}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"two.jsonl:3 \(row 2\): .*anger_level"):
+        load_source(DataSource(path=str(path)))
