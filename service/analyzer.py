@@ -379,15 +379,14 @@ class ConversationAnalyzer:
             shown: str | None = None  # the chat's script so far, from any turn that tells it
             for i, t in enumerate(turns):
                 if t.role == Role.CUSTOMER:
-                    out.cust_scripts.append(shown)
-                shown = telling_script(t.text) or shown
-                if t.role == Role.CUSTOMER:
+                    out.cust_scripts.append(shown)  # before this turn: its own telling characters come first
                     out.cust_texts.append(t.text)
                     # only a model trained on the context format reads it; others (v1) see the turn alone
                     ctx = previous_turns(pairs, i) if self.reads_context else None
                     out.cust_inputs.append(with_context(t.text, ctx))
                 else:
                     out.agent_texts.append(t.text)
+                shown = telling_script(t.text) or shown
         return out
 
     def unseen_turns(self, turns: Sequence[Turn]) -> int:

@@ -124,8 +124,8 @@ def lang_problem(lang: str | None, settings: Any) -> str | None:
 
     if lang is None:
         return None
-    languages = [str(x) for x in Playbook.load(settings.playbook_path).languages]
-    return None if lang in languages else f"--lang {lang}: not a language of the playbook ({', '.join(languages)})"
+    problem = Playbook.load(settings.playbook_path).lang_problem(lang)
+    return None if problem is None else f"--lang {lang}: {problem}"
 
 
 def batch_settings(args: argparse.Namespace) -> Any:

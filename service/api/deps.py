@@ -62,9 +62,8 @@ def check_text(text: str, field: str, settings: Settings) -> None:
 def check_lang(lang: str | None, analyzer: Analyzer) -> None:
     """A next-step language the playbook in force has no texts for is a 422 naming ``lang`` (it was a 500: a
     contact center may ship a playbook without English)."""
-    languages = [str(x) for x in analyzer.playbook.languages]
-    if lang is not None and str(lang) not in languages:
-        raise FieldError("lang", f"{str(lang)!r} is not a language of this playbook ({', '.join(languages)})")
+    if (problem := analyzer.playbook.lang_problem(lang)) is not None:
+        raise FieldError("lang", f"{str(lang)!r}: {problem}")
 
 
 def check_count(n: int, field: str, what: str, settings: Settings) -> None:

@@ -367,6 +367,13 @@ class Playbook(_Strict):
         except ValidationError as e:
             raise PlaybookError(f"{source}: {_first_problem(e)}") from e
 
+    def lang_problem(self, lang: str | None) -> str | None:
+        """Why ``lang`` cannot be asked of this playbook (it has no texts in it), or None."""
+        languages = [str(x) for x in self.languages]
+        if lang is None or str(lang) in languages:
+            return None
+        return f"not a language of the playbook ({', '.join(languages)})"
+
     def step(self, code: str, *, complaint_type: str, lang: str) -> NextStep:
         """Text of one step for a complaint type, falling back to the step's default."""
         if code not in self.steps:
